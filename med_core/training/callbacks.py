@@ -1,0 +1,50 @@
+"""Training callbacks: the only way outside code (pruning, tracking) hooks into a fit.
+
+Every hook is a no-op by default; subclass :class:`Callback` and override what you need.
+A callback asks the trainer to stop with ``trainer.request_stop(reason)``; the trainer
+finishes the current epoch's bookkeeping and returns from ``fit()`` with
+``history.stop_reason`` set. Callbacks must not swallow ``KeyboardInterrupt`` or
+out-of-memory errors: they reach the caller.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from typing import Any
+
+if TYPE_CHECKING:
+    from med_core.training.trainer import History
+    from med_core.training.trainer import Trainer
+
+__all__ = ["Callback"]
+
+
+class Callback:
+    """Base class of trainer callbacks (all hooks are no-ops).
+
+    Hooks run on every DDP rank; use ``trainer.is_main_process`` to act on rank 0 only.
+    ``metrics`` holds the epoch's training and validation metrics, already reduced over
+    all ranks (e.g. ``{"train_loss": 0.41, "val_auc": 0.88, "lr": 1e-3, ...}``).
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Called once before the first epoch (after a resume, before the next epoch)."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Called before each training epoch (``epoch`` counts from 0)."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        """Called after each epoch's validation; may call ``trainer.request_stop(reason)``."""
+
+    def on_fit_end(self, trainer: Trainer, history: History) -> None:
+        """Called once after the last epoch, also when a callback stopped training early."""
+
+    def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
+        """Called when fit() raises (NaN loss, OOM, interrupt); the exception propagates."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State saved into trainer checkpoints so a resumed run continues identically."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned."""
