@@ -1,0 +1,61 @@
+"""medauto's logging: library root loggers with a verbosity API (Optuna-style).
+
+Each medauto module does ``_logger = get_logger(__name__)``. One stderr handler is
+installed, once and lock-guarded, on the ``medauto`` and ``med_core`` roots; the CLI sets
+their level with ``-v``/``-q``. med_core itself never installs a handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+__all__ = ["get_logger", "set_verbosity"]
+
+_lock = threading.Lock()
+_default_handler: logging.Handler | None = None
+_ROOTS = ("medauto", "med_core")
+
+
+def _configure_library_root_logger() -> None:
+    global _default_handler
+    with _lock:
+        if _default_handler is not None:
+            return
+        _default_handler = logging.StreamHandler()
+        _default_handler.setFormatter(
+            logging.Formatter("[%(levelname)1.1s %(asctime)s %(name)s] %(message)s", "%H:%M:%S")
+        )
+        for name in _ROOTS:
+            root = logging.getLogger(name)
+            root.addHandler(_default_handler)
+            if root.level == logging.NOTSET:
+                root.setLevel(logging.INFO)
+            root.propagate = False
+
+
+def _reset_library_root_logger() -> None:
+    """Removes the default handler again (for tests)."""
+    global _default_handler
+    with _lock:
+        if _default_handler is None:
+            return
+        for name in _ROOTS:
+            root = logging.getLogger(name)
+            root.removeHandler(_default_handler)
+            root.setLevel(logging.NOTSET)
+            root.propagate = True
+        _default_handler = None
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger ``name`` (a dotted module name under ``medauto``), with the roots set up."""
+    _configure_library_root_logger()
+    return logging.getLogger(name)
+
+
+def set_verbosity(level: int) -> None:
+    """Sets the level of the ``medauto`` and ``med_core`` roots (e.g. ``logging.DEBUG``)."""
+    _configure_library_root_logger()
+    for name in _ROOTS:
+        logging.getLogger(name).setLevel(level)

@@ -1,0 +1,1 @@
+"""Test helpers that ship with medauto: real storage backends for conformance tests."""

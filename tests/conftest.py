@@ -1,0 +1,45 @@
+"""Shared fixtures: the real MedMNIST files and a throwaway PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _medmnist_dir() -> Path:
+    """$MEDAUTO_TEST_DATA, else ../shared/data/medmnist beside the checkout."""
+    env = os.environ.get("MEDAUTO_TEST_DATA")
+    path = Path(env) if env else REPO.parent / "shared" / "data" / "medmnist"
+    if not (path / "breastmnist.npz").is_file():
+        raise RuntimeError(
+            f"MedMNIST test data not found in {path}; set MEDAUTO_TEST_DATA to the folder "
+            "holding breastmnist.npz (the project's shared/data/medmnist)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def medmnist_dir() -> Path:
+    """The folder with the public MedMNIST .npz files (read-only)."""
+    return _medmnist_dir()
+
+
+@pytest.fixture
+def data_env(medmnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Points MEDAUTO_DATA_DIR at the MedMNIST files for the duration of a test."""
+    monkeypatch.setenv("MEDAUTO_DATA_DIR", str(medmnist_dir))
+    return medmnist_dir
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """One real PostgreSQL cluster per test session (initdb + pg_ctl on a free port)."""
+    from medauto.testing.storages import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
