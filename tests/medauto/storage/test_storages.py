@@ -73,8 +73,8 @@ def test_default_url_is_sqlite_in_run_dir(tmp_path: Path) -> None:
     open_storage(url)
     import sqlite3
 
-    mode = sqlite3.connect(tmp_path / "runs" / "medauto.db").execute("PRAGMA journal_mode").fetchone()
-    assert mode == ("wal",)
+    conn = sqlite3.connect(tmp_path / "runs" / "medauto.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 @pytest.mark.parametrize(
