@@ -1,0 +1,250 @@
+"""The trial loop one worker runs: ask, heartbeat, train, tell — until the study's target.
+
+The target counts finished trials of the whole study (COMPLETE + PRUNED), not this
+worker's, so any number of workers on any machines stop together at exactly ``target``:
+
+1. before asking, a worker fails stale trials (dead workers; their params are re-enqueued)
+   and stops if ``finished >= target``; if ``finished + running >= target`` it waits,
+   because a running trial may still die and need a retry;
+2. after asking, it re-counts the trials that came first (finished, or running with a
+   lower number); if the target is already covered, the new trial is closed as FAIL with
+   reason ``surplus`` instead of being trained — this is what makes the count exact when
+   two workers ask at the same moment.
+
+Every failed or pruned trial carries a ``reason`` user attribute (``pruned``, ``nan_loss``,
+``oom``, ``interrupted``, ``surplus`` or ``error: <Type>: <message>``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import optuna
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import TrialState
+
+from medauto.logging import get_logger
+
+__all__ = ["WorkerReport", "classify_failure", "run_worker", "study_counts"]
+
+_logger = get_logger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did: trial numbers by final state, and why it stopped."""
+
+    trials: dict[str, list[int]] = field(default_factory=dict)
+    stop_reason: str = ""
+
+    def add(self, state: str, number: int) -> None:
+        self.trials.setdefault(state, []).append(number)
+
+
+def study_counts(study: optuna.Study) -> Counter[TrialState]:
+    """Trial counts by state, read fresh from storage."""
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def classify_failure(exc: BaseException) -> tuple[TrialState, str]:
+    """Maps an exception raised by a trial to the state it is recorded in and a reason.
+
+    NaN loss and out-of-memory are recorded as PRUNED (the samplers learn from pruned
+    trials and avoid the region; they ignore FAIL); everything else is FAIL.
+    """
+    from med_core.exceptions import NonFiniteLossError
+
+    if isinstance(exc, optuna.TrialPruned):
+        return TrialState.PRUNED, "pruned"
+    if isinstance(exc, NonFiniteLossError):
+        return TrialState.PRUNED, "nan_loss"
+    if _is_oom(exc):
+        return TrialState.PRUNED, "oom"
+    if isinstance(exc, KeyboardInterrupt):
+        return TrialState.FAIL, "interrupted"
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return TrialState.FAIL, f"error: {type(exc).__name__}: {message}"[:500]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat every interval from a daemon thread while training."""
+
+    def __init__(self, study: optuna.Study, trial_id: int) -> None:
+        storage = study._storage
+        self._storage = storage if isinstance(storage, BaseHeartbeat) else None
+        self._trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self._storage is not None and self._storage.get_heartbeat_interval():
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="medauto-hb")
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        assert self._storage is not None
+        interval = self._storage.get_heartbeat_interval() or 10
+        while True:
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat must never kill the trial
+                _logger.warning("heartbeat for trial id %s failed", self._trial_id, exc_info=True)
+            if self._stop.wait(interval):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _is_surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
+    ahead = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.number == trial.number:
+            continue
+        if t.state in FINISHED or (t.state == TrialState.RUNNING and t.number < trial.number):
+            ahead += 1
+    return ahead >= target
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, stored on each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_worker(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    target: int,
+    timeout: float | None = None,
+    poll_interval: float = 2.0,
+    device: str = "",
+    on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    progress: Any = None,
+) -> WorkerReport:
+    """Runs trials of ``study`` until it has ``target`` finished trials or ``timeout`` passes.
+
+    Args:
+        study: The (shared) study.
+        objective: Called with each trial; returns the value or raises.
+        target: Finished (complete + pruned) trials the whole study should reach.
+        timeout: Seconds after which this worker starts no new trial.
+        poll_interval: Seconds between checks while other workers finish the last trials.
+        device: Recorded on each trial as the ``device`` user attribute.
+        on_trial_end: Called with each trial this worker finished (for logging, tracking).
+        progress: An object with ``update(study)`` (e.g. :class:`medauto._progress.SearchProgress`).
+
+    Returns:
+        A :class:`WorkerReport`.
+
+    Raises:
+        KeyboardInterrupt: after recording the running trial as FAIL/``interrupted``.
+    """
+    report = WorkerReport()
+    start = time.monotonic()
+    while True:
+        if timeout is not None and time.monotonic() - start >= timeout:
+            report.stop_reason = "timeout"
+            break
+        _fail_stale(study)
+        counts = study_counts(study)
+        if progress is not None:
+            progress.update(study)
+        finished = sum(counts[s] for s in FINISHED)
+        if finished >= target:
+            report.stop_reason = "target reached"
+            break
+        if finished + counts[TrialState.RUNNING] >= target and not counts[TrialState.WAITING]:
+            time.sleep(poll_interval)
+            continue
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for Study.optimize; this loop runs the
+            # same heartbeat thread and stale-trial check itself.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        if _is_surplus(study, trial, target):
+            trial.set_user_attr("reason", "surplus")
+            study.tell(trial, state=TrialState.FAIL)
+            report.add("surplus", trial.number)
+            continue
+        frozen = _run_trial(study, trial, objective, device)
+        report.add(frozen.state.name.lower(), frozen.number)
+        if on_trial_end is not None:
+            on_trial_end(study, frozen)
+    if progress is not None:
+        progress.update(study)
+    return report
+
+
+def _run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    objective: Callable[[optuna.Trial], float],
+    device: str,
+) -> optuna.trial.FrozenTrial:
+    trial.set_user_attr("worker", worker_id())
+    if device:
+        trial.set_user_attr("device", device)
+    t0 = time.perf_counter()
+    with _Heartbeat(study, trial._trial_id):
+        try:
+            value = objective(trial)
+        except (Exception, KeyboardInterrupt) as exc:
+            state, reason = classify_failure(exc)
+            trial.set_user_attr("reason", reason)
+            trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
+            if state == TrialState.FAIL:
+                _logger.warning(
+                    "trial %d failed (%s) with params %s", trial.number, reason, trial.params,
+                    exc_info=not isinstance(exc, KeyboardInterrupt),
+                )
+                trial.set_user_attr("traceback", "".join(traceback.format_exception(exc))[-4000:])
+            study.tell(trial, state=state)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            _release_memory()
+            return study.get_trials(deepcopy=False)[trial.number]
+    trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
+    study.tell(trial, value)
+    _release_memory()
+    return study.get_trials(deepcopy=False)[trial.number]
+
+
+def _release_memory() -> None:
+    """Frees what the last trial left behind (reference cycles, cached CUDA blocks)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,106 @@
+"""The ``medauto`` command line: ``search``, ``worker``, ``status``, ``best``, ``train``,
+``dashboard``.
+
+``main(argv)`` returns the exit code: 0 on success, 1 for a ``MedautoError`` or a med_core
+error (bad data, config or backbone; one line,
+passwords redacted), 2 for a usage error or an unexpected exception (``--debug`` shows
+the traceback), 130 after Ctrl-C/SIGTERM (the running trial is recorded as interrupted;
+re-run the same command to resume). Results go to stdout, logs and progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+
+from med_core.exceptions import MedCoreError
+from medauto.cli._base import COMMANDS
+from medauto.cli._base import common_parser
+from medauto.exceptions import CLIUsageError
+from medauto.exceptions import MedautoError
+from medauto.storage import redact_url
+
+__all__ = ["main"]
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    from medauto import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="medauto", description="AutoML for medical imaging on Optuna studies."
+    )
+    parser.add_argument("--version", action="version", version=f"medauto {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parents = [common_parser()]
+    subparsers = {}
+    for name, cls in COMMANDS.items():
+        doc = (cls.__doc__ or "").strip()
+        p = sub.add_parser(
+            name, parents=parents, help=doc.splitlines()[0], description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cls.add_arguments(p)
+        subparsers[name] = p
+    return parser, subparsers
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    from medauto.logging import get_logger
+    from medauto.logging import set_verbosity
+
+    get_logger("medauto")
+    level = logging.INFO - 10 * args.verbose + 10 * args.quiet
+    set_verbosity(max(logging.DEBUG, min(logging.CRITICAL, level)))
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING if args.verbose == 0 else logging.INFO)
+    if args.log_file:
+        handler = logging.FileHandler(args.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        for root in ("medauto", "med_core", "optuna"):
+            logging.getLogger(root).addHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI with ``argv`` (default ``sys.argv[1:]``) and returns the exit code."""
+    parser, subparsers = _build_parser()
+    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        _configure_logging(args)
+        return int(COMMANDS[args.command]().take_action(args) or 0)
+    except CLIUsageError as e:
+        subparsers[args.command].print_usage(sys.stderr)
+        print(f"medauto {args.command}: error: {redact_url(str(e))}", file=sys.stderr)
+        return 2
+    except (MedautoError, MedCoreError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"medauto {args.command}: error: {redact_url(str(e))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"medauto {args.command}: interrupted; the running trial was recorded as "
+            "'interrupted'. Re-run the same command to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence prints one line
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (run with --debug for the traceback)"
+        msg = redact_url(f"{type(e).__name__}: {e}")
+        print(f"medauto {args.command}: unexpected error: {msg}{hint}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+

@@ -1,0 +1,126 @@
+"""One trial: search space → TrainConfig → med_core Trainer with pruning → validation metric.
+
+The objective records, as trial user attributes readable in optuna-dashboard: ``config``
+(the full TrainConfig as a nested dict), ``backbone``, ``history`` (per-epoch metrics),
+``best_epoch``, ``epochs_run`` and, for a pruned trial, ``pruned_at_epoch``. Failures are
+classified by :func:`medauto._worker.classify_failure`, not here: the objective lets every
+exception propagate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+import optuna
+
+from medauto.callbacks import PruningCallback
+from medauto.logging import get_logger
+
+if TYPE_CHECKING:
+    from med_core.config import TrainConfig
+    from med_core.data import MedicalDataset
+    from med_core.training import Callback
+    from med_core.training import History
+    from medauto.space import SearchSpace
+
+__all__ = ["Objective", "history_for_attrs"]
+
+_logger = get_logger(__name__)
+
+CallbackFactory = Callable[[optuna.trial.BaseTrial, "TrainConfig"], Sequence["Callback"]]
+
+
+def history_for_attrs(history: History) -> list[dict[str, float]]:
+    """Per-epoch metrics as JSON-safe dicts (floats rounded to 6 significant digits)."""
+    out = []
+    for row in history.epochs:
+        out.append(
+            {k: (float(f"{v:.6g}") if math.isfinite(v) else None) for k, v in row.items()}
+        )
+    return out  # type: ignore[return-value]
+
+
+class Objective:
+    """Trains one suggested configuration and returns its best validation metric.
+
+    Args:
+        space: The search space; ``space.suggest(trial)`` gives the TrainConfig.
+        dataset: The loaded dataset, shared by every trial of this process.
+        device: Torch device string the trials train on (``"cpu"``, ``"cuda:0"``).
+        callbacks: Extra per-trial callbacks (e.g. MLflow tracking), built per trial.
+        overrides: Dotted TrainConfig values the space builds on (the study's data spec and
+            metric: ``{"data.dataset": ..., "monitor": ...}``).
+        out_dir: If given, each trial keeps its checkpoints under ``out_dir/trial_<n>``;
+            ``None`` (the default for searches) writes none.
+        progress: Show the trainer's per-epoch progress bars.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        dataset: MedicalDataset,
+        device: str = "cpu",
+        callbacks: CallbackFactory | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        out_dir: Path | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.space = space
+        self.dataset = dataset
+        self.device = device
+        self.callbacks = callbacks
+        self.overrides = dict(overrides or {})
+        self.out_dir = out_dir
+        self.progress = progress
+
+        self.last_epochs_run = 0
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> float:
+        return self.train(trial, self.suggest(trial))
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> TrainConfig:
+        """The trial's TrainConfig: the space's suggestion on top of the overrides."""
+        from med_core.config import TrainConfig
+
+        return self.space.suggest(trial, base=TrainConfig.from_flat(self.overrides))
+
+    def train(
+        self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
+    ) -> float:
+        """Trains ``cfg`` for ``trial``; raises ``optuna.TrialPruned`` when pruned."""
+        from med_core.training import Trainer
+
+        trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("backbone", cfg.model.backbone)
+        pruning = PruningCallback(trial, cfg.monitor)
+        extra = list(self.callbacks(trial, cfg)) if self.callbacks else []
+        out_dir = self.out_dir / f"trial_{trial.number}" if self.out_dir else None
+        trainer = Trainer(
+            cfg,
+            dataset=self.dataset,
+            device=self.device,
+            callbacks=[pruning, *extra],
+            out_dir=out_dir,
+            progress=self.progress,
+            **trainer_kwargs,
+        )
+        self.last_epochs_run = 0
+        history = trainer.fit()
+        self.last_epochs_run = len(history.epochs)
+        trial.set_user_attr("history", history_for_attrs(history))
+        trial.set_user_attr("epochs_run", len(history.epochs))
+        trial.set_user_attr("best_epoch", history.best_epoch)
+        if pruning.pruned_at_epoch is not None:
+            trial.set_user_attr("pruned_at_epoch", pruning.pruned_at_epoch)
+            raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at_epoch}")
+        best = history.best_metric
+        if best is None or not math.isfinite(best):
+            raise ValueError(f"trial produced no finite {cfg.monitor!r} (got {best!r})")
+        return float(best)

@@ -1,0 +1,329 @@
+"""``AutoMLOptimizer``: the Python entry point of a medauto search.
+
+The constructor only stores its arguments (scikit-learn style); :meth:`optimize` validates
+and resolves them (search space, storage, data, device), creates or resumes the study and
+runs trials in this process until the study's target is reached. Other processes join the
+same study with :meth:`AutoMLOptimizer.from_study` (``medauto worker``).
+
+Example:
+    >>> from medauto import AutoMLOptimizer
+    >>> opt = AutoMLOptimizer("breastmnist", "fast", n_trials=20, storage="sqlite:///s.db")
+    >>> opt.n_trials, opt.pruner
+    (20, 'median')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+from medauto.exceptions import MedautoError
+from medauto.logging import get_logger
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+    from med_core.config import TrainConfig
+    from medauto._worker import WorkerReport
+    from medauto.objective import Objective
+    from medauto.space import SearchSpace
+
+__all__ = ["AutoMLOptimizer", "OptimizationResult", "resolve_device"]
+
+_logger = get_logger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class OptimizationResult:
+    """What :meth:`AutoMLOptimizer.optimize` returns.
+
+    Attributes:
+        study: The Optuna study (all workers' trials).
+        best_value: The best validation metric of a COMPLETE trial.
+        best_config: The TrainConfig of that trial (ready for ``medauto train``).
+        best_trial_number: Its trial number.
+        report: What this process's worker ran, and why it stopped.
+    """
+
+    study: optuna.Study
+    best_value: float
+    best_config: TrainConfig
+    best_trial_number: int
+    report: WorkerReport
+
+
+class AutoMLOptimizer:
+    """Searches backbones, checkpointing, augmentation and hyperparameters with Optuna.
+
+    Args:
+        data: A MedMNIST name (``"breastmnist"``), an ``.npz`` path, an image folder or a CSV
+            manifest (see ``med_core.data.load_dataset``).
+        space: A search-space name (``"fast"``, ``"default"``, ``"volumetric"``), a YAML path
+            or a :class:`~medauto.SearchSpace`; ``None`` → ``default`` on GPU, ``fast`` on CPU.
+        metric: Validation metric to optimize (``"val_auc"``, ``"val_acc"``, ...).
+        direction: ``"maximize"``/``"minimize"``; ``None`` infers it from ``metric``.
+        study_name: ``None`` → ``"<dataset>-<space name>"``.
+        storage: Storage URL; ``None`` → SQLite in ``run_dir``.
+        run_dir: Folder for the default storage and run outputs.
+        sampler: ``tpe`` (default), ``random``, ``cmaes``, ``gp`` or ``grid``.
+        sampler_kwargs: Extra sampler arguments.
+        pruner: ``median`` (default), ``percentile``, ``hyperband``, ``successive-halving``,
+            ``wilcoxon`` or ``none``.
+        pruner_kwargs: Extra pruner arguments.
+        n_trials: Finished (complete + pruned) trials the study aims for, over all workers.
+        timeout: Seconds after which this process starts no new trial.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        seed: Sampler seed (trial training seeds come from the space).
+        data_dir: Where MedMNIST names are looked up (``None`` → ``MEDAUTO_DATA_DIR`` or
+            ``~/.medmnist``).
+        storage_settings: Heartbeat/retry settings (``medauto.storage.StorageSettings``).
+        progress: Show a live progress line; ``None`` → when stderr is a TTY.
+        trainer_progress: Show per-epoch bars of each trial.
+    """
+
+    def __init__(
+        self,
+        data: str = "breastmnist",
+        space: str | Path | SearchSpace | None = None,
+        *,
+        metric: str = "val_auc",
+        direction: str | None = None,
+        study_name: str | None = None,
+        storage: str | None = None,
+        run_dir: str | Path = "medauto-runs",
+        sampler: str = "tpe",
+        sampler_kwargs: Mapping[str, Any] | None = None,
+        pruner: str = "median",
+        pruner_kwargs: Mapping[str, Any] | None = None,
+        n_trials: int = 20,
+        timeout: float | None = None,
+        device: str = "auto",
+        seed: int | None = 0,
+        data_dir: str | Path | None = None,
+        storage_settings: Any = None,
+        progress: bool | None = None,
+        trainer_progress: bool = False,
+    ) -> None:
+        self.data = data
+        self.space = space
+        self.metric = metric
+        self.direction = direction
+        self.study_name = study_name
+        self.storage = storage
+        self.run_dir = run_dir
+        self.sampler = sampler
+        self.sampler_kwargs = sampler_kwargs
+        self.pruner = pruner
+        self.pruner_kwargs = pruner_kwargs
+        self.n_trials = n_trials
+        self.timeout = timeout
+        self.device = device
+        self.seed = seed
+        self.data_dir = data_dir
+        self.storage_settings = storage_settings
+        self.progress = progress
+        self.trainer_progress = trainer_progress
+        self.study_: optuna.Study | None = None
+
+    # -- joining an existing study -------------------------------------------------------
+    @classmethod
+    def from_study(cls, study_name: str, storage: str, **kwargs: Any) -> AutoMLOptimizer:
+        """An optimizer that joins the existing study ``study_name`` as one more worker.
+
+        The search space, data, metric and trial target come from the study itself;
+        ``kwargs`` set the process-local options (device, sampler, pruner, timeout, ...).
+
+        Raises:
+            StorageError: the storage cannot be opened.
+            MedautoError: no such study, or it was not created by medauto.
+        """
+        from medauto.space import SearchSpace
+        from medauto.storage import open_storage
+        from medauto.study import load_settings
+
+        study = _load_existing(study_name, open_storage(storage, kwargs.get("storage_settings")))
+        settings = load_settings(study)
+        return cls(
+            settings.data,
+            SearchSpace.from_dict(settings.space, source=f"study {study_name!r}"),
+            metric=settings.metric,
+            direction=settings.direction,
+            study_name=study_name,
+            storage=storage,
+            n_trials=settings.n_trials,
+            **kwargs,
+        )
+
+    # -- validation and resolution -------------------------------------------------------
+    def _validate(self) -> None:
+        n = self.n_trials
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise MedautoError(f"n_trials must be an integer >= 1, got {self.n_trials!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise MedautoError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.direction not in (None, "maximize", "minimize"):
+            raise MedautoError(
+                f"direction must be 'maximize' or 'minimize', got {self.direction!r}"
+            )
+
+    def _resolve_space(self, device: str) -> SearchSpace:
+        from medauto.space import SearchSpace
+
+        if isinstance(self.space, SearchSpace):
+            return self.space
+        name = self.space or ("fast" if device == "cpu" else "default")
+        return SearchSpace.from_yaml(name)
+
+    def _direction(self) -> str:
+        if self.direction is not None:
+            return self.direction
+        return "minimize" if self.metric.endswith("loss") else "maximize"
+
+    def _open(self) -> tuple[optuna.Study, SearchSpace, str]:
+        from medauto.algorithms import make_pruner
+        from medauto.algorithms import make_sampler
+        from medauto.storage import default_storage_url
+        from medauto.storage import open_storage
+        from medauto.study import StudySettings
+        from medauto.study import open_study
+
+        self._validate()
+        device = resolve_device(self.device)
+        space = self._resolve_space(device)
+        url = self.storage or default_storage_url(self.run_dir)
+        storage = open_storage(url, self.storage_settings)
+        settings = StudySettings(
+            space=space.to_dict(),
+            fingerprint=space.fingerprint(),
+            data=str(self.data),
+            metric=self.metric,
+            direction=self._direction(),
+            n_trials=self.n_trials,
+        )
+        grid = space.grid() if self.sampler == "grid" else None
+        sampler = make_sampler(self.sampler, self.sampler_kwargs, seed=self.seed, grid=grid)
+        pruner = make_pruner(self.pruner, self.pruner_kwargs, max_epochs=space.max_epochs)
+        name = self.study_name or f"{Path(str(self.data)).stem}-{space.name}"
+        study = open_study(name, storage, settings, sampler=sampler, pruner=pruner)
+        self.study_ = study
+        return study, space, device
+
+    # -- running ---------------------------------------------------------------------------
+    def optimize(self) -> OptimizationResult:
+        """Runs trials in this process until the study has ``n_trials`` finished trials.
+
+        Re-running the same call resumes the study (finished trials are kept).
+
+        Returns:
+            An :class:`OptimizationResult`.
+
+        Raises:
+            SearchSpaceError, StorageError, StudyConflictError, DataError: bad settings,
+                before any trial runs.
+            MedautoError: no trial completed (all failed or were pruned).
+            KeyboardInterrupt: Ctrl-C/SIGTERM, after recording the running trial as
+                ``interrupted``.
+        """
+        return self._run()
+
+    def _build_objective(self, space: SearchSpace, device: str) -> Objective:
+        from med_core.config import DataConfig
+        from med_core.data import load_dataset
+        from medauto.objective import Objective
+
+        data_dir = str(self.data_dir) if self.data_dir is not None else None
+        dataset = load_dataset(DataConfig(dataset=str(self.data), data_dir=data_dir))
+        overrides = {
+            "data.dataset": str(self.data),
+            "data.data_dir": data_dir,
+            "monitor": self.metric,
+        }
+        return Objective(
+            space,
+            dataset=dataset,
+            device=device,
+            overrides=overrides,
+            progress=self.trainer_progress,
+        )
+
+    def _run(
+        self, *, wrap: Callable[[Objective], Callable[[optuna.Trial], float]] | None = None
+    ) -> OptimizationResult:
+        """Opens the study and runs the worker loop; ``wrap`` adapts the objective (DDP)."""
+        from medauto._progress import SearchProgress
+        from medauto._worker import run_worker
+
+        study, space, device = self._open()
+        objective = self._build_objective(space, device)
+        progress = SearchProgress(self.n_trials, enabled=self.progress)
+        try:
+            report = run_worker(
+                study,
+                wrap(objective) if wrap else objective,
+                target=self.n_trials,
+                timeout=self.timeout,
+                device=device,
+                progress=progress,
+            )
+        finally:
+            progress.close()
+        return self._result(study, report)
+
+    def _result(self, study: optuna.Study, report: WorkerReport) -> OptimizationResult:
+        from medauto.results import best_config
+
+        try:
+            best = study.best_trial
+        except ValueError:
+            raise MedautoError(
+                f"study {study.study_name!r} has no completed trial yet "
+                "(see `medauto status` for the failure reasons)"
+            ) from None
+        return OptimizationResult(
+            study=study,
+            best_value=float(best.value),  # type: ignore[arg-type]
+            best_config=best_config(study),
+            best_trial_number=best.number,
+            report=report,
+        )
+
+    # -- results ---------------------------------------------------------------------------
+    @property
+    def best_config(self) -> TrainConfig:
+        """The TrainConfig of the best completed trial (after :meth:`optimize`)."""
+        from medauto.results import best_config
+
+        return best_config(self._study())
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        """One row per trial: state, value, params, user attributes (Optuna's dataframe)."""
+        return self._study().trials_dataframe()
+
+    def _study(self) -> optuna.Study:
+        if self.study_ is None:
+            raise MedautoError("no study yet: call optimize() first")
+        return self.study_
+
+
+def _load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise MedautoError(f"no study named {name!r} in this storage; studies: {names}") from None

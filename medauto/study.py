@@ -1,0 +1,124 @@
+"""Create, resume and join medauto studies; the study's settings live in its user attributes.
+
+A study created by ``medauto search`` (or :class:`~medauto.AutoMLOptimizer`) stores what
+any worker needs to join it — the search space, the data spec, the metric and the trial
+target — as study user attributes, so ``medauto worker --study NAME --storage URL`` needs
+nothing else. Resuming with a different search space, metric or data raises
+:class:`~medauto.exceptions.StudyConflictError` instead of mixing incompatible trials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from medauto.exceptions import MedautoError
+from medauto.exceptions import StudyConflictError
+from medauto.logging import get_logger
+
+__all__ = ["StudySettings", "load_settings", "open_study"]
+
+_logger = get_logger(__name__)
+_ATTR = "medauto:settings"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What defines a medauto study (stored as the ``medauto:settings`` user attribute).
+
+    Args:
+        space: The search space as a plain dict (``SearchSpace.to_dict()``).
+        fingerprint: ``SearchSpace.fingerprint()``; two spaces with equal fingerprints
+            propose the same configurations.
+        data: The dataset spec (a MedMNIST name, or a path as the workers see it).
+        metric: The monitored validation metric (e.g. ``"val_auc"``).
+        direction: ``"maximize"`` or ``"minimize"``.
+        n_trials: Finished (complete + pruned) trials the study aims for.
+    """
+
+    space: dict[str, Any]
+    fingerprint: str
+    data: str
+    metric: str
+    direction: str
+    n_trials: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "space": self.space,
+            "fingerprint": self.fingerprint,
+            "data": self.data,
+            "metric": self.metric,
+            "direction": self.direction,
+            "n_trials": self.n_trials,
+        }
+
+
+def load_settings(study: optuna.Study) -> StudySettings:
+    """Reads the settings a medauto study was created with.
+
+    Raises:
+        MedautoError: the study was not created by medauto.
+    """
+    raw = study.user_attrs.get(_ATTR)
+    if not isinstance(raw, dict):
+        raise MedautoError(
+            f"study {study.study_name!r} has no medauto settings; create it with "
+            "`medauto search` (or AutoMLOptimizer.optimize()) before starting workers"
+        )
+    return StudySettings(**raw)
+
+
+def _check_compatible(name: str, stored: StudySettings, wanted: StudySettings) -> None:
+    clashes = [
+        f"{key}: study has {getattr(stored, key)!r}, this run asks for {getattr(wanted, key)!r}"
+        for key in ("fingerprint", "data", "metric", "direction")
+        if getattr(stored, key) != getattr(wanted, key)
+    ]
+    if clashes:
+        raise StudyConflictError(
+            f"study {name!r} already exists with different settings ("
+            + "; ".join(clashes)
+            + "). Use another --study name, or the same search space/data/metric to resume."
+        )
+
+
+def open_study(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    settings: StudySettings,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Creates the study, or resumes it if it exists with compatible settings.
+
+    A resumed study takes the new ``n_trials`` target (so ``--trials 20`` after a finished
+    ``--trials 10`` runs 10 more).
+
+    Raises:
+        StudyConflictError: the study exists with another space, data, metric or direction.
+    """
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction=settings.direction,
+        )
+        study.set_user_attr(_ATTR, settings.to_json())
+        _logger.info("created study %r", name)
+        return study
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    stored = load_settings(study)
+    _check_compatible(name, stored, settings)
+    if stored.n_trials != settings.n_trials:
+        study.set_user_attr(_ATTR, settings.to_json())
+    done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    _logger.info("resuming study %r (%d trials already finished)", name, done)
+    return study
