@@ -160,7 +160,8 @@ def run_worker(
         timeout: Seconds after which this worker starts no new trial.
         poll_interval: Seconds between checks while other workers finish the last trials.
         device: Recorded on each trial as the ``device`` user attribute.
-        on_trial_end: Called with each trial this worker finished (for logging, tracking).
+        on_trial_end: Called with each trial this worker finished, also an interrupted one
+            (tracking closes its run there).
         progress: An object with ``update(study)`` (e.g. :class:`medauto._progress.SearchProgress`).
 
     Returns:
@@ -196,10 +197,8 @@ def run_worker(
             study.tell(trial, state=TrialState.FAIL)
             report.add("surplus", trial.number)
             continue
-        frozen = _run_trial(study, trial, objective, device)
+        frozen = _run_trial(study, trial, objective, device, on_trial_end)
         report.add(frozen.state.name.lower(), frozen.number)
-        if on_trial_end is not None:
-            on_trial_end(study, frozen)
     if progress is not None:
         progress.update(study)
     return report
@@ -210,6 +209,7 @@ def _run_trial(
     trial: optuna.Trial,
     objective: Callable[[optuna.Trial], float],
     device: str,
+    on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None,
 ) -> optuna.trial.FrozenTrial:
     trial.set_user_attr("worker", worker_id())
     if device:
@@ -229,14 +229,20 @@ def _run_trial(
                 )
                 trial.set_user_attr("traceback", "".join(traceback.format_exception(exc))[-4000:])
             study.tell(trial, state=state)
+            frozen = study.get_trials(deepcopy=False)[trial.number]
+            if on_trial_end is not None:
+                on_trial_end(study, frozen)
             if isinstance(exc, KeyboardInterrupt):
                 raise
             _release_memory()
-            return study.get_trials(deepcopy=False)[trial.number]
+            return frozen
     trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
     study.tell(trial, value)
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    if on_trial_end is not None:
+        on_trial_end(study, frozen)
     _release_memory()
-    return study.get_trials(deepcopy=False)[trial.number]
+    return frozen
 
 
 def _release_memory() -> None:

@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from med_core.config import TrainConfig
+    from med_core.training import Callback
     from medauto._worker import WorkerReport
     from medauto.objective import Objective
     from medauto.space import SearchSpace
+    from medauto.tracking import BaseTracker
 
 __all__ = ["AutoMLOptimizer", "OptimizationResult", "resolve_device"]
 
@@ -93,6 +95,8 @@ class AutoMLOptimizer:
         storage_settings: Heartbeat/retry settings (``medauto.storage.StorageSettings``).
         progress: Show a live progress line; ``None`` → when stderr is a TTY.
         trainer_progress: Show per-epoch bars of each trial.
+        tracking: MLflow tracking: ``None``/``True`` → a local store ``run_dir/mlflow.db``;
+            a tracking URI; ``False`` → off; or a ``medauto.tracking.BaseTracker``.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class AutoMLOptimizer:
         storage_settings: Any = None,
         progress: bool | None = None,
         trainer_progress: bool = False,
+        tracking: bool | str | BaseTracker | None = None,
     ) -> None:
         self.data = data
         self.space = space
@@ -137,6 +142,7 @@ class AutoMLOptimizer:
         self.storage_settings = storage_settings
         self.progress = progress
         self.trainer_progress = trainer_progress
+        self.tracking = tracking
         self.study_: optuna.Study | None = None
 
     # -- joining an existing study -------------------------------------------------------
@@ -240,7 +246,9 @@ class AutoMLOptimizer:
         """
         return self._run()
 
-    def _build_objective(self, space: SearchSpace, device: str) -> Objective:
+    def _build_objective(
+        self, space: SearchSpace, device: str, tracker: BaseTracker | None = None
+    ) -> Objective:
         from med_core.config import DataConfig
         from med_core.data import load_dataset
         from medauto.objective import Objective
@@ -252,11 +260,17 @@ class AutoMLOptimizer:
             "data.data_dir": data_dir,
             "monitor": self.metric,
         }
+
+        def callbacks(trial: optuna.trial.BaseTrial, cfg: TrainConfig) -> list[Callback]:
+            cb = tracker.trial_callback(trial, cfg) if tracker is not None else None
+            return [] if cb is None else [cb]
+
         return Objective(
             space,
             dataset=dataset,
             device=device,
             overrides=overrides,
+            callbacks=callbacks,
             progress=self.trainer_progress,
         )
 
@@ -266,9 +280,12 @@ class AutoMLOptimizer:
         """Opens the study and runs the worker loop; ``wrap`` adapts the objective (DDP)."""
         from medauto._progress import SearchProgress
         from medauto._worker import run_worker
+        from medauto.tracking import make_tracker
 
         study, space, device = self._open()
-        objective = self._build_objective(space, device)
+        tracker = make_tracker(self.tracking, self.run_dir)
+        tracker.start_study(study)
+        objective = self._build_objective(space, device, tracker)
         progress = SearchProgress(self.n_trials, enabled=self.progress)
         try:
             report = run_worker(
@@ -277,6 +294,7 @@ class AutoMLOptimizer:
                 target=self.n_trials,
                 timeout=self.timeout,
                 device=device,
+                on_trial_end=tracker.end_trial,
                 progress=progress,
             )
         finally:

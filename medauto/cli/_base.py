@@ -77,6 +77,11 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--data-dir", help="MedMNIST folder (default: $MEDAUTO_DATA_DIR or ~/.medmnist)")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.add_argument(
+        "--tracking-uri", default=os.environ.get("MEDAUTO_TRACKING_URI"),
+        help="MLflow tracking URI (default: $MEDAUTO_TRACKING_URI, else sqlite in --run-dir)",
+    )
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
 def _worker_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,6 +97,7 @@ def _worker_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "data_dir": args.data_dir,
         "progress": False if args.no_progress else None,
+        "tracking": False if args.no_tracking else args.tracking_uri,
     }
 
 
@@ -206,6 +212,11 @@ def _spawn_packed_workers(args: argparse.Namespace) -> int:
             cmd += ["--timeout", str(args.timeout)]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
+        if args.no_tracking:
+            cmd.append("--no-tracking")
+        elif args.tracking_uri:
+            cmd += ["--tracking-uri", args.tracking_uri]
+        cmd += ["--run-dir", args.run_dir]
         procs.append(subprocess.Popen([*cmd, "--no-progress"]))
     codes = [p.wait() for p in procs]
     return max(codes)
@@ -282,7 +293,6 @@ class TrainCommand(_Command):
 
     def take_action(self, args: argparse.Namespace) -> int:
         from med_core.train import main as train_main
-
         from medauto.optimizer import resolve_device
 
         argv = ["--config", args.config, "--device", resolve_device(args.device)]

@@ -1,0 +1,219 @@
+"""MLflow tracking: one experiment per study, a parent run per study, a child run per trial.
+
+Optuna's own ``MLflowCallback`` logs only after a trial ends, and its nested runs break
+under parallel workers. medauto logs through ``MlflowClient`` with explicit run ids: the
+parent run's id lives in the study's user attributes (``medauto:mlflow_parent_run_id``),
+so every worker, on any machine, attaches its trials' child runs to the same parent, and
+per-epoch metrics are logged as they happen.
+
+Tracking must never stop a search: if the tracking server cannot be reached or an MLflow
+call fails, the tracker warns once and turns itself off for this process.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+from med_core.training.callbacks import Callback
+from medauto.logging import get_logger
+from medauto.storage import redact_url
+
+if TYPE_CHECKING:
+    import optuna
+
+    from med_core.config import TrainConfig
+    from med_core.training import Trainer
+
+__all__ = [
+    "PARENT_RUN_ATTR",
+    "BaseTracker",
+    "MlflowTracker",
+    "NullTracker",
+    "default_tracking_uri",
+    "make_tracker",
+]
+
+_logger = get_logger(__name__)
+PARENT_RUN_ATTR = "medauto:mlflow_parent_run_id"
+_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def default_tracking_uri(run_dir: str | Path) -> str:
+    """The zero-setup MLflow store: ``sqlite:///<run_dir>/mlflow.db``."""
+    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+class BaseTracker:
+    """What the optimizer asks of a tracker; every hook is a no-op here."""
+
+    def start_study(self, study: optuna.Study) -> None:
+        """Called once per process after the study is opened."""
+
+    def trial_callback(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig) -> Callback | None:
+        """A trainer callback that logs this trial, or ``None``."""
+        return None
+
+    def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Called after the trial's final state is recorded in the study."""
+
+
+class NullTracker(BaseTracker):
+    """Tracks nothing (``tracking=False``)."""
+
+
+class _TrialRun(Callback):
+    """Logs a trial's per-epoch metrics into its MLflow child run (rank 0 only)."""
+
+    def __init__(self, tracker: MlflowTracker, run_id: str) -> None:
+        self.tracker = tracker
+        self.run_id = run_id
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        if not trainer.is_main_process:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch + 1) for k, v in metrics.items()]
+        with self.tracker._guard("log epoch metrics"):
+            self.tracker.client.log_batch(self.run_id, metrics=batch)
+
+
+class MlflowTracker(BaseTracker):
+    """Logs a study to MLflow through ``MlflowClient`` with explicit parent/child run ids.
+
+    Args:
+        tracking_uri: Any MLflow tracking URI (``sqlite:///...``, ``http://host:5000``,
+            a ``file:`` store).
+        experiment: Experiment name; ``None`` → the study name.
+        reach_timeout: Seconds to wait when checking that an HTTP server answers.
+    """
+
+    def __init__(
+        self, tracking_uri: str, *, experiment: str | None = None, reach_timeout: float = 3.0
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.reach_timeout = reach_timeout
+        self.enabled = True
+        self._client: Any = None
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._runs: dict[int, str] = {}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Runs an MLflow call; on failure, warns once and disables tracking."""
+        if not self.enabled:
+            yield
+            return
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - tracking must never stop a search
+            self.enabled = False
+            _logger.warning(
+                "MLflow tracking at %s failed (%s: %s) while trying to %s; "
+                "tracking is off for this process, the search goes on",
+                redact_url(self.tracking_uri), type(e).__name__, redact_url(str(e))[:300], what,
+            )
+
+    def _reachable(self) -> bool:
+        parsed = urllib.parse.urlparse(self.tracking_uri)
+        if parsed.scheme not in ("http", "https"):
+            return True
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname or "", port), self.reach_timeout):
+                return True
+        except OSError as e:
+            self.enabled = False
+            _logger.warning(
+                "MLflow tracking server %s is unreachable (%s); tracking is off, the search "
+                "goes on", redact_url(self.tracking_uri), e,
+            )
+            return False
+
+    def start_study(self, study: optuna.Study) -> None:
+        if not self._reachable():
+            return
+        with self._guard("create the experiment and parent run"):
+            name = self.experiment or study.study_name
+            exp = self.client.get_experiment_by_name(name)
+            self.experiment_id = (
+                exp.experiment_id if exp is not None else self.client.create_experiment(name)
+            )
+            parent = study.user_attrs.get(PARENT_RUN_ATTR)
+            if parent is None:
+                run = self.client.create_run(
+                    self.experiment_id,
+                    run_name=study.study_name,
+                    tags={"medauto.study": study.study_name, "medauto.role": "study"},
+                )
+                parent = run.info.run_id
+                study.set_user_attr(PARENT_RUN_ATTR, parent)
+            self.parent_run_id = parent
+
+    def trial_callback(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig) -> Callback | None:
+        if not self.enabled or self.experiment_id is None:
+            return None
+        from mlflow.entities import Param
+
+        with self._guard("create the trial run"):
+            number = trial.number
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"trial-{number}",
+                tags={
+                    "mlflow.parentRunId": self.parent_run_id,
+                    "medauto.trial": str(number),
+                    "medauto.role": "trial",
+                    "medauto.worker": f"{socket.gethostname()}",
+                },
+            )
+            run_id = run.info.run_id
+            params = [Param(k, str(v)) for k, v in sorted(cfg.flatten().items())]
+            for i in range(0, len(params), 90):  # MLflow caps params per batch at 100
+                self.client.log_batch(run_id, params=params[i : i + 90])
+            self._runs[number] = run_id
+            trial.set_user_attr("mlflow_run_id", run_id)
+            return _TrialRun(self, run_id)
+        return None
+
+    def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = self._runs.pop(trial.number, None)
+        if run_id is None or not self.enabled:
+            return
+        from mlflow.entities import RunTag
+
+        tags = [RunTag("medauto.state", trial.state.name.lower())]
+        for key in ("reason", "pruned_at_epoch", "device", "best_epoch"):
+            if key in trial.user_attrs:
+                tags.append(RunTag(f"medauto.{key}", str(trial.user_attrs[key])[:5000]))
+        with self._guard("close the trial run"):
+            self.client.log_batch(run_id, tags=tags)
+            self.client.set_terminated(run_id, status=_STATUS.get(trial.state.name, "FAILED"))
+
+
+def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path) -> BaseTracker:
+    """``None``/``True`` → MLflow in ``run_dir``; ``False`` → none; a URI → MLflow there."""
+    if isinstance(tracking, BaseTracker):
+        return tracking
+    if tracking is False:
+        return NullTracker()
+    uri = default_tracking_uri(run_dir) if tracking in (None, True) else str(tracking)
+    return MlflowTracker(uri)
