@@ -237,7 +237,8 @@ class AugmentConfig(_ConfigBase):
 
     ``None`` for a parametric field keeps the policy's value. Probabilities are in [0, 1];
     ``rotation`` is in degrees; ``scale`` and ``translate`` are fractions of the image size;
-    ``brightness``/``contrast`` are jitter strengths; ``noise_std`` is in units of the
+    ``brightness``/``contrast``/``gamma`` are jitter strengths (gamma: ``x ** g`` with
+    ``log g`` in ``[-gamma, gamma]``); ``noise_std`` is in units of the
     [0, 1] intensity range.
     """
 
@@ -249,6 +250,7 @@ class AugmentConfig(_ConfigBase):
     translate: float | None = _rule(_optional(_in_range(0.0, 0.5)), None)
     brightness: float | None = _rule(_optional(_in_range(0.0, 1.0)), None)
     contrast: float | None = _rule(_optional(_in_range(0.0, 1.0)), None)
+    gamma: float | None = _rule(_optional(_in_range(0.0, 1.0)), None)
     noise_std: float | None = _rule(_optional(_in_range(0.0, 0.5)), None)
     mixup_alpha: float = _rule(_in_range(0.0, 10.0), 0.0)
     cutmix_alpha: float = _rule(_in_range(0.0, 10.0), 0.0)

@@ -1,0 +1,78 @@
+"""Deterministic stratified train/val/test splits for user data without a split column."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from med_core.exceptions import DataError
+
+__all__ = ["stratified_split"]
+
+
+def _share(n: int, fraction: float) -> int:
+    """Samples of a class given to a held-out split: round(n * fraction), at least 1 if > 0."""
+    if fraction <= 0:
+        return 0
+    return max(1, int(round(n * fraction)))
+
+
+def stratified_split(
+    labels: np.ndarray,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int = 0,
+    class_names: tuple[str, ...] | None = None,
+) -> dict[str, np.ndarray]:
+    """Splits sample indices per class into train/val/test.
+
+    Each class is shuffled with ``numpy.random.default_rng([seed, class_index])`` and gives
+    ``max(1, round(n_c * test_fraction))`` samples to test and ``max(1, round(n_c *
+    val_fraction))`` to val (0 when the fraction is 0); the rest go to train. The result
+    depends only on the labels (in sample order), the fractions and the seed, so it is
+    the same on every machine and NumPy version that keeps ``PCG64``.
+
+    Args:
+        labels: Class indices, shape ``(N,)``.
+        val_fraction: Share of each class for validation, in [0, 0.5].
+        test_fraction: Share of each class for testing, in [0, 0.5].
+        seed: Seed of the per-class shuffles.
+        class_names: Names used in error messages.
+
+    Returns:
+        ``{"train": idx, "val": idx, "test": idx}``: sorted int64 index arrays.
+
+    Raises:
+        DataError: a class has too few samples to give at least one to train and to each
+            split with a non-zero fraction.
+
+    Example:
+        >>> s = stratified_split(np.array([0] * 10 + [1] * 10), val_fraction=0.1, test_fraction=0.2)
+        >>> [len(s[k]) for k in ("train", "val", "test")]
+        [14, 2, 4]
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DataError(f"stratified split needs class indices of shape (N,), got {labels.shape}")
+    out: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n = len(idx)
+        n_test = _share(n, test_fraction)
+        n_val = _share(n, val_fraction)
+        if n - n_test - n_val < 1:
+            name = class_names[int(c)] if class_names is not None else str(int(c))
+            need = 1 + (val_fraction > 0) + (test_fraction > 0)
+            raise DataError(
+                f"class {name!r} has {n} sample(s): too few to stratify into train/val/test "
+                f"with val_fraction={val_fraction}, test_fraction={test_fraction} "
+                f"(needs at least {need}); add samples or give a split column"
+            )
+        perm = idx[np.random.default_rng([seed, int(c)]).permutation(n)]
+        out["test"].append(perm[:n_test])
+        out["val"].append(perm[n_test : n_test + n_val])
+        out["train"].append(perm[n_test + n_val :])
+    return {
+        k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64)
+        for k, v in out.items()
+    }
