@@ -120,7 +120,12 @@ def make_sampler(
 
 
 def make_pruner(
-    name: str, kwargs: Mapping[str, Any] | None = None, *, max_epochs: int | None = None
+    name: str,
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    min_epochs: int | None = None,
+    max_epochs: int | None = None,
+    reduction_factor: int | None = None,
 ) -> optuna.pruners.BasePruner:
     """Builds the pruner ``name`` (one of :data:`PRUNERS`).
 
@@ -128,7 +133,10 @@ def make_pruner(
         name: ``median`` (default), ``percentile``, ``hyperband``, ``successive-halving``,
             ``wilcoxon`` or ``none``.
         kwargs: Constructor arguments of the Optuna class, validated by name.
-        max_epochs: The fidelity budget; sets Hyperband's ``max_resource`` unless given.
+        min_epochs: The smallest budget (the space's ``fidelity.min_epochs``); sets the
+            ``min_resource`` of Hyperband and successive halving unless given.
+        max_epochs: The full budget; sets Hyperband's ``max_resource`` unless given.
+        reduction_factor: The space's ``fidelity.reduction_factor``, for both.
 
     Raises:
         MedautoError: unknown name or unknown keyword argument.
@@ -137,6 +145,11 @@ def make_pruner(
     if name not in PRUNERS:
         raise MedautoError(f"unknown pruner {name!r}; choose one of {sorted(PRUNERS)}")
     _check_kwargs("pruner", name, kwargs)
+    if name in ("hyperband", "successive-halving"):
+        if min_epochs is not None:
+            kwargs.setdefault("min_resource", min_epochs)
+        if reduction_factor is not None:
+            kwargs.setdefault("reduction_factor", reduction_factor)
     if name == "hyperband" and max_epochs is not None:
         kwargs.setdefault("max_resource", max_epochs)
     try:

@@ -222,7 +222,13 @@ class AutoMLOptimizer:
         )
         grid = space.grid() if self.sampler == "grid" else None
         sampler = make_sampler(self.sampler, self.sampler_kwargs, seed=self.seed, grid=grid)
-        pruner = make_pruner(self.pruner, self.pruner_kwargs, max_epochs=space.max_epochs)
+        pruner = make_pruner(
+            self.pruner,
+            self.pruner_kwargs,
+            min_epochs=space.min_epochs,
+            max_epochs=space.max_epochs,
+            reduction_factor=space.reduction_factor,
+        )
         name = self.study_name or f"{Path(str(self.data)).stem}-{space.name}"
         study = open_study(name, storage, settings, sampler=sampler, pruner=pruner)
         self.study_ = study
