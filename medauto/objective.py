@@ -59,6 +59,8 @@ class Objective:
         out_dir: If given, each trial keeps its checkpoints under ``out_dir/trial_<n>``;
             ``None`` (the default for searches) writes none.
         progress: Show the trainer's per-epoch progress bars.
+        artifact_store: If given, each trial that trained (complete or pruned) uploads its
+            learning curve and validation confusion matrix there (``medauto.artifacts``).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Objective:
         overrides: Mapping[str, Any] | None = None,
         out_dir: Path | None = None,
         progress: bool = False,
+        artifact_store: Any = None,
     ) -> None:
         self.space = space
         self.dataset = dataset
@@ -79,6 +82,7 @@ class Objective:
         self.overrides = dict(overrides or {})
         self.out_dir = out_dir
         self.progress = progress
+        self.artifact_store = artifact_store
 
         self.last_epochs_run = 0
 
@@ -117,6 +121,10 @@ class Objective:
         trial.set_user_attr("history", history_for_attrs(history))
         trial.set_user_attr("epochs_run", len(history.epochs))
         trial.set_user_attr("best_epoch", history.best_epoch)
+        if self.artifact_store is not None:  # never raises; every DDP rank calls it
+            from medauto.artifacts import trial_artifacts
+
+            trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store)
         if pruning.pruned_at_epoch is not None:
             trial.set_user_attr("pruned_at_epoch", pruning.pruned_at_epoch)
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at_epoch}")

@@ -257,6 +257,7 @@ class AutoMLOptimizer:
     ) -> Objective:
         from med_core.config import DataConfig
         from med_core.data import load_dataset
+        from medauto.artifacts import artifact_store_for
         from medauto.objective import Objective
 
         data_dir = str(self.data_dir) if self.data_dir is not None else None
@@ -278,6 +279,7 @@ class AutoMLOptimizer:
             overrides=overrides,
             callbacks=callbacks,
             progress=self.trainer_progress,
+            artifact_store=artifact_store_for(self.run_dir),
         )
 
     def _run(
@@ -293,6 +295,7 @@ class AutoMLOptimizer:
         tracker.start_study(study)
         objective = self._build_objective(space, device, tracker)
         progress = SearchProgress(self.n_trials, enabled=self.progress)
+        report = None
         try:
             report = run_worker(
                 study,
@@ -305,6 +308,8 @@ class AutoMLOptimizer:
             )
         finally:
             progress.close()
+            done = report is not None and report.stop_reason == "target reached"
+            tracker.end_study(study, finished=done)
         return self._result(study, report)
 
     def _result(self, study: optuna.Study, report: WorkerReport) -> OptimizationResult:

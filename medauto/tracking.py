@@ -63,6 +63,9 @@ class BaseTracker:
     def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Called after the trial's final state is recorded in the study."""
 
+    def end_study(self, study: optuna.Study, *, finished: bool) -> None:
+        """Called when this process stops working on the study (``finished``: target met)."""
+
 
 class NullTracker(BaseTracker):
     """Tracks nothing (``tracking=False``)."""
@@ -166,6 +169,8 @@ class MlflowTracker(BaseTracker):
                 )
                 parent = run.info.run_id
                 study.set_user_attr(PARENT_RUN_ATTR, parent)
+            elif self.client.get_run(parent).info.status != "RUNNING":
+                self.client.update_run(parent, status="RUNNING")  # the study resumes
             self.parent_run_id = parent
 
     def trial_callback(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig) -> Callback | None:
@@ -207,6 +212,14 @@ class MlflowTracker(BaseTracker):
         with self._guard("close the trial run"):
             self.client.log_batch(run_id, tags=tags)
             self.client.set_terminated(run_id, status=_STATUS.get(trial.state.name, "FAILED"))
+
+
+    def end_study(self, study: optuna.Study, *, finished: bool) -> None:
+        if self.parent_run_id is None or not self.enabled:
+            return
+        with self._guard("close the study run"):
+            status = "FINISHED" if finished else "KILLED"
+            self.client.set_terminated(self.parent_run_id, status=status)
 
 
 def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path) -> BaseTracker:

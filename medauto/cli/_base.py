@@ -319,6 +319,7 @@ class DashboardCommand(_Command):
     def take_action(self, args: argparse.Namespace) -> int:
         import optuna_dashboard
 
+        from medauto.artifacts import artifact_store_for
         from medauto.logging import get_logger
         from medauto.storage import open_storage
 
@@ -329,7 +330,10 @@ class DashboardCommand(_Command):
             )
         storage = open_storage(_storage_url(args))
         print(f"optuna-dashboard on http://{args.host}:{args.port}/", file=sys.stderr)
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+        optuna_dashboard.run_server(
+            storage, host=args.host, port=args.port,
+            artifact_store=artifact_store_for(args.run_dir),
+        )
         return 0
 
 

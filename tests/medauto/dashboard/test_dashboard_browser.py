@@ -1,0 +1,122 @@
+"""Headless Chromium renders the study in ``medauto dashboard``: screenshots under the test's
+temp dir, and the rendered DOM shows the study name, the trial count, the user attributes
+and the trial's artifacts. Needs Debian's ``chromium`` (CI installs it)."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from dashboard_helpers import DashboardProcess
+from dashboard_helpers import DemoStudy
+from dashboard_helpers import http_json
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=1280,900", "--virtual-time-budget=10000",
+)
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail(
+        "headless Chromium is not installed: run `apt-get install -y chromium` "
+        "(Debian's package; .ci/run installs it)"
+    )
+
+
+def render(url: str, out_dir: Path, name: str) -> tuple[Path, str]:
+    """Loads ``url`` in a fresh headless Chromium; returns (screenshot, visible text)."""
+    shot = out_dir / f"{name}.png"
+    cmd = [
+        _chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={out_dir / f'profile-{name}'}",
+        f"--screenshot={shot}", "--dump-dom", url,
+    ]
+    done = subprocess.run(cmd, capture_output=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    dom = done.stdout.decode()
+    (out_dir / f"{name}.html").write_text(dom)
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    text = html.unescape(re.sub(r"<[^>]+>", "\n", text))
+    text = "\n".join(line.strip() for line in text.splitlines() if line.strip())
+    return shot, text
+
+
+def _assert_screenshot(shot: Path) -> None:
+    data = shot.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 20_000, f"screenshot is only {len(data)} bytes"
+    with Image.open(shot) as im:
+        assert im.size == (1280, 900)
+        colours = im.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 100, "the page rendered (nearly) blank"
+
+
+def _study_id(dashboard: DashboardProcess, name: str) -> int:
+    summaries = http_json(f"{dashboard.base}/api/studies")["study_summaries"]
+    return int(next(s["study_id"] for s in summaries if s["study_name"] == name))
+
+
+def test_study_page_renders_name_and_best_trial(
+    dashboard: DashboardProcess, demo_study: DemoStudy, tmp_path: Path
+) -> None:
+    study_id = _study_id(dashboard, demo_study.name)
+    shot, text = render(f"{dashboard.base}/dashboard/studies/{study_id}", tmp_path, "study")
+    _assert_screenshot(shot)
+    assert f"{demo_study.name} (id={study_id})" in text
+    assert f"Best Trial (number={demo_study.best_number})" in text
+    assert "History" in text and "Hyperparameter Importance" in text
+
+
+@pytest.fixture(scope="module")
+def trials_page(
+    dashboard: DashboardProcess, demo_study: DemoStudy, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[str]]:
+    """The study's "Trials (List)" page, rendered once: (screenshot, visible text lines)."""
+    study_id = _study_id(dashboard, demo_study.name)
+    shot, text = render(
+        f"{dashboard.base}/dashboard/studies/{study_id}/trials",
+        tmp_path_factory.mktemp("trials-page"), "trials",
+    )
+    return shot, text.splitlines()
+
+
+def test_trials_page_renders_count_and_user_attributes(
+    trials_page: tuple[Path, list[str]], demo_study: DemoStudy
+) -> None:
+    shot, lines = trials_page
+    _assert_screenshot(shot)
+    assert any(demo_study.name in line for line in lines)
+    assert f"{len(demo_study.states)} Trials" in lines  # the list's header: "5 Trials"
+    for number in range(len(demo_study.states)):
+        assert f"Trial {number}" in lines
+    assert {"Complete", "Pruned", "Fail", "Best Trial"} <= set(lines)
+    # the first trial is selected: its user attributes are on the page
+    attrs = demo_study.user_attrs[0]
+    assert f"backbone {attrs['backbone']}" in lines
+    assert f"mlflow_run_id {attrs['mlflow_run_id']}" in lines
+    assert any(line.startswith("config {") for line in lines)
+    assert any(line.startswith("history [{") for line in lines)
+
+
+def test_trials_page_shows_the_trials_artifacts(
+    trials_page: tuple[Path, list[str]], demo_study: DemoStudy
+) -> None:
+    """The UI shows the Artifacts section (with previews) only when the dashboard was
+    started with an artifact store."""
+    _, lines = trials_page
+    assert "Artifacts" in lines, "no Artifacts section: dashboard has no artifact store"
+    for filename in demo_study.artifacts[0]:
+        assert filename in lines, f"{filename} not rendered"
