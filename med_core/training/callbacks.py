@@ -34,7 +34,12 @@ class Callback:
         """Called before each training epoch (``epoch`` counts from 0)."""
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-        """Called after each epoch's validation; may call ``trainer.request_stop(reason)``."""
+        """Called after each epoch's validation; may call ``trainer.request_stop(reason)``.
+
+        ``metrics`` is the very dict the trainer records in its history: entries a
+        callback adds (custom metrics) are kept. Callbacks run in order, and the best
+        epoch and the checkpoints are decided after all of them.
+        """
 
     def on_fit_end(self, trainer: Trainer, history: History) -> None:
         """Called once after the last epoch, also when a callback stopped training early."""
