@@ -1,0 +1,204 @@
+"""CPU smoke test of benchmarks/gradient_checkpointing.py (tiny sizes; the GPU run is manual)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "gradient_checkpointing.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[ModuleType]:
+    """The script loaded as a module (it puts the repository root on ``sys.path`` itself)."""
+    name = "gradient_checkpointing_bench_under_test"
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core CI box this is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+TINY = [
+    "--device", "cpu", "--sizes", "16", "--batch-sizes", "2",
+    "--families", "resnet,mobilenet",
+    "--backbone", "resnet=resnet18", "--backbone", "mobilenet=mobilenet_v3_small",
+    "--segments", "off,2", "--warmup", "0", "--repeats", "1",
+    "--time-limit", "300", "--watchdog-grace", "0",
+]  # fmt: skip
+
+
+def _table_rows(md: str, heading: str) -> list[list[str]]:
+    """Body rows of the first Markdown table after ``heading``."""
+    lines = md[md.index(heading) :].splitlines()[1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_cpu_smoke_run_writes_report_and_json(bench: ModuleType, tmp_path: Path) -> None:
+    out, js, png = tmp_path / "gc.md", tmp_path / "gc.json", tmp_path / "gc.png"
+    argv = [*TINY, "--out", str(out), "--json", str(js), "--plot", str(png)]
+    assert bench.main(argv) == 0
+
+    md = out.read_text(encoding="utf-8")
+    # header: the exact command and the environment
+    assert "python benchmarks/gradient_checkpointing.py --device cpu --sizes 16" in md
+    assert f"--out {out}" in md
+    assert "| torch |" in md and "| timm |" in md and "| CPU |" in md
+    assert "peak device memory and resident activation memory are not available" in md
+
+    # one row per (family, segments) in each family's table; saved % is 0 for off, > 0 on
+    for family, name in (("resnet", "resnet18"), ("mobilenet", "mobilenet_v3_small")):
+        rows = _table_rows(md, f"### {family} ({name})")
+        by_seg = {r[2]: r for r in rows}
+        assert set(by_seg) == {"off", "2", "off (repeat)"}, rows  # repeat = noise estimate
+        assert all(r[-1] == "ok" for r in rows), rows
+        assert float(by_seg["off"][6]) == 0.0  # mem saved %
+        assert float(by_seg["2"][6]) > 0.0
+        assert by_seg["off"][3] == "–"  # no peak device memory on CPU
+        assert float(by_seg["2"][8]) > 0.0  # step ms
+
+    # summary table has both families; the plot exists
+    summary = _table_rows(md, "## Proposed default segments")
+    assert [r[0] for r in summary] == ["resnet", "mobilenet"]
+    assert png.is_file() and png.stat().st_size > 0
+    assert "![memory saved vs. time overhead](gc.png)" in md
+
+    # raw JSON parses and carries the same numbers
+    data = json.loads(js.read_text(encoding="utf-8"))
+    assert data["schema"] == 1 and data["status"] == "complete"
+    assert data["command"].endswith(f"--plot {png}")
+    assert all(r["status"] == "ok" for r in data["results"])
+    repeats = [r for r in data["results"] if r["phase"] == "repeat"]
+    assert sorted(r["family"] for r in repeats) == ["mobilenet", "resnet"]
+    assert all(r["segments"] == 0 and r["mem_saved_pct"] == 0 for r in repeats)
+    rows = [r for r in data["results"] if r["phase"] != "repeat"]
+    assert len(rows) == 4 and {(r["family"], r["segments"]) for r in rows} == {
+        ("resnet", 0),
+        ("resnet", 2),
+        ("mobilenet", 0),
+        ("mobilenet", 2),
+    }
+    for r in rows:
+        assert r["saved_mib"] > 0 and r["step_ms"] > 0 and r["peak_mib"] is None
+        if r["segments"]:
+            assert r["mem_saved_pct"] > 0 and r["saved_mib"] < next(
+                o["saved_mib"] for o in rows if o["family"] == r["family"] and o["segments"] == 0
+            )
+        else:
+            assert r["mem_saved_pct"] == 0 and r["overhead_pct"] == 0
+    assert data["max_batch"] == []  # CUDA only
+    assert {s["family"] for s in data["summary"]} == {"resnet", "mobilenet"}
+    assert all(s["noise_pct"] is not None for s in data["summary"])
+
+
+def test_profile_mode_on_cpu(
+    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, js = tmp_path / "prof.md", tmp_path / "prof.json"
+    argv = [
+        "--device", "cpu", "--sizes", "16", "--batch-sizes", "2", "--families", "mobilenet",
+        "--backbone", "mobilenet=mobilenet_v3_small", "--profile", "mobilenet",
+        "--profile-segments", "2", "--profile-steps", "1", "--warmup", "0", "--repeats", "1",
+        "--watchdog-grace", "0", "--out", str(out), "--json", str(js),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "=== profile mobilenet (mobilenet_v3_small)" in printed
+    assert "aten::" in printed
+    data = json.loads(js.read_text(encoding="utf-8"))
+    (entry,) = data["profile"]
+    assert [s["label"] for s in entry["settings"]] == ["off", "seg 2"]
+    for s in entry["settings"]:
+        assert s["prof"]["aten_calls_per_step"] > 0
+        assert s["prof"]["launches_per_step"] is None  # no CUDA on CPU
+    # recomputation shows up as more aten calls per step
+    assert (
+        entry["settings"][1]["prof"]["aten_calls_per_step"]
+        > entry["settings"][0]["prof"]["aten_calls_per_step"]
+    )
+    assert "Ops that grew most" in out.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("norm_stats", ["restore", "freeze"])
+def test_script_runner_matches_library_path(bench: ModuleType, norm_stats: str) -> None:
+    """The ablation runner with the library's options, and with the proposed BN-freeze
+    recomputation, computes exactly what Backbone's checkpointing does (gradients and
+    BatchNorm running statistics)."""
+    from med_core.backbones import create_backbone
+
+    torch.manual_seed(0)
+    lib = create_backbone("resnet18", img_size=16)
+    scr = copy.deepcopy(lib)
+    lib.enable_gradient_checkpointing(2)
+    opts = bench.CkptOptions(norm_stats=norm_stats, force_script=True)
+    runner = bench.ScriptCheckpointed(scr, opts)
+    runner.segments = 2
+    x = torch.randn(2, 3, 16, 16)
+    lib(x).square().mean().backward()
+    runner(x).square().mean().backward()
+    for (n, a), (_, b) in zip(lib.named_parameters(), scr.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=n)
+    for a, b in zip(
+        lib.buffers(), scr.buffers(), strict=True
+    ):  # BN statistics restored after recompute
+        torch.testing.assert_close(a, b)
+
+
+def test_rule_picks_least_overhead_meeting_both_bounds(bench: ModuleType) -> None:
+    def row(k: int, saved: float, over: float) -> dict[str, object]:
+        return {"segments": k, "status": "ok", "mem_saved_pct": saved, "overhead_pct": over}
+
+    off = row(0, 0.0, 0.0)
+    chosen, why = bench.choose([off, row(1, 90, 40), row(2, 70, 20), row(4, 55, 12), row(8, 40, 5)])
+    assert chosen["segments"] == 4 and why == ""
+    chosen, why = bench.choose([off, row(1, 90, 60), row(8, 40, 5)])
+    assert chosen is None
+    assert re.search(r"at most 40 % saved \(segments=8\)", why)
+    assert re.search(r"costs at least 60 % time \(segments=1\)", why)
+
+
+def test_options_labels(bench: ModuleType) -> None:
+    assert bench.CkptOptions().uses_library and bench.CkptOptions().label() == "library"
+    assert bench.CkptOptions(force_script=True).label() == "script"
+    opt = bench.CkptOptions(preserve_rng_state=False, skip_last=True)
+    assert not opt.uses_library and opt.label() == "no_rng+skip_last"
+    assert bench.CkptOptions(norm_stats="freeze").label() == "norm_freeze"
+    assert bench.CkptOptions(norm_stats="update").label() == "no_norm_restore"
+
+
+def test_bad_arguments_fail_clearly(bench: ModuleType) -> None:
+    with pytest.raises(SystemExit, match="unknown families"):
+        bench.main(["--device", "cpu", "--families", "resnet,nosuch", "--watchdog-grace", "0"])
+    with pytest.raises(SystemExit, match="belongs to family"):
+        bench.main(["--device", "cpu", "--backbone", "resnet=vit_tiny", "--watchdog-grace", "0"])
