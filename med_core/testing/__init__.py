@@ -1,0 +1,7 @@
+"""Test helpers that ship with med_core (they need ``pytest``; import the submodules).
+
+``med_core.testing.backbones``: the backbone conformance suites (``BackboneSuite``,
+``CheckpointingSuite``) and their ``check_*`` assertions.
+"""
+
+from __future__ import annotations
