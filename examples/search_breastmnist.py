@@ -1,0 +1,43 @@
+"""Search BreastMNIST with the Python API, then read the best configuration back.
+
+    MEDAUTO_DATA_DIR=/path/to/medmnist python examples/search_breastmnist.py [--trials 6]
+
+Writes its study (SQLite) and MLflow store to ./medauto-runs/ unless --run-dir is given;
+running it again resumes the same study.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from medauto import AutoMLOptimizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--run-dir", default="medauto-runs")
+    parser.add_argument("--space", default="fast")
+    args = parser.parse_args()
+
+    optimizer = AutoMLOptimizer(
+        "breastmnist",
+        args.space,
+        n_trials=args.trials,
+        run_dir=args.run_dir,
+        pruner="median",
+        seed=0,
+    )
+    result = optimizer.optimize()
+
+    states = optimizer.trials_dataframe()["state"].value_counts().to_dict()
+    print(f"trials by state: {states}")
+    print(f"best validation AUC: {result.best_value:.4f} (trial {result.best_trial_number})")
+    cfg = result.best_config
+    print(f"best backbone: {cfg.model.backbone}, lr {cfg.optim.lr:.2e}, epochs {cfg.epochs}")
+    print("best config as YAML, ready for `medauto train --config`:")
+    print(cfg.to_yaml())
+
+
+if __name__ == "__main__":
+    main()
