@@ -6,7 +6,7 @@ RUN_DIR=${1:-medauto-runs}
 STUDY=walkthrough
 
 # 1. A small search with the laptop-sized space; re-running resumes the study.
-medauto search --data breastmnist --space fast --trials "${TRIALS:-6}" \
+medauto search --data breastmnist --space "${SPACE:-fast}" --trials "${TRIALS:-6}" \
   --study "$STUDY" --run-dir "$RUN_DIR" --no-progress
 
 # 2. What happened: trials by state, the best trial, failure reasons.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from med_core.training import Callback
     from medauto._worker import WorkerReport
     from medauto.objective import Objective
+    from medauto.retrain import RetrainResult
     from medauto.space import SearchSpace
     from medauto.tracking import BaseTracker
 
@@ -341,6 +343,46 @@ class AutoMLOptimizer:
     def trials_dataframe(self) -> pd.DataFrame:
         """One row per trial: state, value, params, user attributes (Optuna's dataframe)."""
         return self._study().trials_dataframe()
+
+    def retrain(
+        self,
+        *,
+        ensemble: int = 1,
+        seeds: Sequence[int] = (0,),
+        train_on_val: bool = False,
+        quantize: str | None = None,
+        out_dir: str | Path | None = None,
+        **kwargs: Any,
+    ) -> RetrainResult:
+        """Retrains the best trial (or the top ``ensemble``) and evaluates it once on test.
+
+        A thin call into :func:`medauto.retrain.retrain` (``kwargs``: ``weights``,
+        ``calibration_batches``, ``latency_*``, ``progress``); works after
+        :meth:`optimize` or, given ``study_name``, on an existing study.
+        """
+        from medauto.retrain import retrain
+        from medauto.storage import default_storage_url
+        from medauto.storage import open_storage
+
+        study = self.study_
+        if study is None:
+            if self.study_name is None:
+                raise MedautoError("no study yet: call optimize() first, or pass study_name")
+            url = self.storage or default_storage_url(self.run_dir)
+            study = _load_existing(self.study_name, open_storage(url, self.storage_settings))
+        return retrain(
+            study,
+            ensemble=ensemble,
+            seeds=seeds,
+            train_on_val=train_on_val,
+            quantize=quantize,
+            out_dir=out_dir,
+            device=resolve_device(self.device),
+            data_dir=self.data_dir,
+            run_dir=self.run_dir,
+            tracking=self.tracking,
+            **kwargs,
+        )
 
     def _study(self) -> optuna.Study:
         if self.study_ is None:

@@ -96,13 +96,21 @@ class MlflowTracker(BaseTracker):
         tracking_uri: Any MLflow tracking URI (``sqlite:///...``, ``http://host:5000``,
             a ``file:`` store).
         experiment: Experiment name; ``None`` → the study name.
+        artifact_location: Where a new experiment stores artifacts (a URI); ``None`` lets
+            MLflow choose (``./mlruns`` of the working directory for a database store).
         reach_timeout: Seconds to wait when checking that an HTTP server answers.
     """
 
     def __init__(
-        self, tracking_uri: str, *, experiment: str | None = None, reach_timeout: float = 3.0
+        self,
+        tracking_uri: str,
+        *,
+        experiment: str | None = None,
+        artifact_location: str | None = None,
+        reach_timeout: float = 3.0,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.artifact_location = artifact_location
         self.experiment = experiment
         self.reach_timeout = reach_timeout
         self.enabled = True
@@ -158,7 +166,9 @@ class MlflowTracker(BaseTracker):
             name = self.experiment or study.study_name
             exp = self.client.get_experiment_by_name(name)
             self.experiment_id = (
-                exp.experiment_id if exp is not None else self.client.create_experiment(name)
+                exp.experiment_id
+                if exp is not None
+                else self.client.create_experiment(name, artifact_location=self.artifact_location)
             )
             parent = study.user_attrs.get(PARENT_RUN_ATTR)
             if parent is None:
@@ -223,10 +233,14 @@ class MlflowTracker(BaseTracker):
 
 
 def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path) -> BaseTracker:
-    """``None``/``True`` → MLflow in ``run_dir``; ``False`` → none; a URI → MLflow there."""
+    """``None``/``True`` → MLflow in ``run_dir``; ``False`` → none; a URI → MLflow there.
+
+    New experiments keep their artifacts in ``run_dir/mlartifacts``.
+    """
     if isinstance(tracking, BaseTracker):
         return tracking
     if tracking is False:
         return NullTracker()
     uri = default_tracking_uri(run_dir) if tracking in (None, True) else str(tracking)
-    return MlflowTracker(uri)
+    artifacts = (Path(run_dir).resolve() / "mlartifacts").as_uri()
+    return MlflowTracker(uri, artifact_location=artifacts)

@@ -1,5 +1,5 @@
 """The ``medauto`` command line: ``search``, ``worker``, ``status``, ``best``, ``train``,
-``dashboard``.
+``dashboard``, ``retrain``, ``report``, ``export``.
 
 ``main(argv)`` returns the exit code: 0 on success, 1 for a ``MedautoError`` or a med_core
 error (bad data, config or backbone; one line,

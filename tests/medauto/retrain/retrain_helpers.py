@@ -1,0 +1,88 @@
+"""Helpers of the retrain/report tests (imported by name; see conftest.py).
+
+The fixtures in conftest.py: one real search and one real retrain, shared.
+
+The search runs ``medauto search`` (real SQLite Optuna storage, real MLflow SQLite store)
+on a 48/24/48 cut of the BreastMNIST slice; the retrain runs ``medauto retrain`` on it with an
+ensemble of the top 2 trials, two seeds and static int8 quantization. Both are done once
+per session: every test reads their outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# ResNet-18 (the issue's quantization target) for one epoch: the cheapest config that
+# still makes every retrain/report feature observable on two CPU cores.
+R18_SPACE = """\
+name: r18-tiny
+description: resnet18, one epoch, for CPU tests of retrain/report
+fidelity: {min_epochs: 1, max_epochs: 1, reduction_factor: 2}
+fixed:
+  augment.policy: none
+  batch_size: 32
+  data.loader: tensor
+  model.backbone: resnet18
+params:
+  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+"""
+
+STUDY = "rt"
+
+
+def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """``medauto.cli.main(argv)`` with ``cwd`` as working directory; returns (code, stdout).
+
+    MLflow puts the artifacts of an experiment created without a location under
+    ``./mlruns``: the working directory must be the test's, never the checkout.
+    ``retrain``/``report``/``export`` are registered in the CLI for the call (a no-op
+    once ``medauto.cli._base.COMMANDS`` lists them itself).
+    """
+    from medauto.cli import main
+    from medauto.cli._base import COMMANDS
+    from medauto.cli._results import ExportCommand
+    from medauto.cli._results import ReportCommand
+    from medauto.cli._results import RetrainCommand
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        for cmd in (RetrainCommand, ReportCommand, ExportCommand):
+            if cmd.name not in COMMANDS:
+                mp.setitem(COMMANDS, cmd.name, cmd)
+        mp.chdir(cwd)
+        code = main(argv)
+    return code, out.getvalue()
+
+
+@dataclass
+class Searched:
+    root: Path
+    run_dir: Path
+    data_dir: Path
+    argv: list[str]  # --study/--run-dir for follow-up commands
+
+    def study(self):  # type: ignore[no-untyped-def]
+        import optuna
+
+        from medauto.storage import open_storage
+
+        url = f"sqlite:///{self.run_dir / 'medauto.db'}"
+        return optuna.load_study(study_name=STUDY, storage=open_storage(url))
+
+
+@dataclass
+class Retrained:
+    searched: Searched
+    out_dir: Path
+    stdout: str
+
+    @property
+    def result(self):  # type: ignore[no-untyped-def]
+        from medauto.retrain import RetrainResult
+
+        return RetrainResult.load(self.out_dir / "retrain.json")

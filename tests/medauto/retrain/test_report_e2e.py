@@ -1,0 +1,88 @@
+"""`medauto report` on the shared real study and retrain (fixtures in conftest.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from retrain_helpers import Retrained
+from retrain_helpers import run_cli
+
+from medauto.report import pruning_statistics
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def report(retrained: Retrained) -> tuple[str, str, Retrained]:
+    searched = retrained.searched
+    code, out = run_cli(["report", *searched.argv], searched.root)
+    assert code == 0, out
+    folder = searched.run_dir / "report" / "rt"
+    assert f"markdown: {folder / 'report.md'}" in out
+    return (folder / "report.md").read_text(), (folder / "report.html").read_text(), retrained
+
+
+def test_report_shows_the_best_trial_and_its_params(report: tuple[str, str, Retrained]) -> None:
+    md, page, retrained = report
+    study = retrained.searched.study()
+    best = study.best_trial
+    assert f"Trial {best.number}: val_auc = {best.value:.4f}" in md
+    assert f"| optim.lr | {best.params['optim.lr']:.4g} |" in md
+    assert "backbone: resnet18" in md  # the full config block
+    assert f"<td>optim.lr</td><td>{best.params['optim.lr']:.4g}</td>" in page
+
+
+def test_report_test_metrics_match_retrain_and_sit_next_to_baselines(
+    report: tuple[str, str, Retrained],
+) -> None:
+    md, page, retrained = report
+    r = retrained.result
+    m, s = r.test_mean, r.test_std
+    row = f"| medauto (rt) | {m['auc']:.3f} ± {s['auc']:.3f} | {m['acc']:.3f} ± {s['acc']:.3f} |"
+    assert row in md
+    for published in ("| ResNet-18 (28) | 0.901 | 0.863 |", "| AutoKeras | 0.871 | 0.831 |",
+                      "| Google AutoML Vision | 0.919 | 0.861 |"):
+        assert published in md
+    for text in (md, page):
+        assert "Scientific Data 10, 41 (2023)" in text
+        assert "https://doi.org/10.1038/s41597-022-01721-8" in text
+    assert f"AUC: {m['auc'] - 0.919:+.3f} vs. the best published row (Google AutoML Vision" in md
+    for model in r.models:  # per-model table
+        assert f"| {model.name} | resnet18 |" in md
+
+
+def test_report_pruning_statistics_match_the_study(report: tuple[str, str, Retrained]) -> None:
+    md, _, retrained = report
+    study = retrained.searched.study()
+    st = pruning_statistics(study)
+    run = sum(t.user_attrs["epochs_run"] for t in study.trials)
+    budget = sum(t.user_attrs["config"]["epochs"] for t in study.trials)
+    assert (st.epochs_run, st.epochs_budget, st.trials) == (run, budget, 2)
+    assert f"| epochs trained | {run} |" in md
+    assert f"| epochs without pruning (each trial to its max_epochs) | {budget} |" in md
+
+
+def test_report_quantization_table(report: tuple[str, str, Retrained]) -> None:
+    md, page, retrained = report
+    q = retrained.result.quantization
+    assert q is not None
+    assert (f"| float32 | {q.float_size_bytes / 1e6:.2f} | {q.float_test['auc']:.3f} | "
+            f"{q.float_test['acc']:.3f} |") in md
+    assert (f"| int8 (static) | {q.int8_size_bytes / 1e6:.2f} | {q.int8_test['auc']:.3f} | "
+            f"{q.int8_test['acc']:.3f} |") in md
+    assert f"{q.size_ratio:.2f}x smaller on disk" in md
+    assert "<td>int8 (static)</td>" in page
+
+
+def test_html_is_self_contained_and_markdown_links_pngs(
+    report: tuple[str, str, Retrained],
+) -> None:
+    md, page, retrained = report
+    folder = retrained.searched.run_dir / "report" / "rt"
+    for png in ("history.png", "importance.png"):
+        assert f"]({png})" in md
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<script" not in page and "<link" not in page  # nothing fetched when opened
