@@ -19,6 +19,8 @@ from torch import nn
 __all__ = [
     "adapt_conv_weight",
     "crop_rel_pos_table",
+    "crop_state_dict_tables",
+    "fit_swin_windows",
     "normalize_img_size",
     "replace_conv",
     "use_small_input",

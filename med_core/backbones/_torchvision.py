@@ -30,6 +30,7 @@ from med_core.backbones._checkpointing import default_segments
 from med_core.backbones._pretrained import torchvision_state_dict
 from med_core.backbones._registry import BackboneCfg
 from med_core.backbones._registry import register_backbone
+from med_core.exceptions import PretrainedWeightsError
 
 __all__ = ["TorchvisionBackbone"]
 
@@ -75,7 +76,14 @@ class TorchvisionBackbone(Backbone):
         ctor = cls.constructor_kwargs(img_size, small)
         model = cls.construct(name, **{**ctor, **kwargs})
         if state is not None:
-            model.load_state_dict(cls.filter_state_dict(state, model))
+            try:
+                model.load_state_dict(cls.filter_state_dict(state, model))
+            except RuntimeError as e:  # keys/shapes differ: not this architecture's file
+                raise PretrainedWeightsError(
+                    f"the cached weights for backbone {name!r} do not fit its architecture "
+                    f"({e}); delete the file named in torch.hub.get_dir()/checkpoints and "
+                    "download it again"
+                ) from e
         cls.small_input_surgery(model, img_size, small, pretrained=pretrained)
         if in_chans != 3:
             conv = model.get_submodule(cls.input_conv)

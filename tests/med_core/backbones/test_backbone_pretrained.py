@@ -97,6 +97,13 @@ def test_corrupt_cache_file_is_named(empty_caches: Path) -> None:
         create_backbone("resnet18", pretrained=True)
 
 
+def test_wrong_cache_file_is_refused(empty_caches: Path) -> None:
+    """A readable file with another architecture's weights: a clear error, not a crash."""
+    _save_random_torchvision("resnet34", empty_caches / "torch", _RESNET18_FILE)
+    with pytest.raises(PretrainedWeightsError, match=r"do not fit its architecture"):
+        create_backbone("resnet18", pretrained=True)
+
+
 def test_swin_pretrained_windows_are_cropped(empty_caches: Path) -> None:
     saved = _save_random_torchvision("swin_t", empty_caches / "torch", "swin_t-704ceda3.pth")
     net = create_backbone("swin_t", pretrained=True, img_size=28)  # stage-4 window 7 -> 2
