@@ -1,8 +1,9 @@
 """medauto's logging: library root loggers with a verbosity API (Optuna-style).
 
 Each medauto module does ``_logger = get_logger(__name__)``. One stderr handler is
-installed, once and lock-guarded, on the ``medauto`` and ``med_core`` roots; the CLI sets
-their level with ``-v``/``-q``. med_core itself never installs a handler.
+installed, once and lock-guarded, on the ``medauto`` root. med_core is a library that never
+installs a handler; only the CLI (through :func:`set_verbosity`) attaches the same handler
+to the ``med_core`` root, so a Python user's own logging set-up sees med_core's records.
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ def _configure_library_root_logger() -> None:
         _default_handler.setFormatter(
             logging.Formatter("[%(levelname)1.1s %(asctime)s %(name)s] %(message)s", "%H:%M:%S")
         )
-        for name in _ROOTS:
-            root = logging.getLogger(name)
-            root.addHandler(_default_handler)
-            if root.level == logging.NOTSET:
-                root.setLevel(logging.INFO)
-            root.propagate = False
+        root = logging.getLogger("medauto")
+        root.addHandler(_default_handler)
+        if root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+        root.propagate = False
 
 
 def _reset_library_root_logger() -> None:
@@ -55,7 +55,12 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def set_verbosity(level: int) -> None:
-    """Sets the level of the ``medauto`` and ``med_core`` roots (e.g. ``logging.DEBUG``)."""
+    """Sets the level of the ``medauto`` and ``med_core`` roots (e.g. ``logging.DEBUG``) and
+    routes ``med_core``'s records to medauto's stderr handler (the CLI calls this)."""
     _configure_library_root_logger()
+    core = logging.getLogger("med_core")
+    if _default_handler not in core.handlers:
+        core.addHandler(_default_handler)  # type: ignore[arg-type]
+        core.propagate = False
     for name in _ROOTS:
         logging.getLogger(name).setLevel(level)

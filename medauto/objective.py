@@ -125,9 +125,12 @@ class Objective:
             from medauto.artifacts import trial_artifacts
 
             trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store)
-        if pruning.pruned_at_epoch is not None:
-            trial.set_user_attr("pruned_at_epoch", pruning.pruned_at_epoch)
-            raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at_epoch}")
+        # The stop reason, not the callback, says "pruned": on a DDP group only rank 0's
+        # callback decides, and the trainer hands its reason to every rank.
+        if history.stop_reason == "callback:pruned":
+            epoch = pruning.pruned_at_epoch or len(history.epochs)
+            trial.set_user_attr("pruned_at_epoch", epoch)
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
         best = history.best_metric
         if best is None or not math.isfinite(best):
             raise ValueError(f"trial produced no finite {cfg.monitor!r} (got {best!r})")

@@ -36,6 +36,15 @@ def data_env(medmnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return medmnist_dir
 
 
+@pytest.fixture(autouse=True)
+def _reset_medauto_logging() -> Iterator[None]:
+    """Undo the handlers and propagation a CLI call set up, so caplog sees every test's logs."""
+    yield
+    from medauto.logging import _reset_library_root_logger
+
+    _reset_library_root_logger()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[object]:
     """One real PostgreSQL cluster per test session (initdb + pg_ctl on a free port)."""

@@ -13,24 +13,7 @@ from med_core.data import DATA_DIR_ENV
 from med_core.data import MedicalDataset
 from med_core.data import load_dataset
 
-_REPO = Path(__file__).resolve().parents[3]
-
-
-def _real_data_dir() -> Path:
-    """``$MEDAUTO_DATA_DIR`` if set, else the shared data next to the checkout."""
-    env = os.environ.get(DATA_DIR_ENV)
-    d = Path(env) if env else _REPO.parent / "shared" / "data" / "medmnist"
-    if not (d / "breastmnist.npz").is_file():
-        raise RuntimeError(
-            f"the MedMNIST test files are not in {str(d)!r}; set {DATA_DIR_ENV} to the folder "
-            "holding breastmnist.npz, retinamnist.npz and adrenalmnist3d.npz"
-        )
-    return d
-
-
-@pytest.fixture(scope="session")
-def medmnist_dir() -> Path:
-    return _real_data_dir()
+# ``medmnist_dir`` (the real MedMNIST files) comes from tests/conftest.py.
 
 
 @pytest.fixture

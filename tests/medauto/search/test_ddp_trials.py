@@ -19,14 +19,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 SPACE = """\
 name: ddp
 fidelity: {min_epochs: 1, max_epochs: 2, reduction_factor: 2}
-fixed: {augment.policy: light, batch_size: 32, model.backbone: mobilenet_v3_small}
+fixed:
+  augment.policy: light
+  batch_size: 32
+  model.backbone: mobilenet_v3_small
+  data.img_size: 16
 params:
   optim.lr: [3.0e-3, 1.0e-9]
   model.dropout: {type: float, low: 0.0, high: 0.3}
 """
 
 
-def test_ranks_agree_on_params_and_prune_decisions(tmp_path: Path, tiny_data_dir: Path) -> None:
+def test_ranks_agree_on_params_and_prune_decisions(tmp_path: Path, medmnist_dir: Path) -> None:
     path = tmp_path / "ddp.yaml"
     path.write_text(SPACE)
     space = SearchSpace.from_yaml(path)
@@ -37,8 +41,8 @@ def test_ranks_agree_on_params_and_prune_decisions(tmp_path: Path, tiny_data_dir
     open_study("ddp", open_storage(url), settings)
 
     logs = launch_ddp_worker(
-        "ddp", url, gpus_per_trial=2, device="cpu", data_dir=str(tiny_data_dir),
-        sampler="random", seed=1, pruner="median",
+        "ddp", url, gpus_per_trial=2, device="cpu", data_dir=str(medmnist_dir),
+        sampler="random", seed=0, pruner="median",
         pruner_kwargs={"n_startup_trials": 1, "n_warmup_steps": 0},
         tracking=False, progress=False, run_dir=str(tmp_path),
     )

@@ -38,14 +38,15 @@ def test_two_handles_share_one_study(url: str) -> None:
 
 
 def test_stale_trial_is_failed_and_retried(url: str) -> None:
-    settings = StorageSettings(heartbeat_interval=1, grace_period=2, max_retry=1)
+    # SQLite stores the beat with 1 s resolution: keep the grace period well above it.
+    settings = StorageSettings(heartbeat_interval=1, grace_period=4, max_retry=1)
     study = optuna.create_study(storage=open_storage(url, settings), study_name="s")
     trial = study.ask()
     x = trial.suggest_float("x", 0, 1)
     study._storage.record_heartbeat(trial._trial_id)  # one beat, then the "worker dies"
     optuna.storages.fail_stale_trials(study)
     assert study.get_trials()[0].state == TrialState.RUNNING  # still inside the grace period
-    time.sleep(2.5)
+    time.sleep(5.5)
     optuna.storages.fail_stale_trials(study)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
@@ -57,10 +58,10 @@ def test_stale_trial_is_failed_and_retried(url: str) -> None:
 
 
 def test_live_heartbeat_keeps_trial_running(url: str) -> None:
-    settings = StorageSettings(heartbeat_interval=1, grace_period=2)
+    settings = StorageSettings(heartbeat_interval=1, grace_period=4)
     study = optuna.create_study(storage=open_storage(url, settings), study_name="s")
     trial = study.ask()
-    for _ in range(4):
+    for _ in range(6):
         study._storage.record_heartbeat(trial._trial_id)
         time.sleep(0.8)
     optuna.storages.fail_stale_trials(study)
