@@ -22,7 +22,7 @@ def _env(data_dir: Path) -> dict[str, str]:
 
 def test_python_api_example(tmp_path: Path, tiny_data_dir: Path, tiny_space: Path) -> None:
     out = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "search_breastmnist.py"), "--trials", "2",
+        [sys.executable, str(REPO / "examples" / "search_breastmnist.py"), "--trials", "1",
          "--space", str(tiny_space), "--run-dir", str(tmp_path / "runs")],
         env=_env(tiny_data_dir), capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
@@ -32,12 +32,12 @@ def test_python_api_example(tmp_path: Path, tiny_data_dir: Path, tiny_space: Pat
 
 
 def test_cli_walkthrough(tmp_path: Path, tiny_data_dir: Path, tiny_space: Path) -> None:
-    env = {**_env(tiny_data_dir), "TRIALS": "2", "SPACE": str(tiny_space)}
+    env = {**_env(tiny_data_dir), "TRIALS": "1", "SPACE": str(tiny_space)}
     out = subprocess.run(
         ["bash", str(REPO / "examples" / "cli_walkthrough.sh"), str(tmp_path / "runs")],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "2/2 finished" in out.stdout
+    assert "1/1 finished" in out.stdout
     assert (tmp_path / "runs" / "best.yaml").is_file()
     assert (tmp_path / "runs" / "best" / "best.pt").is_file()
