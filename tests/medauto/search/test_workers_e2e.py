@@ -45,9 +45,10 @@ def test_two_workers_finish_exactly_the_target(
     out, _ = search.communicate(timeout=300)
     assert search.returncode == 0, out
 
-    workers = [_medauto("worker", "--study", "shared", *common, env=env) for _ in range(2)]
-    outputs = [w.communicate(timeout=300)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    # Two worker processes: `--trials-per-device 2` starts them on the same device.
+    worker = _medauto("worker", "--study", "shared", "--trials-per-device", "2", *common, env=env)
+    output = worker.communicate(timeout=300)[0]
+    assert worker.returncode == 0, output
 
     study = optuna.load_study(study_name="shared", storage=open_storage(url))
     trials = study.get_trials()
@@ -56,7 +57,7 @@ def test_two_workers_finish_exactly_the_target(
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     others = [t for t in trials if t not in finished]
     assert all(t.user_attrs.get("reason") == "surplus" for t in others), others
-    # Each trial ran once, by one process; both workers did some of the work.
+    # Each trial ran once, by one process; `search` and both workers did some of the work.
     assert len({t.number for t in trials}) == len(trials)
     pids = {t.user_attrs["worker"] for t in finished}
     assert len(pids) == 3, pids
