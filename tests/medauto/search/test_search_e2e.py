@@ -95,3 +95,14 @@ def test_stopped_search_resumes_to_the_target(tmp_path: Path, tiny_data_dir: Pat
     assert main(argv) == 0  # the same command again
     trials = _study(tmp_path, "r").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+
+
+def test_unreachable_tracking_server_does_not_stop_the_search(
+    tmp_path: Path, tiny_data_dir: Path, tiny_space: Path
+) -> None:
+    argv = ["search", "--data", "breastmnist", "--space", str(tiny_space), "--study", "u",
+            "--run-dir", str(tmp_path), "--device", "cpu", "--no-progress", "--trials", "1",
+            "--data-dir", str(tiny_data_dir), "--tracking-uri", "http://127.0.0.1:9"]
+    assert main(argv) == 0
+    assert [t.state for t in _study(tmp_path, "u").get_trials()] == [TrialState.COMPLETE]
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was tracked locally instead
