@@ -328,7 +328,9 @@ class TrainConfig(_ConfigBase):
         return "min" if self.monitor.endswith("loss") else "max"
 
     @classmethod
-    def from_flat(cls, values: Mapping[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
+    def from_flat(
+        cls, values: Mapping[str, Any], *, base: TrainConfig | None = None
+    ) -> TrainConfig:
         """Builds a config from dotted names, on top of ``base`` (default: all defaults).
 
         Raises:

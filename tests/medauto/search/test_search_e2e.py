@@ -86,7 +86,9 @@ def test_median_pruner_prunes_hopeless_trials(tmp_path: Path, data_env: Path) ->
     assert all(t.user_attrs["epochs_run"] < 3 for t in pruned)  # stopped early
 
 
-def test_stopped_search_resumes_to_the_target(tmp_path: Path, tiny_data_dir: Path, tiny_space: Path) -> None:
+def test_stopped_search_resumes_to_the_target(
+    tmp_path: Path, tiny_data_dir: Path, tiny_space: Path
+) -> None:
     argv = ["search", "--data", "breastmnist", "--space", str(tiny_space), "--study", "r",
             "--run-dir", str(tmp_path), "--device", "cpu", "--no-progress", "--no-tracking",
             "--data-dir", str(tiny_data_dir), "--trials", "3"]
