@@ -78,7 +78,13 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:  # also refuses tags such as !!python/object
+            problem = " ".join(str(e).split())
+            raise ValueError(
+                f"--set {key.strip()}: the value is not plain YAML ({problem})"
+            ) from None
     return out
 
 
@@ -128,7 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir = Path(out)
         if dist.is_main_process:
             out_dir.mkdir(parents=True, exist_ok=True)
-            cfg.to_yaml(out_dir / "config.yaml")
+            # A resume keeps the config.yaml of the run it continues: fit() refuses a
+            # last.pt written for another config, and that refusal must leave the folder
+            # as it was.
+            if not (args.resume and (out_dir / "last.pt").is_file()):
+                cfg.to_yaml(out_dir / "config.yaml")
         trainer = Trainer(
             cfg,
             device=_resolve_device(args.device),

@@ -150,6 +150,7 @@ def run_worker(
     device: str = "",
     on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     progress: Any = None,
+    max_failures: int | None = None,
 ) -> WorkerReport:
     """Runs trials of ``study`` until it has ``target`` finished trials or ``timeout`` passes.
 
@@ -163,15 +164,20 @@ def run_worker(
         on_trial_end: Called with each trial this worker finished, also an interrupted one
             (tracking closes its run there).
         progress: An object with ``update(study)`` (e.g. :class:`medauto._progress.SearchProgress`).
+        max_failures: Stop after this many trials in a row failed (state FAIL) in this
+            worker; ``None`` never stops.
 
     Returns:
         A :class:`WorkerReport`.
 
     Raises:
         KeyboardInterrupt: after recording the running trial as FAIL/``interrupted``.
+        MedautoError: ``max_failures`` trials in a row failed (the message gives the last
+            reason).
     """
     report = WorkerReport()
     start = time.monotonic()
+    failures_in_a_row = 0
     while True:
         if timeout is not None and time.monotonic() - start >= timeout:
             report.stop_reason = "timeout"
@@ -199,6 +205,17 @@ def run_worker(
             continue
         frozen = _run_trial(study, trial, objective, device, on_trial_end)
         report.add(frozen.state.name.lower(), frozen.number)
+        failures_in_a_row = failures_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
+        if max_failures is not None and failures_in_a_row >= max_failures:
+            from medauto.exceptions import MedautoError
+
+            report.stop_reason = "too many failures"
+            raise MedautoError(
+                f"{failures_in_a_row} trials in a row failed in this worker (last: trial "
+                f"{frozen.number}, {frozen.user_attrs.get('reason', 'no reason recorded')}); "
+                "fix the cause (each failed trial keeps its traceback as the 'traceback' user "
+                "attribute; `medauto status` lists the reasons), then re-run to resume"
+            )
     if progress is not None:
         progress.update(study)
     return report

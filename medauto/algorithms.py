@@ -174,5 +174,12 @@ def parse_kwargs(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise MedautoError(f"expected KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:  # also refuses tags such as !!python/object
+            problem = " ".join(str(e).split())
+            raise MedautoError(
+                f"{key.strip()}={value!r}: the value must be a plain YAML scalar or list "
+                f"({problem})"
+            ) from None
     return out

@@ -46,6 +46,20 @@ def history_for_attrs(history: History) -> list[dict[str, float]]:
     return out  # type: ignore[return-value]
 
 
+def _oom_fallback(cfg: TrainConfig) -> TrainConfig | None:
+    """``cfg`` with gradient checkpointing on and half the batch; ``None`` if no smaller."""
+    from med_core.config import TrainConfig
+
+    segments = cfg.model.checkpoint_segments
+    batch = max(1, cfg.batch_size // 2)
+    if segments is not None and batch == cfg.batch_size:
+        return None
+    changes: dict[str, Any] = {"batch_size": batch}
+    if segments is None:
+        changes["model.checkpoint_segments"] = 0  # the backbone family's default
+    return TrainConfig.from_flat(changes, base=cfg)
+
+
 class Objective:
     """Trains one suggested configuration and returns its best validation metric.
 
@@ -61,6 +75,10 @@ class Objective:
         progress: Show the trainer's per-epoch progress bars.
         artifact_store: If given, each trial that trained (complete or pruned) uploads its
             learning curve and validation confusion matrix there (``medauto.artifacts``).
+        oom_retry: On out-of-memory, train the trial once more with gradient checkpointing
+            on (the backbone's default segments) and half the batch size; the retry's
+            settings are recorded in the ``oom_retry`` user attribute, and ``config``
+            holds what was really trained. A second OOM propagates (reason ``oom``).
     """
 
     def __init__(
@@ -74,6 +92,7 @@ class Objective:
         out_dir: Path | None = None,
         progress: bool = False,
         artifact_store: Any = None,
+        oom_retry: bool = False,
     ) -> None:
         self.space = space
         self.dataset = dataset
@@ -83,11 +102,37 @@ class Objective:
         self.out_dir = out_dir
         self.progress = progress
         self.artifact_store = artifact_store
+        self.oom_retry = oom_retry
 
         self.last_epochs_run = 0
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
-        return self.train(trial, self.suggest(trial))
+        cfg = self.suggest(trial)
+        if not self.oom_retry:
+            return self.train(trial, cfg)
+        from medauto._worker import _is_oom
+        from medauto._worker import _release_memory
+
+        try:
+            return self.train(trial, cfg)
+        except Exception as exc:
+            smaller = _oom_fallback(cfg) if _is_oom(exc) else None
+            if smaller is None:
+                raise
+            first_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        # Outside the except block, so the first attempt's frames and tensors can be freed.
+        _release_memory()
+        retry = {
+            "batch_size": smaller.batch_size,
+            "checkpoint_segments": smaller.model.checkpoint_segments,
+            "first_error": first_error[:300],
+        }
+        _logger.warning(
+            "trial %d ran out of memory; retrying once with gradient checkpointing on and "
+            "batch_size %d", trial.number, smaller.batch_size,
+        )
+        trial.set_user_attr("oom_retry", retry)
+        return self.train(trial, smaller)
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> TrainConfig:
         """The trial's TrainConfig: the space's suggestion on top of the overrides."""

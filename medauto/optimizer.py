@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from med_core.config import TrainConfig
+    from med_core.data import MedicalDataset
     from med_core.training import Callback
     from medauto._worker import WorkerReport
     from medauto.objective import Objective
@@ -37,9 +38,12 @@ if TYPE_CHECKING:
     from medauto.space import SearchSpace
     from medauto.tracking import BaseTracker
 
-__all__ = ["AutoMLOptimizer", "OptimizationResult", "resolve_device"]
+__all__ = ["METRICS", "AutoMLOptimizer", "OptimizationResult", "resolve_device"]
 
 _logger = get_logger(__name__)
+
+#: The epoch metrics a study can optimize (what ``med_core``'s Trainer reports).
+METRICS = ("val_auc", "val_acc", "val_balanced_acc", "val_macro_f1", "val_loss", "train_loss")
 
 
 def resolve_device(device: str) -> str:
@@ -99,6 +103,12 @@ class AutoMLOptimizer:
         trainer_progress: Show per-epoch bars of each trial.
         tracking: MLflow tracking: ``None``/``True`` → a local store ``run_dir/mlflow.db``;
             a tracking URI; ``False`` → off; or a ``medauto.tracking.BaseTracker``.
+        oom_retry: Retry a trial that runs out of memory once, with gradient checkpointing
+            on and half the batch size (recorded in the ``oom_retry`` user attribute); a
+            second OOM prunes it with reason ``oom``.
+        max_failures: Stop with a :class:`~medauto.exceptions.MedautoError` after this many
+            trials in a row failed in this process (a broken space or environment would
+            otherwise fail trial after trial forever); ``None`` never stops.
     """
 
     def __init__(
@@ -124,6 +134,8 @@ class AutoMLOptimizer:
         progress: bool | None = None,
         trainer_progress: bool = False,
         tracking: bool | str | BaseTracker | None = None,
+        oom_retry: bool = False,
+        max_failures: int | None = 10,
     ) -> None:
         self.data = data
         self.space = space
@@ -145,6 +157,8 @@ class AutoMLOptimizer:
         self.progress = progress
         self.trainer_progress = trainer_progress
         self.tracking = tracking
+        self.oom_retry = oom_retry
+        self.max_failures = max_failures
         self.study_: optuna.Study | None = None
 
     # -- joining an existing study -------------------------------------------------------
@@ -187,6 +201,17 @@ class AutoMLOptimizer:
             raise MedautoError(
                 f"direction must be 'maximize' or 'minimize', got {self.direction!r}"
             )
+        if self.metric not in METRICS:
+            import difflib
+
+            close = difflib.get_close_matches(str(self.metric), METRICS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise MedautoError(
+                f"metric must be one of {list(METRICS)}, got {self.metric!r}{hint}"
+            )
+        m = self.max_failures
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+            raise MedautoError(f"max_failures must be None or an integer >= 1, got {m!r}")
 
     def _resolve_space(self, device: str) -> SearchSpace:
         from medauto.space import SearchSpace
@@ -209,19 +234,11 @@ class AutoMLOptimizer:
         from medauto.study import StudySettings
         from medauto.study import open_study
 
+        # Everything that can be checked is checked before the storage is touched, so a
+        # typo leaves no empty database or half-made study behind.
         self._validate()
         device = resolve_device(self.device)
         space = self._resolve_space(device)
-        url = self.storage or default_storage_url(self.run_dir)
-        storage = open_storage(url, self.storage_settings)
-        settings = StudySettings(
-            space=space.to_dict(),
-            fingerprint=space.fingerprint(),
-            data=str(self.data),
-            metric=self.metric,
-            direction=self._direction(),
-            n_trials=self.n_trials,
-        )
         grid = space.grid() if self.sampler == "grid" else None
         sampler = make_sampler(self.sampler, self.sampler_kwargs, seed=self.seed, grid=grid)
         pruner = make_pruner(
@@ -231,6 +248,16 @@ class AutoMLOptimizer:
             max_epochs=space.max_epochs,
             reduction_factor=space.reduction_factor,
         )
+        settings = StudySettings(
+            space=space.to_dict(),
+            fingerprint=space.fingerprint(),
+            data=str(self.data),
+            metric=self.metric,
+            direction=self._direction(),
+            n_trials=self.n_trials,
+        )
+        url = self.storage or default_storage_url(self.run_dir)
+        storage = open_storage(url, self.storage_settings)
         name = self.study_name or f"{Path(str(self.data)).stem}-{space.name}"
         study = open_study(name, storage, settings, sampler=sampler, pruner=pruner)
         self.study_ = study
@@ -248,22 +275,33 @@ class AutoMLOptimizer:
         Raises:
             SearchSpaceError, StorageError, StudyConflictError, DataError: bad settings,
                 before any trial runs.
-            MedautoError: no trial completed (all failed or were pruned).
+            MedautoError: no trial completed (all failed or were pruned), or
+                ``max_failures`` trials in a row failed.
             KeyboardInterrupt: Ctrl-C/SIGTERM, after recording the running trial as
                 ``interrupted``.
         """
         return self._run()
 
-    def _build_objective(
-        self, space: SearchSpace, device: str, tracker: BaseTracker | None = None
-    ) -> Objective:
+    def _load_data(self) -> MedicalDataset:
         from med_core.config import DataConfig
         from med_core.data import load_dataset
+
+        data_dir = str(self.data_dir) if self.data_dir is not None else None
+        return load_dataset(DataConfig(dataset=str(self.data), data_dir=data_dir))
+
+    def _build_objective(
+        self,
+        space: SearchSpace,
+        device: str,
+        tracker: BaseTracker | None = None,
+        dataset: MedicalDataset | None = None,
+    ) -> Objective:
         from medauto.artifacts import artifact_store_for
         from medauto.objective import Objective
 
         data_dir = str(self.data_dir) if self.data_dir is not None else None
-        dataset = load_dataset(DataConfig(dataset=str(self.data), data_dir=data_dir))
+        if dataset is None:
+            dataset = self._load_data()
         overrides = {
             "data.dataset": str(self.data),
             "data.data_dir": data_dir,
@@ -282,6 +320,7 @@ class AutoMLOptimizer:
             callbacks=callbacks,
             progress=self.trainer_progress,
             artifact_store=artifact_store_for(self.run_dir),
+            oom_retry=self.oom_retry,
         )
 
     def _run(
@@ -292,10 +331,13 @@ class AutoMLOptimizer:
         from medauto._worker import run_worker
         from medauto.tracking import make_tracker
 
+        # The data is loaded first: a wrong --data must not create (and so pin the data
+        # spec of) a study, nor start an MLflow run.
+        dataset = self._load_data()
         study, space, device = self._open()
         tracker = make_tracker(self.tracking, self.run_dir)
         tracker.start_study(study)
-        objective = self._build_objective(space, device, tracker)
+        objective = self._build_objective(space, device, tracker, dataset=dataset)
         progress = SearchProgress(self.n_trials, enabled=self.progress)
         report = None
         try:
@@ -307,6 +349,7 @@ class AutoMLOptimizer:
                 device=device,
                 on_trial_end=tracker.end_trial,
                 progress=progress,
+                max_failures=self.max_failures,
             )
         finally:
             progress.close()

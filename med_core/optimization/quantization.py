@@ -19,9 +19,9 @@ flow; PT2E itself (``prepare_pt2e``, the quantizers) is no longer in torch at al
   convolutional network this only shrinks the classifier head; use ``"static"`` there.
 
 Speed: the converted PT2E graph is a *reference* representation (explicit quantize/
-dequantize ops around float kernels); run eagerly it is slower than float32. It becomes fast when compiled by Inductor with
-weight freezing, which fuses the patterns into oneDNN int8 kernels:
-:func:`compile_quantized`. Quantized models are saved as ``torch.export`` programs
+dequantize ops around float kernels); run eagerly it is slower than float32. It becomes
+fast when compiled by Inductor with weight freezing, which fuses the patterns into oneDNN
+int8 kernels: :func:`compile_quantized`. Quantized models are saved as ``torch.export`` programs
 (``.pt2``; :func:`save_quantized` / :func:`load_quantized`).
 
 Example:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,14 @@ def load_checkpoint(
     """Loads a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
 
     Raises:
-        CheckpointError: the file is missing, truncated/corrupt, contains objects other
-            than tensors and primitive containers, or was not written by med_core.
+        CheckpointError: the file is missing, truncated/corrupt (including a CRC mismatch
+            of any archive member), contains objects other than tensors and primitive
+            containers, or was not written by med_core.
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    _check_crc(p)
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
@@ -81,6 +84,29 @@ def load_checkpoint(
             f"med_core reads format {FORMAT_VERSION}"
         )
     return state
+
+
+def _check_crc(p: Path) -> None:
+    """Refuses a zip checkpoint whose bytes changed after writing (torch.load does not check).
+
+    ``torch.save`` writes a zip archive with a CRC-32 per member but ``torch.load`` never
+    verifies them, so a flipped bit in a tensor would load as silently different weights.
+    Files that are not zip archives are left to ``torch.load`` to refuse.
+    """
+    if not zipfile.is_zipfile(p):
+        return
+    try:
+        with zipfile.ZipFile(p) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is corrupt or unsafe to load (unreadable archive: {e})"
+        ) from e
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is corrupt or unsafe to load: the CRC of {bad!r} does not "
+            "match (the file changed after it was written); use another checkpoint or retrain"
+        )
 
 
 def capture_rng_state() -> dict[str, Any]:

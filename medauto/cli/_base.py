@@ -82,6 +82,52 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
         help="MLflow tracking URI (default: $MEDAUTO_TRACKING_URI, else sqlite in --run-dir)",
     )
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument(
+        "--oom-retry", action="store_true",
+        help="retry a trial that runs out of memory once, with gradient checkpointing on "
+        "and half the batch size",
+    )
+    p.add_argument(
+        "--max-failures", type=int, default=10, metavar="N",
+        help="stop with an error after N trials in a row failed in this process "
+        "(default 10; 0 never stops)",
+    )
+    g = p.add_argument_group("crash detection (see docs/distributed.md)")
+    g.add_argument(
+        "--heartbeat-interval", type=int, metavar="S",
+        help="seconds between heartbeats of a running trial (default 10)",
+    )
+    g.add_argument(
+        "--grace-period", type=int, metavar="S",
+        help="seconds without a heartbeat after which a running trial counts as dead, is "
+        "failed and re-enqueued (default 3 x --heartbeat-interval)",
+    )
+    g.add_argument(
+        "--max-retry", type=int, metavar="N",
+        help="how often a dead worker's trial is re-run with the same params (default 2)",
+    )
+
+
+def _storage_settings(args: argparse.Namespace) -> Any:
+    from medauto.storage import StorageSettings
+
+    given = {
+        key: getattr(args, key)
+        for key in ("heartbeat_interval", "grace_period", "max_retry")
+        if getattr(args, key) is not None
+    }
+    try:
+        return StorageSettings(**given)
+    except ValueError as e:
+        raise CLIUsageError(str(e)) from None
+
+
+def _crash_detection_argv(args: argparse.Namespace) -> list[str]:
+    out = []
+    for key in ("heartbeat_interval", "grace_period", "max_retry"):
+        if getattr(args, key) is not None:
+            out += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    return out
 
 
 def _worker_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,15 +144,22 @@ def _worker_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": args.data_dir,
         "progress": False if args.no_progress else None,
         "tracking": False if args.no_tracking else args.tracking_uri,
+        "storage_settings": _storage_settings(args),
+        "oom_retry": args.oom_retry,
+        "max_failures": args.max_failures or None,
     }
 
 
 def _print_result(result: Any, args: argparse.Namespace) -> None:
+    from medauto.storage import redact_url
+
     study = result.study
     print(f"study: {study.study_name}")
     print(f"best value ({study.user_attrs['medauto:settings']['metric']}): {result.best_value:.4f}")
     print(f"best trial: {result.best_trial_number} ({result.best_config.model.backbone})")
-    where = f"--study {study.study_name}" + (f" --storage {args.storage}" if args.storage else "")
+    # The URL as given may hold a password (also when it came from $MEDAUTO_STORAGE).
+    storage = f" --storage {redact_url(args.storage)}" if args.storage else ""
+    where = f"--study {study.study_name}{storage}"
     print(f"next: medauto status {where}  |  medauto best {where} > best.yaml")
 
 
@@ -212,6 +265,10 @@ def _spawn_packed_workers(args: argparse.Namespace) -> int:
             cmd += ["--timeout", str(args.timeout)]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
+        cmd += _crash_detection_argv(args)
+        if args.oom_retry:
+            cmd.append("--oom-retry")
+        cmd += ["--max-failures", str(args.max_failures)]
         if args.no_tracking:
             cmd.append("--no-tracking")
         elif args.tracking_uri:

@@ -1,0 +1,66 @@
+"""Fixtures of the fault-injection suite (issue 6); the helpers are in reliability_helpers.py.
+
+Everything runs on CPU against real storages (SQLite files and the throwaway PostgreSQL
+cluster of ``tests/conftest.py``), real ``medauto`` processes and real MLflow stores, on
+data small enough for a shared 2-core machine:
+
+* ``micro_data_dir``: the first 32 train / 32 val / 32 test images of the real
+  ``breastmnist.npz`` (both classes in every split);
+* ``micro_space``: one fixed small backbone, one epoch, batch 16, only the learning rate
+  searched; a trial trains in about a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reliability_helpers import MICRO_SPACE
+
+
+@pytest.fixture(scope="session")
+def micro_data_dir(medmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``breastmnist.npz`` cut to 32 train / 32 val / 32 test images (read-only use)."""
+    out = tmp_path_factory.mktemp("micro-data")
+    src = np.load(medmnist_dir / "breastmnist.npz")
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = src[f"{split}_images"][:32]
+        arrays[f"{split}_labels"] = src[f"{split}_labels"][:32]
+        assert len(np.unique(arrays[f"{split}_labels"])) == 2
+    np.savez(out / "breastmnist.npz", **arrays)
+    return out
+
+
+@pytest.fixture
+def micro_space(tmp_path: Path) -> Path:
+    path = tmp_path / "micro.yaml"
+    path.write_text(MICRO_SPACE)
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh storage URL on SQLite and on the real PostgreSQL server (never skipped)."""
+    from medauto.testing.storages import storage_url
+
+    pg = request.getfixturevalue("postgres_server") if request.param == "postgresql" else None
+    with storage_url(request.param, tmp_path, postgres=pg) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with its schema already migrated.
+
+    ``medauto search`` creates the store on its first run (several seconds of schema
+    migrations); copying this file into a run directory gives the same starting point
+    without paying that in every test.
+    """
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
