@@ -1,0 +1,63 @@
+"""CPU smoke test of benchmarks/memory_release.py (the GPU run is manual; its result is in
+docs/benchmarks/memory_release.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "memory_release.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[ModuleType]:
+    name = "memory_release_bench_under_test"
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_cpu_run_counts_memory_per_trial_and_passes(
+    bench: ModuleType, tmp_path: Path, medmnist_dir: Path
+) -> None:
+    out, js = tmp_path / "mr.md", tmp_path / "mr.json"
+    argv = ["--device", "cpu", "--trials", "3", "--epochs", "1", "--max-train", "48",
+            "--backbones", "mobilenet_v3_small,regnet_x_400mf", "--data-dir", str(medmnist_dir),
+            "--out", str(out), "--json", str(js)]
+    assert bench.main(argv) == 0
+
+    md = out.read_text(encoding="utf-8")
+    assert "python benchmarks/memory_release.py --device cpu --trials 3" in md
+    assert "| no live torch.Tensor survives a trial |" in md and "PASS" in md
+    assert "FAIL" not in md
+    data = json.loads(js.read_text(encoding="utf-8"))
+    assert len(data["trials"]) == 3 and len(data["samples"]) == 4  # + one after the last
+    assert all(s["live_tensors"] == 0 and s["rss_mib"] > 0 for s in data["samples"])
+    assert all(s["allocated_mib"] is None for s in data["samples"])  # CUDA only
+
+
+def test_a_tensor_kept_across_trials_fails_the_check(bench: ModuleType) -> None:
+    samples = [bench.Sample(trial=i, allocated_mib=10.0 + i, reserved_mib=64.0,
+                            prev_peak_mib=100.0, live_tensors=i, rss_mib=500.0)
+               for i in range(3)]
+    results = {name: ok for name, _, ok in bench.checks(samples, slack_mib=0.5)}
+    assert results == {
+        "allocated device memory back at the baseline after every trial": False,
+        "no live torch.Tensor survives a trial": False,
+    }
+    steady = [bench.Sample(trial=i, allocated_mib=10.0, reserved_mib=64.0, prev_peak_mib=100.0,
+                           live_tensors=0, rss_mib=500.0) for i in range(3)]
+    assert all(ok for _, _, ok in bench.checks(steady, slack_mib=0.0))
