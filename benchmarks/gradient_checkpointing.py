@@ -39,7 +39,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import faulthandler
+import json
+import os
+import subprocess
 import sys
 import time
 import traceback
@@ -116,37 +120,38 @@ class CkptOptions:
         determinism_check: ``"default"`` compares shape/dtype/device of recomputed saved
             tensors with the originals; ``"none"`` skips that.
         norm_stats: What recomputation does to BatchNorm running statistics:
-            ``"restore"`` (the library: clone them before, copy them back after, ~6 small
-            kernels per BN layer), ``"freeze"`` (a proposal: ``momentum = 0`` while
-            recomputing and ``num_batches_tracked -= 1`` after: same state, one small
-            kernel per BN layer, see :class:`_FreezeNormStats`), ``"update"`` (no
+            ``"freeze"`` (the library: ``momentum = 0`` and ``num_batches_tracked``
+            detached while recomputing: same state, no extra kernel), ``"restore"`` (the
+            library before issue 7: clone them before, copy them back after, ~6 small
+            kernels per BN layer, see :class:`_RestoreNormStats`), ``"update"`` (no
             protection: statistics updated twice per step).
-        skip_last: Do not checkpoint the last group (``checkpoint_sequential`` semantics):
+        skip_last: Do not checkpoint the last group (the library's ``keep_last=True``):
             saves its recomputation, keeps its activations.
     """
 
     preserve_rng_state: bool = True
     determinism_check: str = "default"
-    norm_stats: str = "restore"
+    norm_stats: str = "freeze"
     skip_last: bool = False
     force_script: bool = False  # run the script-side runner even with library options
 
     @property
     def uses_library(self) -> bool:
-        return self == CkptOptions()
+        """Whether ``Backbone.enable_gradient_checkpointing`` can run these options."""
+        return self == CkptOptions(skip_last=self.skip_last)
 
     def label(self) -> str:
         if self.uses_library:
-            return "library"
+            return "keep_last" if self.skip_last else "library"
         parts = []
         if not self.preserve_rng_state:
             parts.append("no_rng")
         if self.determinism_check != "default":
             parts.append("no_detcheck")
-        if self.norm_stats == "freeze":
-            parts.append("norm_freeze")
-        elif self.norm_stats != "restore":
-            parts.append("no_norm_restore")
+        if self.norm_stats == "restore":
+            parts.append("norm_restore")
+        elif self.norm_stats != "freeze":
+            parts.append("no_norm_protect")
         if self.skip_last:
             parts.append("skip_last")
         return "script" if not parts else "+".join(parts)
@@ -158,12 +163,12 @@ ABLATIONS: dict[str, CkptOptions] = {
     "script": CkptOptions(force_script=True),
     "no_rng": CkptOptions(preserve_rng_state=False),
     "no_detcheck": CkptOptions(determinism_check="none"),
-    "no_norm_restore": CkptOptions(norm_stats="update"),
-    "norm_freeze": CkptOptions(norm_stats="freeze"),
-    "skip_last": CkptOptions(skip_last=True),
-    "lean": CkptOptions(preserve_rng_state=False, determinism_check="none", norm_stats="freeze"),
-    "lean+skip_last": CkptOptions(
-        preserve_rng_state=False, determinism_check="none", norm_stats="freeze", skip_last=True
+    "norm_restore (old library)": CkptOptions(norm_stats="restore"),
+    "no_norm_protect": CkptOptions(norm_stats="update"),
+    "keep_last": CkptOptions(skip_last=True),
+    "lean": CkptOptions(preserve_rng_state=False, determinism_check="none"),
+    "lean+keep_last": CkptOptions(
+        preserve_rng_state=False, determinism_check="none", skip_last=True
     ),
 }
 
@@ -174,46 +179,42 @@ def _run_chain(group: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class _FreezeNormStats:
-    """Keeps BatchNorm running statistics unchanged by recomputation, with no extra copies.
+class _RestoreNormStats:
+    """The library's BatchNorm protection before issue 7, kept to measure its cost.
 
-    Inside the context every BN layer of the group runs with ``momentum = 0``: the running
-    statistics update becomes ``running * 1 + batch * 0`` (bitwise unchanged for finite
-    values) inside the same kernel, and on exit ``num_batches_tracked`` is decremented
-    again (one tiny kernel per layer instead of the library's three clones and three
-    copies). ``track_running_stats = False`` would be simpler but changes the number of
-    tensors batch norm saves for backward, which non-reentrant checkpoint rejects.
+    Clones ``running_mean``, ``running_var`` and ``num_batches_tracked`` of every BN layer
+    of the group before the recomputation and copies them back after it (about six small
+    kernels per layer per recomputation).
     """
 
-    def __init__(self, norms: Sequence[nn.modules.batchnorm._NormBase]) -> None:
+    def __init__(self, norms: Sequence[nn.Module]) -> None:
         self._norms = norms
-        self._momenta: list[float | None] = []
+        self._saved: list[list[torch.Tensor]] = []
+
+    @staticmethod
+    def _stats(m: nn.Module) -> list[torch.Tensor]:
+        names = ("running_mean", "running_var", "num_batches_tracked")
+        return [b for b in (getattr(m, n) for n in names) if isinstance(b, torch.Tensor)]
 
     def __enter__(self) -> None:
-        self._momenta = [m.momentum for m in self._norms]
-        for m in self._norms:
-            m.momentum = 0.0
+        self._saved = [[b.detach().clone() for b in self._stats(m)] for m in self._norms]
 
     def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
-            for m, momentum in zip(self._norms, self._momenta, strict=True):
-                m.momentum = momentum
-                if m.num_batches_tracked is not None:
-                    m.num_batches_tracked.sub_(1)
-        self._momenta = []
+            for m, saved in zip(self._norms, self._saved, strict=True):
+                for dst, src in zip(self._stats(m), saved, strict=True):
+                    dst.copy_(src)
+        self._saved = []
 
 
-def _freeze_contexts(
+def _restore_contexts(
     group: Sequence[nn.Module],
 ) -> tuple[contextlib.AbstractContextManager[Any], contextlib.AbstractContextManager[Any]]:
-    norms = [
-        m
-        for unit in group
-        for m in unit.modules()
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.training
-    ]
+    from med_core.backbones._checkpointing import _running_norms
+
+    norms = _running_norms(group)
     recompute: contextlib.AbstractContextManager[Any] = (
-        _FreezeNormStats(norms) if norms else contextlib.nullcontext()
+        _RestoreNormStats(norms) if norms else contextlib.nullcontext()
     )
     return contextlib.nullcontext(), recompute
 
@@ -246,6 +247,7 @@ class ScriptCheckpointed(nn.Module):
         from torch.utils.checkpoint import noop_context_fn
 
         from med_core.backbones._checkpointing import _contexts
+        from med_core.backbones._checkpointing import _running_norms
         from med_core.backbones._checkpointing import segment_bounds
 
         bb, opt = self.backbone, self.options
@@ -268,10 +270,10 @@ class ScriptCheckpointed(nn.Module):
                 preserve_rng_state=opt.preserve_rng_state,
                 determinism_check=opt.determinism_check,
                 context_fn=(
-                    partial(_contexts, group)
-                    if opt.norm_stats == "restore"
-                    else partial(_freeze_contexts, group)
+                    partial(_contexts, _running_norms(group))
                     if opt.norm_stats == "freeze"
+                    else partial(_restore_contexts, group)
+                    if opt.norm_stats == "restore"
                     else noop_context_fn
                 ),
             )
@@ -304,7 +306,7 @@ class Bench:
         """Sets checkpointing and returns the feature function to use."""
         if options.uses_library:
             if segments:
-                self.backbone.enable_gradient_checkpointing(segments)
+                self.backbone.enable_gradient_checkpointing(segments, keep_last=options.skip_last)
             else:
                 self.backbone.disable_gradient_checkpointing()
             self.script.segments = 0
@@ -460,15 +462,16 @@ class Run:
         }
 
 
-def _seg_label(segments: int, cfg: Any) -> str:
+def _seg_label(segments: int, keep_last: bool, cfg: Any) -> str:
     if segments == 0:
         return "off"
     tags = []
     if segments == cfg.max_segments:
         tags.append("max")
-    if segments == cfg.default_segments:
+    if segments == cfg.default_segments and keep_last == cfg.default_keep_last:
         tags.append("lib default")
-    return f"{segments} ({', '.join(tags)})" if tags else str(segments)
+    label = f"{segments} ({', '.join(tags)})" if tags else str(segments)
+    return label + (" keep last" if keep_last else "")
 
 
 def _size_label(size: Sequence[int]) -> str:
@@ -528,8 +531,9 @@ class Sweep:
             "size": list(size),
             "batch": batch,
             "segments": segments,
-            "segments_label": _seg_label(segments, cfg)
+            "segments_label": _seg_label(segments, bool(options.skip_last and segments), cfg)
             + (" (repeat)" if phase == "repeat" else ""),
+            "keep_last": bool(options.skip_last and segments),
             "max_segments": cfg.max_segments,
             "variant": options.label(),
             "status": "ok",
@@ -648,45 +652,31 @@ class Sweep:
             )
 
     # ------------------------------------------------------------------ max batch
-    def fits(self, bench: Bench, batch: int, segments: int) -> tuple[bool, str, float | None]:
-        """Two training steps at ``batch`` under the memory cap: (fits, why not, peak MiB)."""
-        features = bench.configure(segments, CkptOptions())
-        failed: BaseException | None = None
-        ok, why, peak = True, "", None
-        try:
-            release_device_memory(self.device)
-            x, y = bench.batch(batch)
-            for _ in range(2):
-                bench.step(features, x, y)
-            synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device) / MIB
-            del x, y
-        except Exception as exc:  # OOM = does not fit; other errors are reported as such
-            failed = exc
-            ok = False
-            why = "OOM" if is_oom(exc) else _first_line(exc, 120)
-            if not is_oom(exc):
-                log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-                if is_fatal_device_error(exc):
-                    self.fatal = why
-        finally:
-            bench.optimizer.zero_grad(set_to_none=True)
-        if failed is not None:
-            del failed
-            release_device_memory(self.device, collect=True)
-        return ok, why, peak
-
     def max_batch(
-        self, family: str, name: str, size: tuple[int, ...], segments: int, start: int
+        self,
+        family: str,
+        name: str,
+        size: tuple[int, ...],
+        segments: int,
+        start: int,
+        *,
+        keep_last: bool = False,
     ) -> dict[str, Any]:
+        """Largest batch whose training step fits under ``--mem-cap-gib``.
+
+        Every probe runs in a child process (:class:`ProbeWorker`); a child that hit an
+        OOM exits, and the next probe starts a fresh one, so nothing a failed step left
+        on the device (allocator cache, leaked autograd state, a pushed saved-tensor hook)
+        can make later probes or configurations fail. The parent releases its own model
+        first so the child sees the whole device.
+        """
         args = self.args
-        cap = args.mem_cap_gib * 2**30
-        total = torch.cuda.get_device_properties(self.device).total_memory
         rec: dict[str, Any] = {
             "family": family,
             "backbone": name,
             "size": list(size),
             "segments": segments,
+            "keep_last": keep_last,
             "cap_gib": args.mem_cap_gib,
             "max_batch": None,
             "first_fail": None,
@@ -697,61 +687,189 @@ class Sweep:
         if self.deadline.expired() or self.fatal:
             rec.update(status="skipped", reason="time limit" if not self.fatal else self.fatal)
             return rec
-        bench = self.bench(family, name, size)
+        self.drop_bench()
         t_end = time.perf_counter() + args.max_batch_seconds
-        torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), self.device)
+        spec = {
+            "family": family,
+            "name": name,
+            "size": list(size),
+            "segments": segments,
+            "keep_last": keep_last,
+            "device": str(self.device),
+            "cap_gib": args.mem_cap_gib,
+            "dtype": "bf16" if args.amp_dtype == torch.bfloat16 else "fp32",
+            "in_chans": args.in_chans,
+            "channels_last": bool(args.channels_last),
+            "seed": args.seed,
+        }
+        worker = ProbeWorker(spec)
+
+        def probe(b: int) -> bool:
+            res = worker.probe(b)
+            rec["probes"].append({"batch": b, **res})
+            log(
+                f"  max-batch {name} {_size_label(size)} seg={segments or 'off'}"
+                f"{' keep last' if keep_last else ''}: b={b} "
+                f"{'fits' if res['fits'] else 'no: ' + res['why']} "
+                f"peak={fmt(res['peak_mib'], 0)} MiB ({res['seconds']:.1f} s)"
+            )
+            return bool(res["fits"])
+
+        def out_of_time() -> bool:
+            return time.perf_counter() > t_end or self.deadline.expired()
+
         try:
-
-            def probe(b: int) -> bool:
-                ok, why, peak = self.fits(bench, b, segments)
-                ok = ok and (peak is None or peak * MIB <= cap)
-                rec["probes"].append({"batch": b, "fits": ok, "why": why, "peak_mib": peak})
-                log(
-                    f"  max-batch {name} {_size_label(size)} seg={segments or 'off'}: b={b} "
-                    f"{'fits' if ok else 'no: ' + (why or 'over cap')} peak={fmt(peak, 0)} MiB"
-                )
-                return ok
-
-            def out_of_time() -> bool:
-                return (
-                    time.perf_counter() > t_end or self.deadline.expired() or self.fatal is not None
-                )
-
-            lo, hi = 0, None
-            b = max(1, start)
-            while b <= args.max_batch_limit and not out_of_time():
-                if probe(b):
-                    lo = b
-                    b *= 2
-                else:
-                    hi = b
-                    break
-            if lo == 0 and hi is not None:  # even the start batch fails: go down
-                b = hi // 2
-                while b >= 1 and not out_of_time():
-                    if probe(b):
-                        lo = b
-                        break
-                    hi = b
-                    b //= 2
-            if hi is not None and lo > 0:
-                while hi - lo > max(1, lo // 10) and not out_of_time():
-                    mid = (lo + hi) // 2
-                    if probe(mid):
-                        lo = mid
-                    else:
-                        hi = mid
-            rec["max_batch"] = lo
-            rec["first_fail"] = hi
-            if hi is None and lo >= args.max_batch_limit:
-                rec["reason"] = f"≥ limit {args.max_batch_limit}"
-            elif out_of_time() and (hi is None or hi - lo > max(1, lo // 10)):
-                rec["reason"] = "search stopped early (time)"
+            lo, hi = search_max_batch(probe, max(1, start), args.max_batch_limit, out_of_time)
         finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
-            release_device_memory(self.device, collect=True)
+            worker.close()
+        rec["max_batch"], rec["first_fail"] = lo, hi
+        if hi is None and lo >= args.max_batch_limit:
+            rec["reason"] = f"≥ limit {args.max_batch_limit}"
+        elif out_of_time() and (hi is None or hi - lo > max(1, lo // 10)):
+            rec["reason"] = "search stopped early (time)"
         return rec
+
+
+def search_max_batch(
+    probe: Callable[[int], bool], start: int, limit: int, out_of_time: Callable[[], bool]
+) -> tuple[int, int | None]:
+    """``(largest batch that fits, smallest that failed or None)`` by doubling from
+    ``start`` (halving when ``start`` fails), then bisection to within 10 %.
+
+    Example:
+        >>> search_max_batch(lambda b: b <= 37, 8, 4096, lambda: False)
+        (36, 38)
+    """
+    lo, hi = 0, None
+    b = start
+    while b <= limit and not out_of_time():
+        if probe(b):
+            lo = b
+            b *= 2
+        else:
+            hi = b
+            break
+    if lo == 0 and hi is not None:  # even the start batch fails: go down
+        b = hi // 2
+        while b >= 1 and not out_of_time():
+            if probe(b):
+                lo = b
+                break
+            hi = b
+            b //= 2
+    if hi is not None and lo > 0:
+        while hi - lo > max(1, lo // 10) and not out_of_time():
+            mid = (lo + hi) // 2
+            if probe(mid):
+                lo = mid
+            else:
+                hi = mid
+    return lo, hi
+
+
+class ProbeWorker:
+    """A child process (``--probe-worker SPEC``) answering max-batch probes of one setting.
+
+    The parent writes a batch size per line to its stdin; the child runs two training
+    steps under ``torch.cuda.set_per_process_memory_fraction(cap / total)`` and answers one
+    ``PROBE {json}`` line: ``fits``, ``why``, ``peak_mib``, ``seconds``. After a failure
+    the child exits, and the next :meth:`probe` starts a new one.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self._proc: subprocess.Popen[str] | None = None
+
+    def probe(self, batch: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--probe-worker",
+                 json.dumps(self.spec)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=os.environ.copy(),
+            )  # fmt: skip
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        res: dict[str, Any] | None = None
+        try:
+            proc.stdin.write(f"{batch}\n")
+            proc.stdin.flush()
+            for line in proc.stdout:
+                if line.startswith("PROBE "):
+                    res = json.loads(line[len("PROBE ") :])
+                    break
+        except BrokenPipeError:
+            res = None
+        if res is None:
+            self.close()
+            res = {"fits": False, "why": "probe process died", "peak_mib": None}
+        elif not res["fits"]:
+            self.close()
+        res["seconds"] = time.perf_counter() - t0
+        return res
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _probe_worker_main(spec_json: str) -> int:
+    """The child side of :class:`ProbeWorker`."""
+    spec = json.loads(spec_json)
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        frac = min(1.0, spec["cap_gib"] * 2**30 / total)
+        torch.cuda.set_per_process_memory_fraction(frac, device)
+    ns = argparse.Namespace(
+        in_chans=spec["in_chans"],
+        channels_last=spec["channels_last"],
+        amp_dtype=torch.bfloat16 if spec["dtype"] == "bf16" else None,
+    )
+    torch.manual_seed(spec["seed"])
+    size = tuple(spec["size"])
+    bench = build_bench(spec["family"], spec["name"], size, device, ns)
+    options = CkptOptions(skip_last=bool(spec["keep_last"]))
+    features = bench.configure(int(spec["segments"]), options)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        batch = int(line)
+        res: dict[str, Any] = {"fits": True, "why": "", "peak_mib": None}
+        try:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            x, y = bench.batch(batch)
+            for _ in range(2):
+                bench.step(features, x, y)
+            del x, y
+            if cuda:
+                torch.cuda.synchronize(device)
+                res["peak_mib"] = torch.cuda.max_memory_allocated(device) / MIB
+        except Exception as exc:  # OOM = does not fit; anything else is reported as such
+            res = {
+                "fits": False,
+                "why": "OOM" if is_oom(exc) else _first_line(exc, 120),
+                "peak_mib": None,
+            }
+        print("PROBE " + json.dumps(res), flush=True)
+        if not res["fits"]:
+            return 0  # exit: the parent starts a clean process for the next probe
+    return 0
 
 
 # ============================================================================ analysis
@@ -796,14 +914,23 @@ def meets_rule(r: dict[str, Any]) -> bool:
     )
 
 
-def choose(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
-    """The rule's choice among checkpointed rows of one (backbone, size, batch)."""
+def choose(
+    rows: list[dict[str, Any]], noise_pct: float | None = None
+) -> tuple[dict[str, Any] | None, str]:
+    """The rule's choice among checkpointed rows of one (backbone, size, batch).
+
+    Among the rows meeting the rule, the least overhead; rows whose overhead is within
+    ``noise_pct`` (the run's measured noise) of that minimum count as tied, and the tie
+    goes to the larger memory saving.
+    """
     cands = [r for r in rows if r["segments"] > 0 and r["status"] == "ok"]
     if not cands:
         return None, "no checkpointed measurement"
     good = [r for r in cands if meets_rule(r)]
     if good:
-        return min(good, key=lambda r: (r["overhead_pct"], -r["mem_saved_pct"])), ""
+        least = min(r["overhead_pct"] for r in good)
+        tied = [r for r in good if r["overhead_pct"] <= least + (noise_pct or 0.0)]
+        return max(tied, key=lambda r: (r["mem_saved_pct"], -r["overhead_pct"])), ""
     measurable = [
         r for r in cands if r.get("mem_saved_pct") is not None and r.get("overhead_pct") is not None
     ]
@@ -834,7 +961,8 @@ def summarize(run: Run, fam_plan: list[tuple[str, str, tuple[int, ...], int]]) -
     rows = [
         r
         for r in run.results
-        if r["phase"] != "ablation" and r["variant"] in ("library", run.args["variant"])
+        if r["phase"] != "ablation"
+        and r["variant"] in ("library", "keep_last", run.args["variant"])
     ]
     for family, name, ref_size, ref_batch in fam_plan:
         cfg = get_backbone_cfg(name)
@@ -848,7 +976,8 @@ def summarize(run: Run, fam_plan: list[tuple[str, str, tuple[int, ...], int]]) -
             None,
         )
         rep = next((r for r in ref if r["phase"] == "repeat" and r["status"] == "ok"), None)
-        chosen, why = choose(ref)
+        noise = abs(rep["overhead_pct"]) if rep and rep.get("overhead_pct") is not None else None
+        chosen, why = choose(ref, noise)
         entry: dict[str, Any] = {
             "family": family,
             "backbone": name,
@@ -857,6 +986,12 @@ def summarize(run: Run, fam_plan: list[tuple[str, str, tuple[int, ...], int]]) -
             "max_segments": cfg.max_segments,
             "library_default": cfg.default_segments,
             "proposed": chosen["segments"] if chosen else None,
+            "proposed_keep_last": bool(chosen.get("keep_last")) if chosen else None,
+            "proposed_label": (
+                f"{chosen['segments']}{' keep last' if chosen.get('keep_last') else ''}"
+                if chosen
+                else None
+            ),
             "meets_rule": chosen is not None,
             "why_not": why,
             "mem_saved_pct": chosen.get("mem_saved_pct") if chosen else None,
@@ -864,14 +999,19 @@ def summarize(run: Run, fam_plan: list[tuple[str, str, tuple[int, ...], int]]) -
             "overhead_pct": chosen.get("overhead_pct") if chosen else None,
             "off_step_ms": off.get("step_ms") if off else None,
             "one_fwd_pct": off.get("one_fwd_pct") if off else None,
-            "noise_pct": abs(rep["overhead_pct"])
-            if rep and rep.get("overhead_pct") is not None
-            else None,
+            "noise_pct": noise,
             "holds": None,
             "holds_of": None,
         }
         lib = next(
-            (r for r in ref if r["segments"] == cfg.default_segments and r["status"] == "ok"), None
+            (
+                r
+                for r in ref
+                if r["segments"] == cfg.default_segments
+                and bool(r.get("keep_last")) == cfg.default_keep_last
+                and r["status"] == "ok"
+            ),
+            None,
         )
         entry["library_default_saved_pct"] = lib.get("mem_saved_pct") if lib else None
         entry["library_default_overhead_pct"] = lib.get("overhead_pct") if lib else None
@@ -881,6 +1021,7 @@ def summarize(run: Run, fam_plan: list[tuple[str, str, tuple[int, ...], int]]) -
                 for r in rows
                 if r["backbone"] == name
                 and r["segments"] == chosen["segments"]
+                and bool(r.get("keep_last")) == bool(chosen.get("keep_last"))
                 and r["status"] == "ok"
                 and r.get("overhead_pct") is not None
                 and (tuple(r["size"]), r["batch"]) != (ref_size, ref_batch)
@@ -1099,6 +1240,8 @@ def _resolve_segments(tokens: Sequence[str], cfg: Any, chosen: int | None = None
             if chosen is None:
                 continue
             k = chosen
+        elif t == "none":
+            continue
         else:
             k = int(t)
             if k > cfg.max_segments:
@@ -1106,6 +1249,34 @@ def _resolve_segments(tokens: Sequence[str], cfg: Any, chosen: int | None = None
         if k not in out:
             out.append(k)
     return out
+
+
+def propose_defaults(data: dict[str, Any]) -> str:
+    """The ``FAMILY_DEFAULTS`` literal that a results JSON (``--json``) proposes.
+
+    Families whose reference configuration met the rule get the chosen ``(segments,
+    keep_last)``; the others are left out (they keep ``round(sqrt(units))``), with a
+    comment saying why. Paste the output over ``FAMILY_DEFAULTS`` in
+    ``med_core/backbones/_checkpointing.py`` and regenerate the docs table.
+    """
+    dev = data.get("env", {}).get("GPU") or data.get("device", "?")
+    lines = [
+        f"# from {data.get('command', '?')}",
+        f"# device {dev}, dtype {data.get('dtype', '?')}, status {data.get('status', '?')}",
+        "FAMILY_DEFAULTS: dict[str, tuple[int, bool]] = {",
+    ]
+    for e in sorted(data.get("summary", []), key=lambda e: e["family"]):
+        ref = f"{e['backbone']} {_size_label(e['ref_size'])} b{e['ref_batch']}"
+        if e.get("meets_rule") and e.get("proposed"):
+            kl = bool(e.get("proposed_keep_last"))
+            lines.append(
+                f'    "{e["family"]}": ({e["proposed"]}, {kl}),  # {ref}: '
+                f"{e['mem_saved_pct']:.0f} % saved, +{e['overhead_pct']:.0f} %"
+            )
+        else:
+            lines.append(f"    # {e['family']}: none meets the rule ({ref}: {e.get('why_not')})")
+    lines.append("}")
+    return "\n".join(lines)
 
 
 # ============================================================================ Markdown
@@ -1251,7 +1422,7 @@ def render_markdown(run: Run, plot_rel: str | None) -> str:
                     s["library_default"],
                     f"{fmt(s['library_default_saved_pct'], 0)} / "
                     f"{fmt(s['library_default_overhead_pct'], 0)}",
-                    s["proposed"] if ok else "**none meets the rule**",
+                    s["proposed_label"] if ok else "**none meets the rule**",
                     fmt(s["mem_saved_pct"], 0),
                     fmt(s["overhead_pct"], 0),
                     holds,
@@ -1658,7 +1829,9 @@ def _int_csv(s: str) -> list[int]:
 def _segments_csv(s: str) -> list[str]:
     toks = _csv(s)
     for t in toks:
-        if t not in ("off", "max", "default", "proposed") and not (t.isdigit() and int(t) > 0):
+        if t not in ("off", "max", "default", "proposed", "none") and not (
+            t.isdigit() and int(t) > 0
+        ):
             raise argparse.ArgumentTypeError(
                 f"segments tokens are off, max, default, proposed or integers > 0; got {t!r}"
             )
@@ -1760,6 +1933,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the largest-batch search",
     )
     g.add_argument("--max-batch-limit", type=int, default=4096)
+    g.add_argument(
+        "--max-batch-families",
+        default="all",
+        help="'all' or a comma list of families for the largest-batch search",
+    )
     g.add_argument("--max-batch-seconds", type=float, default=15.0, help="per search")
 
     g = p.add_argument_group("checkpoint options (script-side runner; default = the library path)")
@@ -1769,12 +1947,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--determinism-check", choices=["default", "none"], default="default")
     g.add_argument(
         "--norm-stats",
-        choices=["restore", "freeze", "update"],
-        default="restore",
-        help="BatchNorm running stats during recomputation: restore (library), freeze "
-        "(proposal: momentum=0 while recomputing), update (unprotected)",
+        choices=["freeze", "restore", "update"],
+        default="freeze",
+        help="BatchNorm running stats during recomputation: freeze (library: momentum=0, "
+        "count detached), restore (the old library: clone + copy back), update (unprotected)",
     )
-    g.add_argument("--skip-last", action="store_true", help="do not checkpoint the last group")
+    g.add_argument(
+        "--skip-last",
+        action="store_true",
+        help="keep the last group un-checkpointed in every row (the library's keep_last=True)",
+    )
 
     g = p.add_argument_group("diagnosis")
     g.add_argument(
@@ -1794,6 +1976,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="time checkpoint-option variants at each family's reference config",
     )
     g.add_argument("--ablate-segments", type=_segments_csv, default=["default", "max"])
+    g.add_argument(
+        "--keep-last-segments",
+        type=_segments_csv,
+        default=["2", "4", "8"],
+        help="at the reference config also measure these segments with keep_last=True "
+        "(the last group un-checkpointed); 'none' for no such rows",
+    )
+    g.add_argument(
+        "--propose-defaults",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="print the FAMILY_DEFAULTS table of med_core/backbones/_checkpointing.py that "
+        "a results JSON proposes, and exit (no measurement)",
+    )
+    g.add_argument("--probe-worker", default=None, help=argparse.SUPPRESS)
 
     g = p.add_argument_group("output")
     g.add_argument(
@@ -1866,6 +2064,11 @@ def _ref(values: list[int], explicit: int | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.probe_worker is not None:
+        return _probe_worker_main(args.probe_worker)
+    if args.propose_defaults is not None:
+        print(propose_defaults(json.loads(args.propose_defaults.read_text(encoding="utf-8"))))
+        return 0
     plan = _plan(args)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -2003,6 +2206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ),
                         run.results,
                     )
+                keep_last = dataclasses.replace(options, skip_last=True)
+                for k in _resolve_segments(args.keep_last_segments, get_backbone_cfg(name)):
+                    if k >= 2:  # keep_last needs two groups
+                        row = sweep.measure(fam, name, size, rb, k, keep_last, phase="ref")
+                        record(row, run.results)
                 if args.repeat_off:  # the same "off" step again: the noise floor of overhead %
                     row = sweep.measure(fam, name, size, rb, 0, options, phase="repeat")
                     record(row, run.results)
@@ -2013,12 +2221,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _run_ablation(args, run, sweep, plan, ref_of, record)
             # phase 2: largest batch under the cap (CUDA only)
             if args.max_batch and cuda:
+                mb_fams = (
+                    None if args.max_batch_families == "all" else _csv(args.max_batch_families)
+                )
                 for fam, name in plan:
+                    if mb_fams is not None and fam not in mb_fams:
+                        continue
                     size, rb, _, _ = ref_of(name)
                     s = next(e for e in run.summary if e["backbone"] == name)
-                    k = int(s["proposed"] or get_backbone_cfg(name).default_segments or 0)
+                    cfg = get_backbone_cfg(name)
+                    k = int(s["proposed"] or cfg.default_segments or 0)
+                    kl = bool(s["proposed_keep_last"]) if s["proposed"] else cfg.default_keep_last
                     for seg in (0, k):
-                        rec = sweep.max_batch(fam, name, size, seg, rb)
+                        rec = sweep.max_batch(fam, name, size, seg, rb, keep_last=kl and seg > 0)
                         rec["segments_source"] = (
                             "off"
                             if seg == 0
@@ -2211,7 +2426,7 @@ def _print_console_summary(run: Run, out: Path, plot: Path | None, json_path: Pa
                 s["backbone"],
                 f"{_size_label(s['ref_size'])} b{s['ref_batch']}",
                 s["library_default"],
-                s["proposed"] if s["meets_rule"] else "none",
+                s["proposed_label"] if s["meets_rule"] else "none",
                 fmt(s["mem_saved_pct"], 0),
                 fmt(s["overhead_pct"], 0),
                 fmt(s["one_fwd_pct"], 0),

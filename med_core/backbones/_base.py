@@ -59,7 +59,8 @@ class Backbone(nn.Module, abc.ABC):
         self.num_features = cfg.num_features
         self.img_size = img_size
         self.small_input = small_input
-        self._ckpt_segments = 0  # 0: off; k > 0: k checkpointed groups
+        self._ckpt_segments = 0  # 0: off; k > 0: k groups
+        self._ckpt_keep_last = False  # the last of the k groups runs un-checkpointed
 
     # ----------------------------------------------------------------- the three steps
     @abc.abstractmethod
@@ -78,7 +79,7 @@ class Backbone(nn.Module, abc.ABC):
         """Stem and units: the last feature map (or token sequence) before the head."""
         x = self.forward_stem(x)
         active = self._ckpt_segments if self.training and torch.is_grad_enabled() else 0
-        return run_units(self.units(), x, active)
+        return run_units(self.units(), x, active, keep_last=self._ckpt_keep_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` or ``(B, C, D, H, W)`` → ``(B, num_features)``."""
@@ -89,16 +90,23 @@ class Backbone(nn.Module, abc.ABC):
         return tuple(features.shape[2:])
 
     # ------------------------------------------------------------ gradient checkpointing
-    def enable_gradient_checkpointing(self, segments: int | None = None) -> None:
+    def enable_gradient_checkpointing(
+        self, segments: int | None = None, *, keep_last: bool | None = None
+    ) -> None:
         """Checkpoints the units in ``segments`` contiguous groups during training.
 
         Args:
             segments: Number of groups, in ``[1, cfg.max_segments]``; ``None`` uses
                 ``cfg.default_segments``. More segments keep more group inputs but
                 recompute smaller groups at a time.
+            keep_last: Run the last group without checkpointing (it keeps its activations
+                and is not recomputed; needs ``segments >= 2``). ``None``: the family
+                default ``cfg.default_keep_last`` when ``segments`` is ``None`` too, else
+                ``False`` (an explicit ``segments`` alone checkpoints every group).
 
         Raises:
-            ValueError: if ``segments`` is not an integer in ``[1, cfg.max_segments]``.
+            ValueError: if ``segments`` is not an integer in ``[1, cfg.max_segments]``, or
+                ``keep_last`` is set with ``segments == 1`` (nothing would be checkpointed).
             NotImplementedError: if the backbone has no units (not the case for any
                 registered name; ``timm/`` models override this method).
 
@@ -107,7 +115,12 @@ class Backbone(nn.Module, abc.ABC):
             >>> net = create_backbone("resnet18", img_size=28)
             >>> net.enable_gradient_checkpointing()
             >>> net.is_gradient_checkpointing_enabled(), net.checkpoint_segments
-            (True, 3)
+            (True, 2)
+            >>> net.checkpoint_keep_last  # the resnet family's default (FAMILY_DEFAULTS)
+            True
+            >>> net.enable_gradient_checkpointing(4)
+            >>> net.checkpoint_segments, net.checkpoint_keep_last
+            (4, False)
             >>> net.enable_gradient_checkpointing(0)
             Traceback (most recent call last):
             ...
@@ -117,11 +130,23 @@ class Backbone(nn.Module, abc.ABC):
             raise NotImplementedError(f"backbone {self.name!r} has no checkpointable units")
         if segments is None:
             segments = self.cfg.default_segments
-        self._ckpt_segments = check_segments(segments, self.cfg.max_segments, name=self.name)
+            if keep_last is None:
+                keep_last = self.cfg.default_keep_last
+        k = check_segments(segments, self.cfg.max_segments, name=self.name)
+        if not isinstance(keep_last, (bool, type(None))):
+            raise ValueError(f"keep_last must be a bool or None, got {keep_last!r}")
+        if keep_last and k < 2:
+            raise ValueError(
+                f"keep_last=True needs segments >= 2 for backbone {self.name!r} (with one "
+                f"group nothing would be checkpointed), got segments={k}"
+            )
+        self._ckpt_segments = k
+        self._ckpt_keep_last = bool(keep_last)
 
     def disable_gradient_checkpointing(self) -> None:
         """Turns gradient checkpointing off (a no-op when it is off)."""
         self._ckpt_segments = 0
+        self._ckpt_keep_last = False
 
     def is_gradient_checkpointing_enabled(self) -> bool:
         """Whether training-mode forward passes checkpoint the units."""
@@ -132,6 +157,13 @@ class Backbone(nn.Module, abc.ABC):
         """The active segment count, or ``None`` when checkpointing is off."""
         return self._ckpt_segments or None
 
+    @property
+    def checkpoint_keep_last(self) -> bool:
+        """Whether the last group runs un-checkpointed (``False`` when checkpointing is off)."""
+        return self._ckpt_keep_last
+
     def extra_repr(self) -> str:
         ckpt = f"segments={self._ckpt_segments}" if self._ckpt_segments else "off"
+        if self._ckpt_keep_last:
+            ckpt += ", keep_last"
         return f"name={self.name!r}, num_features={self.num_features}, checkpointing={ckpt}"

@@ -63,8 +63,11 @@ class BackboneCfg:
             ``segments``. ``None`` for ``timm/`` pass-through models, which checkpoint at
             timm's own granularity.
         default_segments: ``segments`` used when checkpointing is enabled without a count:
-            ``round(sqrt(max_segments))`` for now (see ``docs/backbones.md``).
+            the family's entry of ``_checkpointing.FAMILY_DEFAULTS`` (chosen from the GPU
+            benchmark), else ``round(sqrt(max_segments))`` (see ``docs/backbones.md``).
         small_input: One line describing the small-input surgery ("" when none).
+        default_keep_last: With the default segments, leave the last group
+            un-checkpointed (``keep_last``); needs ``default_segments >= 2``.
 
     Raises:
         ValueError: when a field breaks its rule (the message names field and value).
@@ -79,6 +82,7 @@ class BackboneCfg:
     max_segments: int | None
     default_segments: int | None
     small_input: str = ""
+    default_keep_last: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, rule: str) -> None:
@@ -111,6 +115,10 @@ class BackboneCfg:
             d = self.default_segments
             if not (pos_int(d) and d is not None and d <= self.max_segments):
                 bad("default_segments", f"an integer in [1, {self.max_segments}]")
+        if not isinstance(self.default_keep_last, bool) or (
+            self.default_keep_last and (self.default_segments or 0) < 2
+        ):
+            bad("default_keep_last", "a bool, True only with default_segments >= 2")
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,10 @@ def markdown_table() -> str:
     for name in names:
         c = lookup(name).cfg
         size = "×".join(map(str, c.natural_size))
+        default = f"{c.default_segments}{', last kept' if c.default_keep_last else ''}"
         rows.append(
             f"| `{name}` | {c.family} | {c.source} | {c.spatial_dims}D | {size} | {c.min_size} "
-            f"| {c.num_features} | {c.max_segments} | {c.default_segments} | {c.small_input} |"
+            f"| {c.num_features} | {c.max_segments} | {default} | {c.small_input} |"
         )
     return "\n".join(rows)
 

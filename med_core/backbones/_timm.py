@@ -14,7 +14,7 @@ from torch import nn
 
 from med_core.backbones._adapt import use_small_input
 from med_core.backbones._base import Backbone
-from med_core.backbones._checkpointing import default_segments
+from med_core.backbones._checkpointing import family_default
 from med_core.backbones._pretrained import timm_weights_file
 from med_core.backbones._registry import BackboneCfg
 from med_core.backbones._registry import register_backbone
@@ -112,7 +112,8 @@ def _register_all() -> None:
             natural_size=(224, 224),
             min_size=32,  # 2 x patch 16
             max_segments=n_units,
-            default_segments=default_segments(n_units),
+            default_segments=family_default("vit", n_units)[0],
+            default_keep_last=family_default("vit", n_units)[1],
             small_input="patch size 16→4 (img_size passed to timm; position embedding resampled)",
         )
         builder: Callable[..., Backbone] = partial(ViTBackbone.build, name, cfg, timm_name)
@@ -191,17 +192,20 @@ class TimmBackbone(Backbone):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(x)  # type: ignore[no-any-return]
 
-    def enable_gradient_checkpointing(self, segments: int | None = None) -> None:
-        """Turns on timm's own checkpointing (``segments`` must be ``None``).
+    def enable_gradient_checkpointing(
+        self, segments: int | None = None, *, keep_last: bool | None = None
+    ) -> None:
+        """Turns on timm's own checkpointing (``segments`` and ``keep_last`` must be ``None``).
 
         Raises:
-            NotImplementedError: if ``segments`` is given (timm fixes the granularity) or
-                the timm model does not support gradient checkpointing.
+            NotImplementedError: if ``segments`` or ``keep_last`` is given (timm fixes the
+                granularity) or the timm model does not support gradient checkpointing.
         """
-        if segments is not None:
+        if segments is not None or keep_last is not None:
             raise NotImplementedError(
                 f"backbone {self.name!r} checkpoints through timm's set_grad_checkpointing at "
-                f"timm's own granularity; segments must be None, got {segments!r}"
+                f"timm's own granularity; segments and keep_last must be None, got "
+                f"segments={segments!r}, keep_last={keep_last!r}"
             )
         try:
             self.model.set_grad_checkpointing(True)

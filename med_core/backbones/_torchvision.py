@@ -26,7 +26,7 @@ from med_core.backbones._adapt import fit_swin_windows
 from med_core.backbones._adapt import replace_conv
 from med_core.backbones._adapt import use_small_input
 from med_core.backbones._base import Backbone
-from med_core.backbones._checkpointing import default_segments
+from med_core.backbones._checkpointing import family_default
 from med_core.backbones._pretrained import torchvision_state_dict
 from med_core.backbones._registry import BackboneCfg
 from med_core.backbones._registry import register_backbone
@@ -431,7 +431,8 @@ def _register_all() -> None:
             natural_size=(side, side),
             min_size=64,  # 2 x total stride 32
             max_segments=n_units,
-            default_segments=default_segments(n_units),
+            default_segments=family_default(family, n_units)[0],
+            default_keep_last=family_default(family, n_units)[1],
             small_input=_SMALL[family],
         )
         builder: Callable[..., Backbone] = partial(adapter.build, name, cfg)

@@ -11,7 +11,7 @@ from torch import nn
 
 from med_core.backbones._adapt import replace_conv
 from med_core.backbones._base import Backbone
-from med_core.backbones._checkpointing import default_segments
+from med_core.backbones._checkpointing import family_default
 from med_core.backbones._registry import BackboneCfg
 from med_core.backbones._registry import register_backbone
 from med_core.backbones._torchvision import TorchvisionBackbone
@@ -119,7 +119,8 @@ def _register_all() -> None:
             natural_size=natural,
             min_size=min_size,
             max_segments=n_units,
-            default_segments=default_segments(n_units),
+            default_segments=family_default(family, n_units)[0],
+            default_keep_last=family_default(family, n_units)[1],
             small_input=small,
         )
         builder: Callable[..., Backbone] = partial(adapter.build, name, cfg)

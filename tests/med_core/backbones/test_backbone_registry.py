@@ -13,6 +13,7 @@ from med_core.backbones import create_backbone
 from med_core.backbones import get_backbone_cfg
 from med_core.backbones import list_backbones
 from med_core.backbones import register_backbone
+from med_core.backbones._checkpointing import FAMILY_DEFAULTS
 from med_core.exceptions import UnknownBackboneError
 from med_core.testing.backbones import check_checkpoint_matches
 
@@ -87,7 +88,10 @@ def test_list_backbones_filters() -> None:
 def test_cfg_is_consistent(name: str) -> None:
     cfg = get_backbone_cfg(name)
     assert cfg.max_segments is not None and cfg.min_size is not None
-    assert cfg.default_segments == max(1, math.floor(math.sqrt(cfg.max_segments) + 0.5))
+    segments, keep_last = FAMILY_DEFAULTS.get(
+        cfg.family, (max(1, math.floor(math.sqrt(cfg.max_segments) + 0.5)), False)
+    )
+    assert (cfg.default_segments, cfg.default_keep_last) == (segments, keep_last)
     assert len(cfg.natural_size) == cfg.spatial_dims
     assert min(cfg.natural_size[-2:]) >= cfg.min_size > 28
     assert cfg.small_input
@@ -191,7 +195,7 @@ def test_timm_passthrough_checkpointing() -> None:
     torch.manual_seed(0)
     net = create_backbone("timm/test_vit", img_size=32)
     x = torch.randn(2, 3, 32, 32)
-    fragment = r"timm's own granularity; segments must be None, got 2"
+    fragment = r"timm's own granularity; segments and keep_last must be None, got segments=2"
     with pytest.raises(NotImplementedError, match=fragment):
         net.enable_gradient_checkpointing(2)
     assert not net.is_gradient_checkpointing_enabled()

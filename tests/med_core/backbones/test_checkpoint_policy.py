@@ -1,0 +1,110 @@
+"""Checkpointing internals: exact BatchNorm handling, ``keep_last`` and the family defaults."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from med_core.backbones import create_backbone
+from med_core.backbones import get_backbone_cfg
+from med_core.backbones import list_backbones
+from med_core.backbones._checkpointing import FAMILY_DEFAULTS
+from med_core.backbones._checkpointing import _FreezeNormStats
+from med_core.backbones._registry import FAMILIES
+
+
+def _step(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    net.zero_grad(set_to_none=True)
+    net(x).square().mean().backward()
+    return {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: cumulative average (reads the count)
+def test_checkpointed_steps_leave_batchnorm_state_bit_identical(momentum: float | None) -> None:
+    torch.manual_seed(0)
+    ref = create_backbone("resnet18", img_size=16)
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = momentum
+    ckpt = copy.deepcopy(ref)
+    ckpt.enable_gradient_checkpointing(3)
+    x = torch.randn(4, 3, 16, 16)
+    for _ in range(2):  # the second step starts from updated statistics and counts
+        g_ref, g_ckpt = _step(ref, x), _step(ckpt, x)
+    assert g_ref.keys() == g_ckpt.keys()
+    for n in g_ref:
+        torch.testing.assert_close(g_ckpt[n], g_ref[n], rtol=1e-5, atol=1e-6, msg=n)
+    for (n, a), (_, b) in zip(ref.named_buffers(), ckpt.named_buffers(), strict=True):
+        assert torch.equal(a, b), n  # running stats and num_batches_tracked: exact
+    assert all(
+        int(m.num_batches_tracked) == 2 for m in ckpt.modules() if isinstance(m, nn.BatchNorm2d)
+    )
+    # momentum and the count buffer are back after recomputation
+    norms = [m for m in ckpt.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.momentum == momentum for m in norms)
+    assert all(isinstance(m.num_batches_tracked, torch.Tensor) for m in norms)
+    assert {n for n, _ in ckpt.named_buffers()} == {n for n, _ in ref.named_buffers()}
+
+
+def test_freeze_context_recomputes_the_same_activations_without_touching_stats() -> None:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3).train()
+    x = torch.randn(4, 3, 5, 5) * 3 + 1
+    first = bn(x)
+    stats = [b.clone() for b in bn.buffers()]
+    with _FreezeNormStats([bn]):
+        again = bn(x)
+    assert torch.equal(again, first)  # batch statistics, as in the first pass
+    assert all(torch.equal(a, b) for a, b in zip(stats, bn.buffers(), strict=True))
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 1
+
+
+def test_keep_last_skips_the_last_groups_recomputation() -> None:
+    torch.manual_seed(0)
+    net = create_backbone("resnet18", img_size=16)
+    units = net.units()
+    calls = [0] * len(units)
+    for i, u in enumerate(units):
+        u.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    x = torch.randn(2, 3, 16, 16)
+    net.enable_gradient_checkpointing(2, keep_last=True)
+    assert net.checkpoint_keep_last and "keep_last" in repr(net)
+    net(x).sum().backward()
+    assert calls == [2] * 4 + [1] * 4  # first half recomputed once, last half never
+    calls[:] = [0] * len(units)
+    net.enable_gradient_checkpointing(2)  # an explicit count alone checkpoints every group
+    assert not net.checkpoint_keep_last
+    net(x).sum().backward()
+    assert calls == [2] * 8
+    net.disable_gradient_checkpointing()
+    assert not net.checkpoint_keep_last
+
+
+def test_keep_last_needs_two_groups() -> None:
+    net = create_backbone("resnet18", img_size=16)
+    with pytest.raises(ValueError, match=r"keep_last=True needs segments >= 2 .* got segments=1"):
+        net.enable_gradient_checkpointing(1, keep_last=True)
+    with pytest.raises(ValueError, match=r"keep_last must be a bool or None, got 'yes'"):
+        net.enable_gradient_checkpointing(2, keep_last="yes")  # type: ignore[arg-type]
+
+
+def test_family_defaults_table_is_valid_for_every_registered_backbone() -> None:
+    assert set(FAMILY_DEFAULTS) <= set(FAMILIES) - {"timm"}
+    for family, (segments, keep_last) in FAMILY_DEFAULTS.items():
+        names = [n for n in list_backbones() if get_backbone_cfg(n).family == family]
+        assert names, f"no registered backbone of family {family!r}"
+        for name in names:
+            cfg = get_backbone_cfg(name)
+            assert cfg.max_segments is not None and 1 <= segments <= cfg.max_segments, name
+            assert not keep_last or segments >= 2, name
+            assert (cfg.default_segments, cfg.default_keep_last) == (segments, keep_last)
+
+
+def test_enable_without_arguments_uses_the_family_default() -> None:
+    net = create_backbone("vit_tiny", img_size=32)
+    net.enable_gradient_checkpointing()
+    assert net.checkpoint_segments == FAMILY_DEFAULTS["vit"][0]
+    assert net.checkpoint_keep_last is FAMILY_DEFAULTS["vit"][1]
