@@ -319,3 +319,30 @@ def launch(
         rank, payload = results.get(timeout=30)
         collected[rank] = pickle.loads(payload)
     return [collected[r] for r in range(nprocs)]
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in :class:`~torch.nn.parallel.DistributedDataParallel`, set up for throughput.
+
+    * ``broadcast_buffers=False``: DDP's default broadcasts every buffer (BatchNorm
+      statistics) from rank 0 before *each* forward, a collective per step. Rank 0's
+      statistics only ever depend on rank 0's batches either way, and the trainer
+      broadcasts rank 0's buffers once per epoch before validation
+      (:meth:`DistContext.broadcast_buffers`), so evaluation and checkpoints see the same
+      statistics with one broadcast per epoch instead of one per step.
+    * ``gradient_as_bucket_view=True``: gradients are views into the all-reduce buckets,
+      which saves one copy of every gradient per step and the memory of a second copy.
+    """
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # torch >= 2.15 renames the per-forward part of broadcast_buffers (init sync is kept)
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+        **{sync: False},
+    )

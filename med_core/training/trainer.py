@@ -8,6 +8,7 @@ the process-group plumbing in ``_distributed.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -294,11 +295,9 @@ class Trainer:
         )
         net: nn.Module = model
         if self.dist.is_distributed:
-            from torch.nn.parallel import DistributedDataParallel
+            from med_core.training._distributed import wrap_ddp
 
-            net = DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None
-            )
+            net = wrap_ddp(model, dev)
         train_module: nn.Module = TrainStep(net, settings)
         eval_module = model
         if cfg.compile:
@@ -571,8 +570,15 @@ class Trainer:
         model = self._ensure_model()
         return self._evaluate_with(model, self._loader(split, train=False), self._settings(), split)
 
-    def predict(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, split: str = "test", *, tta: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Labels and scores of a whole split, in the split's sample order.
+
+        Args:
+            split: ``"train"``, ``"val"`` or ``"test"``.
+            tta: Average the probabilities over the image and its horizontal flip;
+                ``None`` → ``cfg.tta``.
 
         Returns:
             ``(y_true, y_score)``: labels as stored; scores are the positive-class
@@ -581,7 +587,10 @@ class Trainer:
         """
         self._check_split(split)
         model = self._ensure_model()
-        out = evaluate_loader(model, self._loader(split, train=False), settings=self._settings())
+        settings = self._settings()
+        if tta is not None:
+            settings = dataclasses.replace(settings, tta=tta)
+        out = evaluate_loader(model, self._loader(split, train=False), settings=settings)
         y_true, y_score, _, _ = self._gather(out)
         return y_true, y_score
 

@@ -1,0 +1,279 @@
+#!/usr/bin/env python
+"""DDP scaling of one trial: 2 GPUs vs. 1 GPU through med_core's own trainer and launcher.
+
+Each configuration trains ``Trainer.fit()`` (the code path of a ``medauto worker
+--gpus-per-trial N`` trial) in ``N`` processes started by ``med_core.training.launch``
+(spawn, torchrun's environment, NCCL on CUDA, gloo on CPU), on synthetic 3-channel data
+held on the device (``data.loader="tensor"``), with bf16 autocast and channels-last on
+CUDA, from scratch. The per-GPU batch is fixed (weak scaling: the global batch is
+``--per-gpu-batch × N``), so the ideal 2-GPU/1-GPU ratio of images/s is 2.0 (target
+≥ 1.9). Reported per configuration: the Trainer's ``images_per_s`` (all ranks' training
+images of an epoch over its training time, validation excluded; median over the epochs
+after ``--warmup-epochs``) and the time to train one epoch; each with gradient
+checkpointing off and on (the backbone's family default segments).
+
+The ratio is measured in one invocation: the 1-GPU and 2-GPU runs alternate per setting.
+The environment is passed through to every process (keep ``NCCL_NVLS_ENABLE=0`` where
+the host requires it).
+
+CPU smoke run (gloo, 2 processes, tiny)::
+
+    python benchmarks/ddp_scaling.py --device cpu --backbone resnet18 --img-size 32 \\
+        --train-images 32 --per-gpu-batch 4 --epochs 2 --warmup-epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:  # run as a script: make `benchmarks` and `med_core` importable
+    sys.path.insert(0, str(_REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks._common import command_line  # noqa: E402
+from benchmarks._common import environment  # noqa: E402
+from benchmarks._common import environment_table  # noqa: E402
+from benchmarks._common import fmt  # noqa: E402
+from benchmarks._common import log  # noqa: E402
+from benchmarks._common import markdown_table  # noqa: E402
+from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import write_text  # noqa: E402
+
+TARGET_RATIO = 1.9
+NUM_CLASSES = 10
+
+
+def synthetic_dataset(n_train: int, n_val: int, size: int, seed: int) -> Any:
+    """Random 3×size×size uint8 images with balanced labels (a ``MedicalDataset``)."""
+    from med_core.data import DatasetInfo
+    from med_core.data import MedicalDataset
+    from med_core.data import Split
+
+    rng = np.random.default_rng(seed)
+
+    def split(n: int) -> Split:
+        images = rng.integers(1, 256, size=(n, 3, size, size), dtype=np.uint8)
+        return Split(images, rng.permutation(np.arange(n, dtype=np.int64) % NUM_CLASSES))
+
+    info = DatasetInfo(
+        name="ddp-synthetic",
+        task="multi-class",
+        num_classes=NUM_CLASSES,
+        in_chans=3,
+        spatial_dims=2,
+        image_size=(size, size),
+        class_names=tuple(f"c{i}" for i in range(NUM_CLASSES)),
+        source=f"synthetic (numpy seed {seed})",
+    )
+    return MedicalDataset(info, split(n_train), split(n_val), split(n_val))
+
+
+def train_rank(dist: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """One rank of one configuration (called by ``launch``): ``Trainer.fit()``."""
+    from med_core.config import AugmentConfig
+    from med_core.config import DataConfig
+    from med_core.config import ModelConfig
+    from med_core.config import OptimConfig
+    from med_core.config import TrainConfig
+    from med_core.training import Trainer
+
+    ds = synthetic_dataset(spec["train_images"], spec["val_images"], spec["img_size"], 0)
+    cuda = spec["device"] == "cuda"
+    cfg = TrainConfig(
+        data=DataConfig(dataset=ds.info.name, loader="tensor", num_workers=0),
+        model=ModelConfig(
+            backbone=spec["backbone"],
+            checkpoint_segments=0 if spec["checkpointing"] else None,  # 0: family default
+        ),
+        augment=AugmentConfig(policy="none"),
+        optim=OptimConfig(optimizer="sgd", lr=0.01, weight_decay=0.0),
+        epochs=spec["epochs"],
+        batch_size=spec["per_gpu_batch"] * dist.world_size,
+        amp_dtype="bf16" if cuda else "none",
+        channels_last=cuda,
+        seed=0,
+    )
+    trainer = Trainer(cfg, dataset=ds, device=spec["device"], progress=False, dist=dist)
+    t0 = time.perf_counter()
+    try:
+        history = trainer.fit()
+    finally:
+        trainer.close()
+    return {
+        "rank": dist.rank,
+        "world_size": dist.world_size,
+        "wall_s": time.perf_counter() - t0,
+        "epochs": [
+            {k: float(e[k]) for k in ("epoch_time_s", "images_per_s", "train_loss")}
+            for e in history.epochs
+        ],
+        "stop_reason": history.stop_reason,
+    }
+
+
+def run_config(args: argparse.Namespace, gpus: int, checkpointing: bool) -> dict[str, Any]:
+    """Launches one configuration on ``gpus`` processes and summarizes rank 0's history."""
+    from med_core.training import launch
+
+    spec = {
+        "device": args.device,
+        "backbone": args.backbone,
+        "img_size": args.img_size,
+        "train_images": args.train_images,
+        "val_images": args.val_images,
+        "per_gpu_batch": args.per_gpu_batch,
+        "epochs": args.epochs,
+        "checkpointing": checkpointing,
+    }
+    row: dict[str, Any] = {"gpus": gpus, "checkpointing": checkpointing, "status": "ok"}
+    t0 = time.perf_counter()
+    try:
+        backend = "nccl" if args.device == "cuda" else "gloo"
+        ranks = launch(train_rank, gpus, args=(spec,), backend=backend)
+    except Exception as exc:  # recorded in the row; the other configurations still run
+        row.update(status=f"error: {type(exc).__name__}: {str(exc).strip()[:300]}")
+        return row
+    epochs = ranks[0]["epochs"][args.warmup_epochs :] or ranks[0]["epochs"]
+    row["images_per_s"] = statistics.median(e["images_per_s"] for e in epochs)
+    # training time of one epoch: train images (full global batches) / images per second
+    global_batch = args.per_gpu_batch * gpus
+    row["epoch_images"] = (args.train_images // global_batch) * global_batch
+    row["epoch_train_s"] = row["epoch_images"] / row["images_per_s"]
+    row["epoch_total_s"] = statistics.median(e["epoch_time_s"] for e in epochs)
+    row["launch_wall_s"] = time.perf_counter() - t0
+    row["stop_reason"] = ranks[0]["stop_reason"]
+    return row
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """``ratio`` = images/s of an N-GPU row over the 1-GPU row with the same checkpointing."""
+    one = {r["checkpointing"]: r for r in rows if r["gpus"] == 1 and r["status"] == "ok"}
+    for r in rows:
+        base = one.get(r["checkpointing"])
+        ok = r["status"] == "ok" and base is not None
+        r["ratio"] = r["images_per_s"] / base["images_per_s"] if ok else None
+
+
+def render(rows: list[dict[str, Any]], command: str, env: dict[str, str], gpus: int) -> str:
+    body = [
+        [
+            "on" if r["checkpointing"] else "off",
+            r["gpus"],
+            fmt(r.get("images_per_s"), 0),
+            fmt(r.get("ratio"), 2),
+            fmt(r.get("epoch_train_s"), 2),
+            fmt(r.get("epoch_total_s"), 2),
+            r["status"],
+        ]
+        for r in rows
+    ]
+    table = markdown_table(
+        [
+            "checkpointing",
+            "GPUs",
+            "images/s",
+            f"ratio vs 1 GPU (target ≥ {TARGET_RATIO})",
+            "epoch train s",
+            "epoch s (incl. val)",
+            "status",
+        ],
+        body,
+    )
+    verdict = [
+        f"- checkpointing {'on' if r['checkpointing'] else 'off'}: {gpus}-GPU/1-GPU = "
+        f"{r['ratio']:.2f}× ({'meets' if r['ratio'] >= TARGET_RATIO else 'misses'} the target)"
+        for r in rows
+        if r["gpus"] == gpus and r.get("ratio") is not None
+    ]
+    return "\n".join(
+        [
+            "# DDP scaling of one trial (med_core Trainer + launch)",
+            "",
+            "Generated by `benchmarks/ddp_scaling.py`:",
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            "## Environment",
+            "",
+            environment_table(env),
+            "",
+            "## Results",
+            "",
+            table,
+            "",
+            *verdict,
+            "",
+        ]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="benchmarks/ddp_scaling.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--gpus", type=int, default=2, help="processes of the multi-GPU run")
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--train-images", type=int, default=8192)
+    p.add_argument("--val-images", type=int, default=256)
+    p.add_argument("--per-gpu-batch", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument(
+        "--checkpointing",
+        default="off,on",
+        help="comma list of off/on (family-default gradient checkpointing segments)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="Markdown report")
+    p.add_argument("--json", type=Path, default=None, help="raw results as JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and torch.cuda.device_count() < args.gpus:
+        raise SystemExit(f"--gpus {args.gpus} but {torch.cuda.device_count()} CUDA devices")
+    if args.epochs <= args.warmup_epochs:
+        raise SystemExit("--epochs must be larger than --warmup-epochs")
+    modes = [m.strip() for m in args.checkpointing.split(",") if m.strip()]
+    if not modes or set(modes) - {"off", "on"}:
+        raise SystemExit(f"--checkpointing takes off/on, got {args.checkpointing!r}")
+    command = command_line(__file__, argv)
+    log(f"$ {command}")
+    rows: list[dict[str, Any]] = []
+    for mode in modes:
+        for gpus in (1, args.gpus):
+            row = run_config(args, gpus, mode == "on")
+            rows.append(row)
+            log(
+                f"ckpt={mode} gpus={gpus}: {fmt(row.get('images_per_s'), 0)} images/s, "
+                f"epoch train {fmt(row.get('epoch_train_s'), 2)} s [{row['status']}]"
+            )
+    add_ratios(rows)
+    env = environment(torch.device(args.device))
+    md = render(rows, command, env, args.gpus)
+    print(md)
+    if args.out:
+        write_text(args.out, md)
+    if args.json:
+        write_json(args.json, {"command": command, "env": env, "rows": rows})
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
