@@ -13,10 +13,18 @@ worker's, so any number of workers on any machines stop together at exactly ``ta
 
 Every failed or pruned trial carries a ``reason`` user attribute (``pruned``, ``nan_loss``,
 ``oom``, ``interrupted``, ``surplus`` or ``error: <Type>: <message>``).
+
+Timing hook (off by default, for ``benchmarks/search_overhead.py``): when the environment
+variable ``MEDAUTO_TIMING_FILE`` names a file, the worker loop, the objective and the
+tracker append one JSON line per phase to it (:func:`timed`, :func:`record_phase`):
+``{"pid": ..., "trial": 3, "phase": "ask", "t0": <unix s>, "t1": <unix s>}``. Phases do
+not nest except ``objective`` (the whole objective call), which contains the others.
+Nothing is written, and no file is opened, while the variable is unset.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -25,6 +33,8 @@ import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -35,11 +45,71 @@ from optuna.trial import TrialState
 
 from medauto.logging import get_logger
 
-__all__ = ["WorkerReport", "classify_failure", "run_worker", "study_counts"]
+__all__ = [
+    "TIMING_ENV",
+    "WorkerReport",
+    "classify_failure",
+    "record_phase",
+    "run_worker",
+    "study_counts",
+    "timed",
+]
 
 _logger = get_logger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+#: Environment variable naming the JSON-lines file of the timing hook (unset: off).
+TIMING_ENV = "MEDAUTO_TIMING_FILE"
+#: Unix time when this module was imported (the ``imported`` phase of the timing hook).
+_IMPORTED_AT = time.time()
+_timing_lock = threading.Lock()
+_imported_recorded = False
+
+
+def record_phase(phase: str, t0: float, t1: float, trial: int | None = None) -> None:
+    """Appends one phase (Unix times ``t0``..``t1`` in seconds) to ``$MEDAUTO_TIMING_FILE``.
+
+    Does nothing when the variable is unset. The first record of a process is preceded by
+    an ``imported`` point (``t0 == t1``) at the time this module was imported. Never raises
+    an ``OSError``: a timing file that cannot be written only logs a debug message.
+    """
+    global _imported_recorded
+    path = os.environ.get(TIMING_ENV)
+    if not path:
+        return
+    pid = os.getpid()
+    lines = []
+    with _timing_lock:
+        if not _imported_recorded:
+            _imported_recorded = True
+            lines.append({"pid": pid, "trial": None, "phase": "imported",
+                          "t0": _IMPORTED_AT, "t1": _IMPORTED_AT})
+        lines.append({"pid": pid, "trial": trial, "phase": phase, "t0": t0, "t1": t1})
+        text = "".join(json.dumps(rec) + "\n" for rec in lines)
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError:
+            _logger.debug("cannot append to the timing file %s", path, exc_info=True)
+
+
+@contextmanager
+def timed(phase: str, trial: int | None = None) -> Iterator[None]:
+    """Records the time the ``with`` body takes as ``phase`` (see :func:`record_phase`).
+
+    Example:
+        >>> with timed("ask", trial=0):  # a no-op unless MEDAUTO_TIMING_FILE is set
+        ...     pass
+    """
+    if not os.environ.get(TIMING_ENV):
+        yield
+        return
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        record_phase(phase, t0, time.time(), trial)
 
 
 @dataclass
@@ -177,45 +247,50 @@ def run_worker(
     """
     report = WorkerReport()
     start = time.monotonic()
-    failures_in_a_row = 0
-    while True:
-        if timeout is not None and time.monotonic() - start >= timeout:
-            report.stop_reason = "timeout"
-            break
-        _fail_stale(study)
-        counts = study_counts(study)
-        if progress is not None:
-            progress.update(study)
-        finished = sum(counts[s] for s in FINISHED)
-        if finished >= target:
-            report.stop_reason = "target reached"
-            break
-        if finished + counts[TrialState.RUNNING] >= target and not counts[TrialState.WAITING]:
-            time.sleep(poll_interval)
-            continue
-        with warnings.catch_warnings():
-            # Optuna warns that heartbeats are meant for Study.optimize; this loop runs the
-            # same heartbeat thread and stale-trial check itself.
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
-        if _is_surplus(study, trial, target):
-            trial.set_user_attr("reason", "surplus")
-            study.tell(trial, state=TrialState.FAIL)
-            report.add("surplus", trial.number)
-            continue
-        frozen = _run_trial(study, trial, objective, device, on_trial_end)
-        report.add(frozen.state.name.lower(), frozen.number)
-        failures_in_a_row = failures_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
-        if max_failures is not None and failures_in_a_row >= max_failures:
-            from medauto.exceptions import MedautoError
+    with _long_lived_objects_frozen():
+        failures_in_a_row = 0
+        while True:
+            if timeout is not None and time.monotonic() - start >= timeout:
+                report.stop_reason = "timeout"
+                break
+            with timed("study_poll"):
+                _fail_stale(study)
+                counts = study_counts(study)
+                if progress is not None:
+                    progress.update(study)
+            finished = sum(counts[s] for s in FINISHED)
+            if finished >= target:
+                report.stop_reason = "target reached"
+                break
+            if finished + counts[TrialState.RUNNING] >= target and not counts[TrialState.WAITING]:
+                time.sleep(poll_interval)
+                continue
+            with warnings.catch_warnings():
+                # Optuna warns that heartbeats are meant for Study.optimize; this loop runs the
+                # same heartbeat thread and stale-trial check itself.
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                with timed("ask"):
+                    trial = study.ask()
+            with timed("surplus_check", trial.number):
+                surplus = _is_surplus(study, trial, target)
+            if surplus:
+                trial.set_user_attr("reason", "surplus")
+                study.tell(trial, state=TrialState.FAIL)
+                report.add("surplus", trial.number)
+                continue
+            frozen = _run_trial(study, trial, objective, device, on_trial_end)
+            report.add(frozen.state.name.lower(), frozen.number)
+            failures_in_a_row = failures_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
+            if max_failures is not None and failures_in_a_row >= max_failures:
+                from medauto.exceptions import MedautoError
 
-            report.stop_reason = "too many failures"
-            raise MedautoError(
-                f"{failures_in_a_row} trials in a row failed in this worker (last: trial "
-                f"{frozen.number}, {frozen.user_attrs.get('reason', 'no reason recorded')}); "
-                "fix the cause (each failed trial keeps its traceback as the 'traceback' user "
-                "attribute; `medauto status` lists the reasons), then re-run to resume"
-            )
+                report.stop_reason = "too many failures"
+                raise MedautoError(
+                    f"{failures_in_a_row} trials in a row failed in this worker (last: trial "
+                    f"{frozen.number}, {frozen.user_attrs.get('reason', 'no reason recorded')}); "
+                    "fix the cause (each failed trial keeps its traceback as the 'traceback' user "
+                    "attribute; `medauto status` lists the reasons), then re-run to resume"
+                )
     if progress is not None:
         progress.update(study)
     return report
@@ -228,46 +303,82 @@ def _run_trial(
     device: str,
     on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None,
 ) -> optuna.trial.FrozenTrial:
-    trial.set_user_attr("worker", worker_id())
-    if device:
-        trial.set_user_attr("device", device)
+    n = trial.number
+    with timed("trial_attrs", n):
+        trial.set_user_attr("worker", worker_id())
+        if device:
+            trial.set_user_attr("device", device)
     t0 = time.perf_counter()
     with _Heartbeat(study, trial._trial_id):
         try:
-            value = objective(trial)
+            with timed("objective", n):
+                value = objective(trial)
         except (Exception, KeyboardInterrupt) as exc:
             state, reason = classify_failure(exc)
-            trial.set_user_attr("reason", reason)
-            trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
-            if state == TrialState.FAIL:
-                _logger.warning(
-                    "trial %d failed (%s) with params %s", trial.number, reason, trial.params,
-                    exc_info=not isinstance(exc, KeyboardInterrupt),
-                )
-                trial.set_user_attr("traceback", "".join(traceback.format_exception(exc))[-4000:])
-            study.tell(trial, state=state)
-            frozen = study.get_trials(deepcopy=False)[trial.number]
-            if on_trial_end is not None:
-                on_trial_end(study, frozen)
+            with timed("tell", n):
+                trial.set_user_attr("reason", reason)
+                trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
+                if state == TrialState.FAIL:
+                    _logger.warning(
+                        "trial %d failed (%s) with params %s", n, reason, trial.params,
+                        exc_info=not isinstance(exc, KeyboardInterrupt),
+                    )
+                    trial.set_user_attr(
+                        "traceback", "".join(traceback.format_exception(exc))[-4000:]
+                    )
+                study.tell(trial, state=state)
+                frozen = study.get_trials(deepcopy=False)[n]
+            _end_trial(study, frozen, on_trial_end)
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            _release_memory()
+            _release_memory(n)
             return frozen
-    trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
-    study.tell(trial, value)
-    frozen = study.get_trials(deepcopy=False)[trial.number]
-    if on_trial_end is not None:
-        on_trial_end(study, frozen)
-    _release_memory()
+    with timed("tell", n):
+        trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
+        study.tell(trial, value)
+        frozen = study.get_trials(deepcopy=False)[n]
+    _end_trial(study, frozen, on_trial_end)
+    _release_memory(n)
     return frozen
 
 
-def _release_memory() -> None:
+def _end_trial(
+    study: optuna.Study,
+    frozen: optuna.trial.FrozenTrial,
+    on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None,
+) -> None:
+    if on_trial_end is not None:
+        with timed("trial_end_hook", frozen.number):
+            on_trial_end(study, frozen)
+
+
+@contextmanager
+def _long_lived_objects_frozen() -> Iterator[None]:
+    """Keeps every object alive now (imported modules, the dataset, storage and MLflow
+    clients) out of the garbage collector's reach while the worker loop runs
+    (:func:`gc.freeze`, undone on exit).
+
+    The full collection after each trial (:func:`_release_memory`) then scans only what
+    trials created; with torch, Optuna, SQLAlchemy and MLflow loaded, a full collection
+    otherwise costs up to a second per trial on a slow CPU.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _release_memory(trial: int | None = None) -> None:
     """Frees what the last trial left behind (reference cycles, cached CUDA blocks)."""
     import gc
 
     import torch
 
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    with timed("release_memory", trial):
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

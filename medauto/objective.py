@@ -10,6 +10,8 @@ exception propagate.
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -19,6 +21,10 @@ from typing import Any
 
 import optuna
 
+from med_core.training.callbacks import Callback as _Callback
+from medauto._worker import TIMING_ENV
+from medauto._worker import record_phase
+from medauto._worker import timed
 from medauto.callbacks import PruningCallback
 from medauto.logging import get_logger
 
@@ -44,6 +50,62 @@ def history_for_attrs(history: History) -> list[dict[str, float]]:
             {k: (float(f"{v:.6g}") if math.isfinite(v) else None) for k, v in row.items()}
         )
     return out  # type: ignore[return-value]
+
+
+class _FitTimer:
+    """The timing hook's view of one fit (only built while ``MEDAUTO_TIMING_FILE`` is set).
+
+    :meth:`marker` returns callbacks placed around the trial's own callbacks; each marker's
+    ``on_epoch_end`` closes the span since the previous marker, so the pruning report and
+    the MLflow logging of every epoch are timed apart. Phases: ``model_setup`` (Trainer
+    built up to ``on_fit_start``: model, optimizer, loaders, compile wrapping),
+    ``train_steps`` (the epoch's training time as the Trainer measures it; epoch 0 holds
+    the compilation and warm-up), ``evaluation`` (the rest of the epoch: validation) and
+    one phase per marker label.
+    """
+
+    def __init__(self, trial: int, batch_size: int, n_train: int) -> None:
+        self.trial = trial
+        self.images = (n_train // batch_size) * batch_size if n_train >= batch_size else n_train
+        self.last = time.time()
+
+    def marker(self, label: str) -> _Callback:
+        timer = self
+
+        class _Marker(_Callback):
+            def on_fit_start(self, trainer: Any) -> None:
+                if label == "first":
+                    timer._close("model_setup")
+
+            def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+                if label == "first":
+                    timer._close("trainer_bookkeeping")
+
+            def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+                if label == "first":
+                    timer._epoch(epoch, metrics)
+                else:
+                    timer._close(label)
+
+            def on_fit_end(self, trainer: Any, history: Any) -> None:
+                if label == "first":
+                    timer._close("trainer_bookkeeping")
+
+        return _Marker()
+
+    def _close(self, phase: str) -> None:
+        now = time.time()
+        record_phase(phase, self.last, now, self.trial)
+        self.last = now
+
+    def _epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        now = time.time()
+        ips = float(metrics.get("images_per_s", math.nan))
+        train = self.images / ips if math.isfinite(ips) and ips > 0 else 0.0
+        train = min(train, now - self.last)
+        record_phase(f"train_steps:{epoch}", self.last, self.last + train, self.trial)
+        record_phase("evaluation", self.last + train, now, self.trial)
+        self.last = now
 
 
 def _oom_fallback(cfg: TrainConfig) -> TrainConfig | None:
@@ -138,7 +200,8 @@ class Objective:
         """The trial's TrainConfig: the space's suggestion on top of the overrides."""
         from med_core.config import TrainConfig
 
-        return self.space.suggest(trial, base=TrainConfig.from_flat(self.overrides))
+        with timed("suggest", trial.number):
+            return self.space.suggest(trial, base=TrainConfig.from_flat(self.overrides))
 
     def train(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
@@ -146,16 +209,26 @@ class Objective:
         """Trains ``cfg`` for ``trial``; raises ``optuna.TrialPruned`` when pruned."""
         from med_core.training import Trainer
 
-        trial.set_user_attr("config", cfg.to_dict())
-        trial.set_user_attr("backbone", cfg.model.backbone)
+        n = trial.number
+        with timed("trial_attrs", n):
+            trial.set_user_attr("config", cfg.to_dict())
+            trial.set_user_attr("backbone", cfg.model.backbone)
         pruning = PruningCallback(trial, cfg.monitor)
-        extra = list(self.callbacks(trial, cfg)) if self.callbacks else []
+        with timed("tracking_trial_start", n):
+            extra = list(self.callbacks(trial, cfg)) if self.callbacks else []
+        callbacks: list[Any] = [pruning, *extra]
+        if os.environ.get(TIMING_ENV):
+            timer = _FitTimer(n, cfg.batch_size, len(self.dataset.train))
+            callbacks = [
+                timer.marker("first"), pruning, timer.marker("pruning_report"),
+                *extra, timer.marker("tracking_epoch_log"),
+            ]
         out_dir = self.out_dir / f"trial_{trial.number}" if self.out_dir else None
         trainer = Trainer(
             cfg,
             dataset=self.dataset,
             device=self.device,
-            callbacks=[pruning, *extra],
+            callbacks=callbacks,
             out_dir=out_dir,
             progress=self.progress,
             **trainer_kwargs,
@@ -163,13 +236,15 @@ class Objective:
         self.last_epochs_run = 0
         history = trainer.fit()
         self.last_epochs_run = len(history.epochs)
-        trial.set_user_attr("history", history_for_attrs(history))
-        trial.set_user_attr("epochs_run", len(history.epochs))
-        trial.set_user_attr("best_epoch", history.best_epoch)
+        with timed("trial_attrs", n):
+            trial.set_user_attr("history", history_for_attrs(history))
+            trial.set_user_attr("epochs_run", len(history.epochs))
+            trial.set_user_attr("best_epoch", history.best_epoch)
         if self.artifact_store is not None:  # never raises; every DDP rank calls it
             from medauto.artifacts import trial_artifacts
 
-            trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store)
+            with timed("artifacts", n):
+                trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store)
         # The stop reason, not the callback, says "pruned": on a DDP group only rank 0's
         # callback decides, and the trainer hands its reason to every rank.
         if history.stop_reason == "callback:pruned":

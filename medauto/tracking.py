@@ -160,6 +160,12 @@ class MlflowTracker(BaseTracker):
             return False
 
     def start_study(self, study: optuna.Study) -> None:
+        from medauto._worker import timed
+
+        with timed("tracking_start_study"):
+            self._start_study(study)
+
+    def _start_study(self, study: optuna.Study) -> None:
         if not self._reachable():
             return
         with self._guard("create the experiment and parent run"):
@@ -227,7 +233,9 @@ class MlflowTracker(BaseTracker):
     def end_study(self, study: optuna.Study, *, finished: bool) -> None:
         if self.parent_run_id is None or not self.enabled:
             return
-        with self._guard("close the study run"):
+        from medauto._worker import timed
+
+        with timed("tracking_end_study"), self._guard("close the study run"):
             status = "FINISHED" if finished else "KILLED"
             self.client.set_terminated(self.parent_run_id, status=status)
 
@@ -235,8 +243,14 @@ class MlflowTracker(BaseTracker):
 def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path) -> BaseTracker:
     """``None``/``True`` → MLflow in ``run_dir``; ``False`` → none; a URI → MLflow there.
 
-    New experiments keep their artifacts in ``run_dir/mlartifacts``.
+    New experiments keep their artifacts in ``run_dir/mlartifacts``. With the timing hook
+    on (``medauto._worker.TIMING_ENV``) it records a ``study_opened`` point: the optimizer
+    calls it right after opening the study.
     """
+    from medauto._worker import record_phase
+
+    now = time.time()
+    record_phase("study_opened", now, now)
     if isinstance(tracking, BaseTracker):
         return tracking
     if tracking is False:

@@ -74,7 +74,7 @@ from medauto.storage import StorageSettings, open_storage
 
 # Nothing to free after a trivial trial; the loop's full gc.collect() per trial would only
 # slow this test down. test_memory.py covers the release of memory between trials.
-medauto._worker._release_memory = lambda: None
+medauto._worker._release_memory = lambda *args: None
 
 url, seed = sys.argv[1], int(sys.argv[2])
 storage = open_storage(url, StorageSettings(heartbeat_interval=1, grace_period=5))
