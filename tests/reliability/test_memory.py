@@ -51,10 +51,17 @@ FAULTS = [
 ]
 
 
-def _live_tensors() -> int:
+def _tensors() -> list[torch.Tensor]:
     # No gc.collect() here: the worker loop collects after every trial, and that is part
     # of what is tested.
-    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+    return [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+
+
+def _new_tensors(before: set[int]) -> int:
+    """Live tensors not alive before the run. Counting relative to that set keeps counts
+    taken inside the worker loop (which freezes the objects alive at its start, hiding them
+    from ``gc.get_objects``) comparable with counts taken after it."""
+    return sum(1 for t in _tensors() if id(t) not in before)
 
 
 def _rss_mb() -> float:
@@ -73,11 +80,13 @@ def test_twenty_trials_leave_no_tensors_or_rss_behind(
         artifact_store=artifact_store_for(tmp_path / "run"),
     )
     samples: list[tuple[int | None, float]] = []
+    kept = _tensors()  # tensors of earlier tests in this process; held so ids stay unique
+    before = {id(t) for t in kept}
     counted = {WARM_UP, N_TRIALS // 2}  # a full gc scan is not free: count at checkpoints
 
     def measured(trial: optuna.Trial) -> float:
         # The previous trial has been released by now.
-        n = _live_tensors() if trial.number in counted else None
+        n = _new_tensors(before) if trial.number in counted else None
         samples.append((n, _rss_mb()))
         return objective(trial)
 
@@ -86,7 +95,7 @@ def test_twenty_trials_leave_no_tensors_or_rss_behind(
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
     report = run_worker(study, measured, target=N_TRIALS)
-    samples.append((_live_tensors(), _rss_mb()))  # after the last trial
+    samples.append((_new_tensors(before), _rss_mb()))  # after the last trial
 
     assert len(report.trials["complete"]) == N_TRIALS
     tensors = [n for n, _ in samples if n is not None]
