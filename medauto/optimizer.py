@@ -10,10 +10,15 @@ Example:
     >>> opt = AutoMLOptimizer("breastmnist", "fast", n_trials=20, storage="sqlite:///s.db")
     >>> opt.n_trials, opt.pruner
     (20, 'median')
+
+With a wall-clock ``budget`` (``"15m"``; see :mod:`medauto.budget`) :meth:`optimize` searches
+for its search share and stops every trial that could not be retrained in time, and
+:meth:`retrain` (default: ``budget_seeds`` seeds) ends by the budget's deadline.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
     from med_core.data import MedicalDataset
     from med_core.training import Callback
     from medauto._worker import WorkerReport
+    from medauto.budget import BudgetPlan
     from medauto.objective import Objective
     from medauto.retrain import RetrainResult
     from medauto.space import SearchSpace
@@ -92,8 +98,14 @@ class AutoMLOptimizer:
         pruner: ``median`` (default), ``percentile``, ``hyperband``, ``successive-halving``,
             ``wilcoxon`` or ``none``.
         pruner_kwargs: Extra pruner arguments.
-        n_trials: Finished (complete + pruned) trials the study aims for, over all workers.
+        n_trials: Finished (complete + pruned) trials the study aims for, over all workers;
+            ``None`` → 20, or 10000 with a ``budget`` (the budget then ends the search).
         timeout: Seconds after which this process starts no new trial.
+        budget: Wall-clock budget of search + final retrain (``"90s"``, ``"15m"``,
+            ``"1h30m"`` or seconds); split by :func:`medauto.budget.plan_budget`.
+        budget_seeds: Retrain seeds the budget reserves time for (default 3).
+        budget_ensemble: Top-k trials per seed the budget reserves time for (default 1).
+        budget_retrain_fraction: Share of the budget (after slack) reserved for retrain.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         seed: Sampler seed (trial training seeds come from the space).
         data_dir: Where MedMNIST names are looked up (``None`` → ``MEDAUTO_DATA_DIR`` or
@@ -125,8 +137,12 @@ class AutoMLOptimizer:
         sampler_kwargs: Mapping[str, Any] | None = None,
         pruner: str = "median",
         pruner_kwargs: Mapping[str, Any] | None = None,
-        n_trials: int = 20,
+        n_trials: int | None = None,
         timeout: float | None = None,
+        budget: str | float | None = None,
+        budget_seeds: int = 3,
+        budget_ensemble: int = 1,
+        budget_retrain_fraction: float = 0.25,
         device: str = "auto",
         seed: int | None = 0,
         data_dir: str | Path | None = None,
@@ -150,6 +166,10 @@ class AutoMLOptimizer:
         self.pruner_kwargs = pruner_kwargs
         self.n_trials = n_trials
         self.timeout = timeout
+        self.budget = budget
+        self.budget_seeds = budget_seeds
+        self.budget_ensemble = budget_ensemble
+        self.budget_retrain_fraction = budget_retrain_fraction
         self.device = device
         self.seed = seed
         self.data_dir = data_dir
@@ -160,6 +180,8 @@ class AutoMLOptimizer:
         self.oom_retry = oom_retry
         self.max_failures = max_failures
         self.study_: optuna.Study | None = None
+        self.budget_plan_: BudgetPlan | None = None
+        self.budget_start_: float | None = None
 
     # -- joining an existing study -------------------------------------------------------
     @classmethod
@@ -191,8 +213,21 @@ class AutoMLOptimizer:
         )
 
     # -- validation and resolution -------------------------------------------------------
+    def _target(self) -> int:
+        if self.n_trials is not None:
+            return self.n_trials
+        return 10_000 if self.budget is not None else 20
+
+    def _plan(self) -> BudgetPlan | None:
+        from medauto.budget import plan_budget
+
+        if self.budget is None:
+            return None
+        return plan_budget(self.budget, seeds=self.budget_seeds, ensemble=self.budget_ensemble,
+                           retrain_fraction=self.budget_retrain_fraction)
+
     def _validate(self) -> None:
-        n = self.n_trials
+        n = self._target()
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise MedautoError(f"n_trials must be an integer >= 1, got {self.n_trials!r}")
         if self.timeout is not None and self.timeout <= 0:
@@ -254,7 +289,7 @@ class AutoMLOptimizer:
             data=str(self.data),
             metric=self.metric,
             direction=self._direction(),
-            n_trials=self.n_trials,
+            n_trials=self._target(),
         )
         url = self.storage or default_storage_url(self.run_dir)
         storage = open_storage(url, self.storage_settings)
@@ -308,9 +343,17 @@ class AutoMLOptimizer:
             "monitor": self.metric,
         }
 
+        plan, start = self.budget_plan_, self.budget_start_
+
         def callbacks(trial: optuna.trial.BaseTrial, cfg: TrainConfig) -> list[Callback]:
             cb = tracker.trial_callback(trial, cfg) if tracker is not None else None
-            return [] if cb is None else [cb]
+            out = [] if cb is None else [cb]
+            if plan is not None and start is not None:
+                from medauto.budget import BudgetCallback
+
+                out.append(BudgetCallback(trial, search_deadline=start + plan.search_s,
+                                          trial_cap_s=plan.trial_cap_s))
+            return out
 
         return Objective(
             space,
@@ -331,6 +374,9 @@ class AutoMLOptimizer:
         from medauto._worker import run_worker
         from medauto.tracking import make_tracker
 
+        self.budget_plan_ = plan = self._plan()  # a bad budget fails before anything runs
+        self.budget_start_ = time.monotonic()
+        timeout = self.timeout
         # The data is loaded first: a wrong --data must not create (and so pin the data
         # spec of) a study, nor start an MLflow run.
         dataset = self._load_data()
@@ -338,14 +384,25 @@ class AutoMLOptimizer:
         tracker = make_tracker(self.tracking, self.run_dir)
         tracker.start_study(study)
         objective = self._build_objective(space, device, tracker, dataset=dataset)
-        progress = SearchProgress(self.n_trials, enabled=self.progress)
+        if plan is not None:
+            from medauto.budget import format_seconds
+
+            left = plan.search_s - (time.monotonic() - self.budget_start_)
+            timeout = max(1e-3, left if timeout is None else min(timeout, left))
+            _logger.info(
+                "budget %s: search %.0f s, retrain %.0f s (%d seed(s) x %d), slack %.0f s; "
+                "trials longer than %.0f s are stopped", format_seconds(plan.total_s),
+                plan.search_s, plan.retrain_s, plan.seeds, plan.ensemble, plan.slack_s,
+                plan.trial_cap_s,
+            )
+        progress = SearchProgress(self._target(), enabled=self.progress)
         report = None
         try:
             report = run_worker(
                 study,
                 wrap(objective) if wrap else objective,
-                target=self.n_trials,
-                timeout=self.timeout,
+                target=self._target(),
+                timeout=timeout,
                 device=device,
                 on_trial_end=tracker.end_trial,
                 progress=progress,
@@ -390,8 +447,8 @@ class AutoMLOptimizer:
     def retrain(
         self,
         *,
-        ensemble: int = 1,
-        seeds: Sequence[int] = (0,),
+        ensemble: int | None = None,
+        seeds: Sequence[int] | None = None,
         train_on_val: bool = False,
         quantize: str | None = None,
         out_dir: str | Path | None = None,
@@ -399,9 +456,12 @@ class AutoMLOptimizer:
     ) -> RetrainResult:
         """Retrains the best trial (or the top ``ensemble``) and evaluates it once on test.
 
-        A thin call into :func:`medauto.retrain.retrain` (``kwargs``: ``weights``,
-        ``calibration_batches``, ``latency_*``, ``progress``); works after
-        :meth:`optimize` or, given ``study_name``, on an existing study.
+        A thin call into :func:`medauto.retrain.retrain` (``kwargs``: ``weights``, ``tta``,
+        ``ensemble_select``, ``calibration_batches``, ``latency_*``, ``progress``); works
+        after :meth:`optimize` or, given ``study_name``, on an existing study. After a
+        budgeted :meth:`optimize`, ``seeds``/``ensemble`` default to the budget's
+        (``range(budget_seeds)``, ``budget_ensemble``) and training ends by the budget's
+        deadline (start + total - slack); otherwise to ``(0,)`` and 1.
         """
         from medauto.retrain import retrain
         from medauto.storage import default_storage_url
@@ -413,6 +473,14 @@ class AutoMLOptimizer:
                 raise MedautoError("no study yet: call optimize() first, or pass study_name")
             url = self.storage or default_storage_url(self.run_dir)
             study = _load_existing(self.study_name, open_storage(url, self.storage_settings))
+        plan, start = self.budget_plan_, self.budget_start_
+        budgeted = plan is not None and start is not None
+        if seeds is None:
+            seeds = tuple(range(plan.seeds)) if budgeted else (0,)  # type: ignore[union-attr]
+        if ensemble is None:
+            ensemble = plan.ensemble if budgeted else 1  # type: ignore[union-attr]
+        if budgeted and "deadline" not in kwargs:
+            kwargs["deadline"] = start + plan.total_s - plan.slack_s  # type: ignore[operator,union-attr]
         return retrain(
             study,
             ensemble=ensemble,

@@ -6,12 +6,20 @@ fixed seeds for their full epoch budget and touches the **test** split exactly o
 trained model, with MedMNIST's official ACC/AUC (:func:`med_core.training.compute_metrics`).
 
 * ``ensemble=k`` trains the top-k COMPLETE trials (ranked by the study's direction) and
-  averages their test scores (probabilities) per seed.
+  averages their test scores (probabilities) per seed. With ``ensemble_select="val"`` the
+  number of members actually used (the best 1, 2, ... or k) is chosen on the mean
+  **validation** AUC over seeds (ties: fewer members).
+* ``tta`` sets flip test-time augmentation (average over the image and its horizontal
+  flip): ``None`` keeps each trial's searched ``tta``; ``True``/``False`` force it;
+  ``"auto"`` decides per model on its validation AUC (on only if strictly better).
 * ``seeds=(0, 1, 2)`` repeats everything per seed and reports mean ± sample std (ddof 1).
 * ``train_on_val=True`` trains on train+val (``DataConfig.train_on_val``). Validation is
   then no longer held out, so the weights of the **last** epoch are kept; without it the
   weights of the best validation epoch (``cfg.monitor``) are kept, as in MedMNIST's
   published baselines.
+* ``deadline`` (a ``time.monotonic()`` value, set by a budgeted run) shares the time left
+  equally among the models still to train; a model still training at its share stops
+  and keeps its best-validation weights so far (``ModelResult.stop_reason``).
 * ``quantize="static"`` quantizes the best trial's model of the first seed to int8
   (:func:`med_core.optimization.quantize_model`, calibrated on a few training batches),
   re-evaluates it on the test split and measures file size and CPU latency before/after.
@@ -131,6 +139,11 @@ class ModelResult:
         train_seconds: Wall time of ``Trainer.fit``.
         backbone: ``cfg.model.backbone``.
         train_samples: Images it trained on (train, or train+val with ``train_on_val``).
+        tta: Whether its scores average over the horizontal flip.
+        val: Validation metrics of the kept weights (with ``tta`` as chosen); empty with
+            ``train_on_val`` (validation is not held out).
+        stop_reason: ``history.stop_reason`` of its fit (``"callback:deadline"`` when a
+            budget stopped it).
     """
 
     name: str
@@ -145,6 +158,9 @@ class ModelResult:
     train_seconds: float
     backbone: str
     train_samples: int = 0
+    tta: bool = False
+    val: dict[str, float] = field(default_factory=dict)
+    stop_reason: str | None = None
 
 
 @dataclass
@@ -194,7 +210,10 @@ class RetrainResult:
     """Everything :func:`retrain` did and measured (written as ``retrain.json``).
 
     ``test_mean`` / ``test_std`` aggregate :attr:`per_seed` (std: sample std, ddof 1; 0
-    for one seed). With ``ensemble > 1`` each seed's numbers are those of the ensemble.
+    for one seed). With ``ensemble > 1`` each seed's numbers are those of the ensemble
+    (of its first ``ensemble_used`` members). ``tta`` is the mode asked for (``"trial"``,
+    ``"on"``, ``"off"``, ``"auto"``); ``val_selection`` maps each candidate ensemble size
+    to its mean validation AUC when ``ensemble_select="val"``.
     """
 
     study: str
@@ -206,6 +225,10 @@ class RetrainResult:
     trial_values: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     ensemble: int = 1
+    ensemble_used: int = 1
+    ensemble_select: str = "fixed"
+    tta: str = "trial"
+    val_selection: dict[str, float] = field(default_factory=dict)
     train_on_val: bool = False
     weights: str = "best"
     device: str = "cpu"
@@ -230,7 +253,9 @@ class RetrainResult:
         """Inverse of :meth:`to_dict`; unknown keys are ignored."""
         d = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         d["models"] = [
-            ModelResult(**{**m, "test": _metric_dict(m.get("test"))}) for m in d.get("models", [])
+            ModelResult(**{**m, "test": _metric_dict(m.get("test")),
+                           "val": _metric_dict(m.get("val"))})
+            for m in d.get("models", [])
         ]
         d["per_seed"] = [
             SeedResult(**{**s, "test": _metric_dict(s.get("test"))}) for s in d.get("per_seed", [])
@@ -652,10 +677,25 @@ def _tracking_uri(tracking: Any, run_dir: str | Path) -> str | None:
     return default_tracking_uri(run_dir) if tracking in (None, True) else str(tracking)
 
 
+_TTA_MODES = {None: "trial", True: "on", False: "off", "auto": "auto"}
+_ENSEMBLE_SELECT = ("fixed", "val")
+
+
 def _validate(ensemble: int, seeds: Sequence[int], weights: str, train_on_val: bool,
-              quantize: str | None) -> list[int]:
+              quantize: str | None, tta: bool | str | None, ensemble_select: str) -> list[int]:
     if not isinstance(ensemble, int) or isinstance(ensemble, bool) or ensemble < 1:
         raise MedautoError(f"ensemble must be an integer >= 1, got {ensemble!r}")
+    if not any(tta is k for k in (None, True, False)) and tta != "auto":
+        raise MedautoError(f"tta must be None, True, False or 'auto', got {tta!r}")
+    if ensemble_select not in _ENSEMBLE_SELECT:
+        raise MedautoError(
+            f"ensemble_select must be one of {_ENSEMBLE_SELECT}, got {ensemble_select!r}"
+        )
+    if train_on_val and (tta == "auto" or ensemble_select == "val"):
+        raise MedautoError(
+            "tta='auto' and ensemble_select='val' choose on the validation split, which "
+            "train_on_val trains on; set them explicitly instead"
+        )
     seed_list = list(seeds)
     if not seed_list or any(not isinstance(s, int) or isinstance(s, bool) or s < 0
                             for s in seed_list):
@@ -693,9 +733,12 @@ def retrain(
     *,
     storage: str | None = None,
     ensemble: int = 1,
+    ensemble_select: str = "fixed",
+    tta: bool | str | None = None,
     seeds: Sequence[int] = (0,),
     train_on_val: bool = False,
     weights: str = "auto",
+    deadline: float | None = None,
     device: str = "auto",
     data_dir: str | os.PathLike[str] | None = None,
     run_dir: str | os.PathLike[str] = "medauto-runs",
@@ -715,11 +758,18 @@ def retrain(
         study: An Optuna study created by medauto, or its name (opened from ``storage``).
         storage: Storage URL when ``study`` is a name (default: SQLite in ``run_dir``).
         ensemble: Retrain the top-k COMPLETE trials and average their test scores.
+        ensemble_select: ``"fixed"`` uses all ``ensemble`` members; ``"val"`` uses the
+            best ``j <= ensemble`` of them, ``j`` chosen on mean validation AUC over seeds.
+        tta: Flip test-time augmentation: ``None`` → each trial's config; ``True`` /
+            ``False`` → forced; ``"auto"`` → per model, on if its validation AUC with TTA
+            is strictly higher.
         seeds: Training seeds; each seed retrains every selected trial. With more than one
             seed the result holds mean ± std over seeds (the MedMNIST protocol uses 3).
         train_on_val: Train on train+val (``DataConfig.train_on_val``).
         weights: ``"best"`` keeps the best-validation-epoch weights, ``"last"`` the last
             epoch's; ``"auto"`` → ``"last"`` with ``train_on_val``, else ``"best"``.
+        deadline: ``time.monotonic()`` by which training must end; each model gets an
+            equal share of the time left and stops (keeping its best weights) at it.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:K"``.
         data_dir: Overrides the trials' ``data.data_dir`` (where MedMNIST files live).
         run_dir: The search's run folder (default storage, MLflow store, output root).
@@ -748,7 +798,8 @@ def retrain(
     from medauto import __version__
     from medauto.optimizer import resolve_device
 
-    seed_list = _validate(ensemble, seeds, weights, train_on_val, quantize)
+    seed_list = _validate(ensemble, seeds, weights, train_on_val, quantize, tta,
+                          ensemble_select)
     run_dir = Path(run_dir)
     study = _resolve_study(study, storage, run_dir)
     selected = select_trials(study, ensemble)
@@ -762,14 +813,20 @@ def retrain(
         study=study.study_name, metric=str(settings.get("metric", "")),
         direction=study.direction.name.lower(), trials=[t.number for t in selected],
         trial_values=[float(t.value) for t in selected],  # type: ignore[arg-type]
-        seeds=seed_list, ensemble=ensemble, train_on_val=train_on_val, weights=keep,
+        seeds=seed_list, ensemble=ensemble, ensemble_used=ensemble,
+        ensemble_select=ensemble_select, tta=_TTA_MODES[tta],
+        train_on_val=train_on_val, weights=keep,
         device=dev, out_dir=str(out), created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         versions={"medauto": __version__, "torch": torch.__version__},
     )
     datasets: dict[str, Any] = {}
     model_data: dict[str, str] = {}  # model name -> its datasets key
     scores: dict[str, Any] = {}
+    val_scores: dict[str, Any] = {}
     y_ref: Any = None
+    y_val: Any = None
+    members_of: dict[int, list[str]] = {}
+    n_left = len(seed_list) * len(selected)
     for seed in seed_list:
         members = []
         for trial in selected:
@@ -783,10 +840,17 @@ def retrain(
                 datasets[key] = load_dataset(cfg.data)
             ds = datasets[key]
             name = f"trial{trial.number}-seed{seed}"
-            mr, y_true, y_score = _train_and_test(
+            stop_at = None
+            if deadline is not None:
+                stop_at = time.monotonic() + max(0.0, deadline - time.monotonic()) / n_left
+            n_left -= 1
+            mr, y_true, y_score, val = _train_and_test(
                 Trainer, cfg, ds, name=name, trial=trial.number, seed=seed, keep=keep,
-                device=dev, out=out, progress=progress, study=study.study_name,
+                device=dev, out=out, progress=progress, study=study.study_name, tta=tta,
+                stop_at=stop_at,
             )
+            if val is not None:
+                y_val, val_scores[name] = val
             if y_ref is None:
                 y_ref = y_true
             elif not np.array_equal(y_ref, y_true):
@@ -796,15 +860,31 @@ def retrain(
             scores[name] = y_score
             members.append(name)
         result.task, result.dataset = ds.info.task, ds.info.name
-        if len(members) == 1:
-            seed_test = dict(result.models[-1].test)
+        members_of[seed] = members
+    if ensemble_select == "val" and ensemble > 1:
+        # Validation only: mean over seeds of the val AUC of the best-j ensemble.
+        for j in range(1, ensemble + 1):
+            aucs = [
+                _metrics(result.task, y_val, np.mean([val_scores[m] for m in mem[:j]], 0))["auc"]
+                for mem in members_of.values()
+            ]
+            result.val_selection[str(j)] = float(np.mean(aucs))
+        result.ensemble_used = int(max(result.val_selection, key=lambda j: (
+            result.val_selection[j], -int(j))))
+        _logger.info("ensemble size chosen on validation AUC: %d of %d (%s)",
+                     result.ensemble_used, ensemble, result.val_selection)
+    by_name = {m.name: m for m in result.models}
+    for seed, members in members_of.items():
+        used = members[: result.ensemble_used]
+        if len(used) == 1:
+            seed_test = dict(by_name[used[0]].test)
         else:
-            mean_scores = np.mean([scores[m] for m in members], axis=0)
+            mean_scores = np.mean([scores[m] for m in used], axis=0)
             scores[f"ensemble-seed{seed}"] = mean_scores
-            seed_test = _metrics(ds.info.task, y_ref, mean_scores)
-        result.per_seed.append(SeedResult(seed=seed, test=seed_test, members=members))
+            seed_test = _metrics(result.task, y_ref, mean_scores)
+        result.per_seed.append(SeedResult(seed=seed, test=seed_test, members=used))
         _logger.info("seed %d: test auc=%.4f acc=%.4f (%s)", seed, seed_test["auc"],
-                     seed_test["acc"], ", ".join(members))
+                     seed_test["acc"], ", ".join(used))
     result.n_test = int(len(y_ref))
     result.test_mean, result.test_std = _aggregate(result.per_seed)
     np.savez(out / "predictions.npz", y_true=y_ref, **scores)
@@ -830,16 +910,35 @@ def retrain(
     return result
 
 
+def _choose_tta(trainer: Any, task: str, mode: bool | str | None, cfg: TrainConfig,
+                held_out: bool) -> tuple[bool, tuple[np.ndarray, np.ndarray] | None]:
+    """The model's TTA setting and its validation (labels, scores) with it (held-out val)."""
+    if mode == "auto":
+        plain = trainer.predict("val", tta=False)
+        flipped = trainer.predict("val", tta=True)
+        on = _metrics(task, *flipped)["auc"] > _metrics(task, *plain)["auc"]
+        return on, flipped if on else plain
+    use = cfg.tta if mode is None else bool(mode)
+    return use, trainer.predict("val", tta=use) if held_out else None
+
+
 def _train_and_test(
     trainer_cls: Any, cfg: TrainConfig, ds: MedicalDataset, *, name: str, trial: int, seed: int,
     keep: str, device: str, out: Path, progress: bool, study: str,
-) -> tuple[ModelResult, np.ndarray, np.ndarray]:
-    """Trains one model, keeps the chosen weights, predicts the test split once, saves."""
+    tta: bool | str | None = None, stop_at: float | None = None,
+) -> tuple[ModelResult, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """Trains one model, keeps the chosen weights, decides TTA on validation, predicts the
+    test split once, saves. Returns the result, test labels/scores and val labels/scores."""
     import torch
 
+    from medauto.budget import DeadlineCallback
+
     keeper = _KeepBestWeights() if keep == "best" else None
+    callbacks: list[Callback] = [keeper] if keeper else []
+    if stop_at is not None:
+        callbacks.append(DeadlineCallback(stop_at))
     trainer = trainer_cls(
-        cfg, dataset=ds, device=device, callbacks=[keeper] if keeper else [], progress=progress
+        cfg, dataset=ds, device=device, callbacks=callbacks, progress=progress
     )
     _logger.info("retraining %s (%s, %d epochs) on %s", name, cfg.model.backbone, cfg.epochs,
                  device)
@@ -854,7 +953,10 @@ def _train_and_test(
         else:
             trainer.model.load_state_dict(keeper.state)
             kept, epoch = "best", int(keeper.epoch or 0)
-    y_true, y_score = trainer.predict("test")  # the one look at the test split
+    held_out = not cfg.data.train_on_val
+    use_tta, val_pred = _choose_tta(trainer, ds.info.task, tta, cfg, held_out)
+    val_metrics = _metrics(ds.info.task, *val_pred) if val_pred is not None else {}
+    y_true, y_score = trainer.predict("test", tta=use_tta)  # the one look at the test split
     test = _metrics(ds.info.task, y_true, y_score)
     info = ds.info
     rel = f"models/{name}/model.pt"
@@ -865,8 +967,10 @@ def _train_and_test(
         "num_classes": info.num_classes, "in_chans": info.in_chans,
         "spatial_dims": info.spatial_dims,
         "img_size": cfg.data.img_size or list(info.image_size),
-        "class_names": list(info.class_names), "test": test,
+        "class_names": list(info.class_names), "test": test, "tta": use_tta,
     }
+    if use_tta != cfg.tta:  # the saved config predicts as the model was evaluated
+        cfg = type(cfg).from_flat({"tta": use_tta}, base=cfg)
     save_model(out / rel, trainer.model, cfg, **meta)
     card = {**meta, "config": cfg.to_dict(), "train_seconds": seconds}
     _atomic_write_bytes(out / f"models/{name}/model.json",
@@ -879,10 +983,11 @@ def _train_and_test(
         epochs_run=len(history.epochs),
         val_at_epoch=None if val is None or not math.isfinite(val) else float(val),
         train_seconds=seconds, backbone=cfg.model.backbone, train_samples=len(ds.train),
+        tta=use_tta, val=val_metrics, stop_reason=history.stop_reason,
     )
-    _logger.info("%s: test auc=%.4f acc=%.4f (%s epoch %d)", name, test["auc"], test["acc"],
-                 kept, epoch + 1)
-    return mr, y_true, y_score
+    _logger.info("%s: test auc=%.4f acc=%.4f (%s epoch %d, tta %s)", name, test["auc"],
+                 test["acc"], kept, epoch + 1, "on" if use_tta else "off")
+    return mr, y_true, y_score, val_pred
 
 
 # ------------------------------------------------------------------------------ MLflow

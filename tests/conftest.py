@@ -10,6 +10,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` runs N test processes, and many tests start more (workers, DDP ranks,
+    # CLI runs). One intra-op thread each (inherited by child processes) keeps a small CI
+    # machine from oversubscribing its cores, which slowed the suite down several-fold.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 
 def _medmnist_dir() -> Path:
     """$MEDAUTO_TEST_DATA, else ../shared/data/medmnist beside the checkout."""

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from medauto.exceptions import CLIUsageError
 
-__all__ = ["COMMANDS", "common_parser"]
+__all__ = ["COMMANDS", "common_parser", "packed_worker_env"]
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -177,9 +177,21 @@ class SearchCommand(_Command):
         p.add_argument(
             "--space", help="search space name or YAML (default: default on GPU, fast on CPU)"
         )
-        p.add_argument("--trials", type=int, default=20, help="finished trials (default 20)")
+        p.add_argument("--trials", type=int,
+                       help="finished trials (default 20; 10000 with --budget)")
         p.add_argument("--study", help="study name (default: <data>-<space>)")
         p.add_argument("--metric", default="val_auc", help="validation metric (default val_auc)")
+        g = p.add_argument_group("wall-clock budget (see docs/search_spaces.md)")
+        g.add_argument("--budget", metavar="DURATION",
+                       help="search + final retrain within e.g. 90s, 15m, 1h30m (then the "
+                       "best trial is retrained and tested; slack: 2%%, 5-60 s)")
+        g.add_argument("--budget-seeds", type=int, default=3, metavar="N",
+                       help="retrain seeds within the budget (default 3)")
+        g.add_argument("--budget-ensemble", type=int, default=1, metavar="K",
+                       help="retrain the top-K trials per seed within the budget (default 1)")
+        g.add_argument("--tta", choices=("trial", "on", "off", "auto"), default="auto",
+                       help="flip TTA of the budget's retrain (default auto: chosen per "
+                       "model on validation AUC)")
         _storage_args(p, required=False)
         _worker_args(p)
 
@@ -194,9 +206,23 @@ class SearchCommand(_Command):
             storage=args.storage,
             run_dir=args.run_dir,
             n_trials=args.trials,
+            budget=args.budget,
+            budget_seeds=args.budget_seeds,
+            budget_ensemble=args.budget_ensemble,
             **_worker_kwargs(args),
         )
         _print_result(opt.optimize(), args)
+        if args.budget is None:
+            return 0
+        from medauto.cli._results import TTA_CHOICES
+        from medauto.cli._results import print_retrain_summary
+
+        result = opt.retrain(
+            tta=TTA_CHOICES[args.tta],
+            ensemble_select="val" if args.budget_ensemble > 1 else "fixed",
+        )
+        print_retrain_summary(result)
+        print(f"results: {Path(result.out_dir) / 'retrain.json'}")
         return 0
 
 
@@ -215,6 +241,11 @@ class WorkerCommand(_Command):
         p.add_argument(
             "--trials-per-device", type=int, default=1, metavar="K",
             help="run K worker processes that share the device (small models)",
+        )
+        p.add_argument(
+            "--threads-per-worker", type=int, default=None, metavar="N",
+            help="CPU threads of each packed worker (OMP_NUM_THREADS, torch's intra-op and "
+            "inductor compile threads; default: usable cores // K)",
         )
         p.add_argument(
             "--gpus-per-trial", type=int, default=1, metavar="N",
@@ -250,10 +281,37 @@ class WorkerCommand(_Command):
         return 0
 
 
+def packed_worker_env(
+    k: int, threads: int | None = None, base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of one of ``k`` worker processes packed on one device.
+
+    Each worker gets ``threads`` CPU threads (default: the usable cores divided by ``k``,
+    at least 1) through ``OMP_NUM_THREADS`` (torch's intra-op pool) and
+    ``TORCHINDUCTOR_COMPILE_THREADS`` (parallel compilation). Without this, K processes
+    would each start one thread per core: K-fold oversubscription, and the CPU that
+    launches the GPU kernels of small models would become the bottleneck. Values already
+    set in ``base`` (default ``os.environ``) win.
+    """
+    env = dict(os.environ if base is None else base)
+    if threads is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+        threads = max(1, cores // k)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(threads))
+    return env
+
+
 def _spawn_packed_workers(args: argparse.Namespace) -> int:
     """Starts ``--trials-per-device`` single worker processes on the same device."""
+    if args.threads_per_worker is not None and args.threads_per_worker < 1:
+        raise CLIUsageError(f"--threads-per-worker must be >= 1, got {args.threads_per_worker}")
     base = [sys.executable, "-m", "medauto.cli", "worker", "--study", args.study,
             "--storage", _storage_url(args), "--device", args.device, "--seed"]
+    env = packed_worker_env(args.trials_per_device, args.threads_per_worker)
     procs = []
     for k in range(args.trials_per_device):
         cmd = [*base, str(args.seed + k), "--sampler", args.sampler, "--pruner", args.pruner]
@@ -274,7 +332,7 @@ def _spawn_packed_workers(args: argparse.Namespace) -> int:
         elif args.tracking_uri:
             cmd += ["--tracking-uri", args.tracking_uri]
         cmd += ["--run-dir", args.run_dir]
-        procs.append(subprocess.Popen([*cmd, "--no-progress"]))
+        procs.append(subprocess.Popen([*cmd, "--no-progress"], env=env))
     codes = [p.wait() for p in procs]
     return max(codes)
 

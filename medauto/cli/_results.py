@@ -10,12 +10,20 @@ import argparse
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medauto.cli._base import _Command
 from medauto.cli._base import _load_study
 from medauto.cli._base import _storage_args
 from medauto.exceptions import CLIUsageError
 from medauto.exceptions import MedautoError
+
+if TYPE_CHECKING:
+    from medauto.retrain import RetrainResult
+
+#: ``--tta`` choices → :func:`medauto.retrain.retrain`'s ``tta``.
+TTA_CHOICES: dict[str, bool | str | None] = {"trial": None, "on": True, "off": False,
+                                              "auto": "auto"}
 
 __all__ = ["ExportCommand", "ReportCommand", "RetrainCommand"]
 
@@ -51,6 +59,11 @@ class RetrainCommand(_Command):
                        help="retrain the top-K trials and average their scores (default 1)")
         p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
                        help="training seeds; mean ± std over them (default: 0)")
+        p.add_argument("--ensemble-select", choices=("fixed", "val"), default="fixed",
+                       help="use all K members, or the best j <= K chosen on validation AUC")
+        p.add_argument("--tta", choices=TTA_CHOICES, default="trial",
+                       help="flip test-time augmentation: the trial's setting, on, off, or "
+                       "auto (per model, on validation AUC) (default: trial)")
         p.add_argument("--train-on-val", action="store_true",
                        help="train on train+val (keeps the last epoch's weights)")
         p.add_argument("--weights", choices=("auto", "best", "last"), default="auto",
@@ -82,6 +95,8 @@ class RetrainCommand(_Command):
         result = retrain(
             _load_study(args),
             ensemble=args.ensemble,
+            ensemble_select=args.ensemble_select,
+            tta=TTA_CHOICES[args.tta],
             seeds=args.seeds,
             train_on_val=args.train_on_val,
             weights=args.weights,
@@ -98,12 +113,7 @@ class RetrainCommand(_Command):
             tracking=False if args.no_tracking else args.tracking_uri,
             progress=args.progress,
         )
-        m, s = result.test_mean, result.test_std
-        what = f"ensemble of top {result.ensemble}" if result.ensemble > 1 else "best trial"
-        print(f"study: {result.study} ({result.dataset}, {what}: trials {result.trials})")
-        print(f"seeds: {result.seeds}; weights: {result.weights}; n_test: {result.n_test}")
-        print(f"test AUC: {_fmt(m['auc'], s['auc'])}")
-        print(f"test ACC: {_fmt(m['acc'], s['acc'])}")
+        print_retrain_summary(result)
         q = result.quantization
         code = 0
         if q is not None:
@@ -124,6 +134,20 @@ class RetrainCommand(_Command):
         where = f"--study {result.study}" + (f" --storage {args.storage}" if args.storage else "")
         print(f"next: medauto report {where}")
         return code
+
+
+def print_retrain_summary(result: RetrainResult) -> None:
+    """The retrain's selection and its test AUC/ACC (mean ± std over seeds), on stdout."""
+    m, s = result.test_mean, result.test_std
+    used = result.ensemble_used
+    what = f"ensemble of top {used}" if used > 1 else "best trial"
+    trials = result.trials[:used]
+    print(f"study: {result.study} ({result.dataset}, {what}: trials {trials})")
+    tta = sorted({"on" if mr.tta else "off" for mr in result.models})
+    print(f"seeds: {result.seeds}; weights: {result.weights}; tta: {'/'.join(tta)} "
+          f"({result.tta}); n_test: {result.n_test}")
+    print(f"test AUC: {_fmt(m['auc'], s['auc'])}")
+    print(f"test ACC: {_fmt(m['acc'], s['acc'])}")
 
 
 class ReportCommand(_Command):
