@@ -9,13 +9,10 @@ the test split was read only by retrain, once per retrained model.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -42,21 +39,6 @@ params:
   optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
   tta: [false, true]
 """
-
-
-@pytest.fixture(scope="module")
-def bench() -> Iterator[ModuleType]:
-    """The script loaded as a module."""
-    name = "medmnist_bench_under_test"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(name, None)
 
 
 @pytest.fixture

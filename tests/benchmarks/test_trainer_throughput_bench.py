@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -22,21 +21,6 @@ TINY = [
     "--max-train", "16", "--max-val", "8", "--batch-sizes", "16",
     "--configs", "baseline,eager-fp32", "--time-limit", "600",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def bench() -> Iterator[ModuleType]:
-    """The script loaded as a module (it puts the repository root on ``sys.path`` itself)."""
-    name = "trainer_throughput_bench_under_test"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(name, None)
 
 
 @pytest.fixture(autouse=True)
