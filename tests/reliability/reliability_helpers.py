@@ -52,7 +52,8 @@ params:
 #: ``stall-first``: only the first of the processes sharing ``MEDAUTO_TEST_FAULT_MARKER``
 #: to reach a training step hangs; it writes its pid into that file, the others train.
 BOOT = r"""
-import os, sys, time
+import faulthandler, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1)  # a hung child dumps its stacks into its log
 fault = os.environ.get("MEDAUTO_TEST_FAULT", "")
 if fault in ("stall", "stall-first"):
     from med_core.training import _loop

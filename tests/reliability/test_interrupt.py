@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -78,7 +79,13 @@ def test_signal_during_trial_exits_cleanly_and_the_same_command_resumes(
         sent = time.monotonic()
         sent_at = datetime.datetime.now()  # Optuna stores naive local times
         proc.send_signal(SIGNALS[signame])
-        code = proc.wait(60)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # every thread's stack into the log
+            time.sleep(2)
+            pytest.fail(f"no exit 60 s after {signame}; the child's log with its stacks:\n"
+                        + log.read_text()[-6000:])
         took = time.monotonic() - sent
     finally:
         stop(proc)
