@@ -46,7 +46,6 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run as a script: make `benchmarks`, `medauto` importable
     sys.path.insert(0, str(_REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._common import command_line  # noqa: E402
@@ -129,13 +128,10 @@ def _small_copy(data: str, data_dir: str | None, max_train: int, out: Path) -> t
     """``data`` cut to ``max_train`` train images (and as many val/test), for tiny runs."""
     from med_core.data._medmnist import default_data_dir
     from med_core.data._medmnist import medmnist_path
+    from med_core.testing.data import cut_medmnist
 
-    src = np.load(medmnist_path(data, data_dir or default_data_dir()))
-    arrays = {}
-    for split in ("train", "val", "test"):
-        arrays[f"{split}_images"] = src[f"{split}_images"][:max_train]
-        arrays[f"{split}_labels"] = src[f"{split}_labels"][:max_train]
-    np.savez(out / f"{data}.npz", **arrays)
+    cut_medmnist(medmnist_path(data, data_dir or default_data_dir()), out / f"{data}.npz",
+                 max_train)
     return data, str(out)
 
 

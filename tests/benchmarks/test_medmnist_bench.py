@@ -16,8 +16,9 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
+
+from med_core.testing.data import cut_medmnist
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "medmnist.py"
@@ -44,13 +45,7 @@ params:
 @pytest.fixture
 def small_breast(medmnist_dir: Path, tmp_path: Path) -> Path:
     """A cut-down copy of the real BreastMNIST (first images of each split)."""
-    src = np.load(medmnist_dir / "breastmnist.npz")
-    sizes = {"train": 32, "val": 32, "test": 32}
-    out = tmp_path / "data" / "breastmnist.npz"
-    out.parent.mkdir()
-    np.savez(out, **{f"{s}_{k}": src[f"{s}_{k}"][:n] for s, n in sizes.items()
-                     for k in ("images", "labels")})
-    return out
+    return cut_medmnist(medmnist_dir / "breastmnist.npz", tmp_path / "data" / "breastmnist.npz", 32)
 
 
 def _warm_up() -> None:

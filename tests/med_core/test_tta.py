@@ -9,15 +9,14 @@ import pytest
 
 from med_core.config import TrainConfig
 from med_core.data import load_dataset
+from med_core.testing.data import cut_medmnist
 from med_core.training import Trainer
 
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory: pytest.TempPathFactory, medmnist_dir: Path) -> Trainer:
-    src = np.load(medmnist_dir / "breastmnist.npz")
-    path = tmp_path_factory.mktemp("data") / "breastmnist.npz"
-    np.savez(path, **{f"{s}_{k}": src[f"{s}_{k}"][:12] for s in ("train", "val", "test")
-                      for k in ("images", "labels")})
+    path = cut_medmnist(medmnist_dir / "breastmnist.npz",
+                        tmp_path_factory.mktemp("data") / "breastmnist.npz", 12)
     cfg = TrainConfig.from_flat({"data.dataset": str(path), "model.backbone": "resnet18",
                                  "epochs": 1, "batch_size": 8})
     return Trainer(cfg, dataset=load_dataset(cfg.data), device="cpu")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from med_core.testing.data import cut_medmnist
 
 TINY_SPACE = """\
 name: tiny
@@ -27,13 +28,8 @@ def tiny_data_dir(medmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     """``breastmnist.npz`` cut to its first 96 train / 48 val / 48 test images (both classes
     present in each split), so a trial trains in seconds on two CPU cores."""
     out = tmp_path_factory.mktemp("tiny-data")
-    src = np.load(medmnist_dir / "breastmnist.npz")
-    arrays = {}
-    for split, n in (("train", 96), ("val", 48), ("test", 48)):
-        arrays[f"{split}_images"] = src[f"{split}_images"][:n]
-        arrays[f"{split}_labels"] = src[f"{split}_labels"][:n]
-        assert len(np.unique(arrays[f"{split}_labels"])) == 2
-    np.savez(out / "breastmnist.npz", **arrays)
+    cut_medmnist(medmnist_dir / "breastmnist.npz", out / "breastmnist.npz",
+                 {"train": 96, "val": 48, "test": 48}, both_classes=True)
     return out
 
 

@@ -15,22 +15,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from reliability_helpers import MICRO_SPACE
+
+from med_core.testing.data import cut_medmnist
 
 
 @pytest.fixture(scope="session")
 def micro_data_dir(medmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``breastmnist.npz`` cut to 32 train / 32 val / 32 test images (read-only use)."""
     out = tmp_path_factory.mktemp("micro-data")
-    src = np.load(medmnist_dir / "breastmnist.npz")
-    arrays = {}
-    for split in ("train", "val", "test"):
-        arrays[f"{split}_images"] = src[f"{split}_images"][:32]
-        arrays[f"{split}_labels"] = src[f"{split}_labels"][:32]
-        assert len(np.unique(arrays[f"{split}_labels"])) == 2
-    np.savez(out / "breastmnist.npz", **arrays)
+    cut_medmnist(medmnist_dir / "breastmnist.npz", out / "breastmnist.npz", 32,
+                 both_classes=True)
     return out
 
 

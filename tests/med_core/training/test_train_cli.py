@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from med_core.config import TrainConfig
+from med_core.testing.data import cut_medmnist
 from med_core.train import main
 from med_core.training import load_checkpoint
 
@@ -20,12 +20,8 @@ REPO = Path(__file__).resolve().parents[3]
 
 def _tiny_config(path: Path, data_dir: Path) -> Path:
     """A config on a subset of the real BreastMNIST file, written in MedMNIST's format."""
-    with np.load(data_dir / "breastmnist.npz") as full:
-        sizes = {"train": 96, "val": 40, "test": 40}
-        arrays = {
-            f"{s}_{k}": full[f"{s}_{k}"][:n] for s, n in sizes.items() for k in ("images", "labels")
-        }
-    np.savez(path.parent / "tiny_breast.npz", **arrays)
+    cut_medmnist(data_dir / "breastmnist.npz", path.parent / "tiny_breast.npz",
+                 {"train": 96, "val": 40, "test": 40})
     cfg = TrainConfig.from_flat(
         {
             "data.dataset": "tiny_breast",

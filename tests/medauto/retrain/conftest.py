@@ -8,8 +8,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from med_core.testing.data import cut_medmnist
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # retrain_helpers is imported by name
@@ -27,13 +28,8 @@ def small_data_dir(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
     """``tiny_data_dir`` with half its training images and validation images (48/24/48):
     the retrain tests train six ResNet-18s, and the test split stays whole."""
     out = tmp_path_factory.mktemp("small-data")
-    with np.load(tiny_data_dir / "breastmnist.npz") as src:
-        arrays = {k: src[k] for k in src.files}
-    for split, n in (("train", 48), ("val", 24)):
-        for kind in ("images", "labels"):
-            arrays[f"{split}_{kind}"] = arrays[f"{split}_{kind}"][:n]
-        assert len(np.unique(arrays[f"{split}_labels"])) == 2
-    np.savez(out / "breastmnist.npz", **arrays)
+    cut_medmnist(tiny_data_dir / "breastmnist.npz", out / "breastmnist.npz",
+                 {"train": 48, "val": 24}, both_classes=True)
     return out
 
 
