@@ -54,6 +54,10 @@ params:
 BOOT = r"""
 import faulthandler, os, signal, sys, time
 faulthandler.register(signal.SIGUSR1)  # a hung child dumps its stacks into its log
+# A process started with SIGINT ignored (as background jobs of a non-interactive shell
+# are, and as a test-runner process can leave it) passes that on, and Python then
+# installs no KeyboardInterrupt handler: restore the interactive default, as a user has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 fault = os.environ.get("MEDAUTO_TEST_FAULT", "")
 if fault in ("stall", "stall-first"):
     from med_core.training import _loop
