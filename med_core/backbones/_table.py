@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from med_core.backbones._registry import _BACKBONES
+from med_core.backbones._registry import FAMILIES
 from med_core.backbones._registry import lookup
 
 __all__ = ["BEGIN", "END", "markdown_table", "update_file"]
@@ -41,19 +42,7 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-_FAMILY_ORDER = (
-    "resnet",
-    "mobilenet",
-    "efficientnet",
-    "efficientnet_v2",
-    "regnet",
-    "convnext",
-    "vit",
-    "maxvit",
-    "swin",
-    "resnet3d",
-    "swin3d",
-)
+_FAMILY_ORDER = tuple(f for f in FAMILIES if f != "timm")  # registered families only
 
 
 def _family_rank(name: str) -> int:
