@@ -49,7 +49,6 @@ import os
 import socket
 import time
 import urllib.parse
-import uuid
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -61,8 +60,18 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from med_core.training.callbacks import Callback
+from med_core.training.callbacks import KeepBestWeights
 from medauto.exceptions import MedautoError
 from medauto.logging import get_logger
+from medauto.model_file import MODEL_KIND
+from medauto.model_file import atomic_write_bytes
+from medauto.model_file import load_model
+from medauto.model_file import nan_to_none
+from medauto.model_file import save_model
+from medauto.scoring import METRICS
+from medauto.scoring import eval_loader
+from medauto.scoring import predict_scores
+from medauto.scoring import split_metrics
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,46 +83,23 @@ if TYPE_CHECKING:
     from med_core.data import MedicalDataset
 
 __all__ = [
-    "MODEL_FORMAT_VERSION",
-    "LoadedModel",
-    "ModelFileError",
     "ModelResult",
     "QuantizationResult",
     "RetrainResult",
     "SeedResult",
-    "load_model",
-    "predict_scores",
     "quantize_retrained",
     "retrain",
-    "save_model",
     "select_trials",
 ]
 
 _logger = get_logger(__name__)
 
-MODEL_FORMAT_VERSION = 1
-_MODEL_KIND = "medauto.model"
 _RESULT_FORMAT_VERSION = 1
-_METRICS = ("auc", "acc", "balanced_acc", "macro_f1")
 _WEIGHTS = ("auto", "best", "last")
 _QUANT_METHODS = ("static", "dynamic")
 
 
-class ModelFileError(MedautoError, ValueError):
-    """A model file is missing, corrupt, unsafe to load or not written by :func:`save_model`."""
-
-
 # ---------------------------------------------------------------------------- results
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
-
 def _metric_dict(values: Mapping[str, Any] | None) -> dict[str, float]:
     """Floats (``None`` → NaN) for every metric present."""
     return {
@@ -246,7 +232,7 @@ class RetrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (NaN → ``None``)."""
-        return _nan_to_none(asdict(self))  # type: ignore[no-any-return]
+        return nan_to_none(asdict(self))  # type: ignore[no-any-return]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RetrainResult:
@@ -276,7 +262,7 @@ class RetrainResult:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes the JSON (atomically); returns the path."""
         p = Path(path)
-        _atomic_write_bytes(p, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        atomic_write_bytes(p, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
         return p
 
     @classmethod
@@ -296,113 +282,6 @@ class RetrainResult:
         if not isinstance(data, dict) or "study" not in data:
             raise MedautoError(f"{str(p)!r} is not a medauto retrain.json")
         return cls.from_dict(data)
-
-
-# ------------------------------------------------------------------------- model files
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Writes via a temporary file in the same folder, ``fsync`` and :func:`os.replace`
-    (normal permissions, unlike ``mkstemp``'s 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def save_model(
-    path: str | os.PathLike[str], model: nn.Module, cfg: TrainConfig, **meta: Any
-) -> Path:
-    """Writes weights + config as a plain dict that loads with ``weights_only=True``.
-
-    Args:
-        path: Destination (``.pt``); parents are created, the write is atomic.
-        model: The classifier; its ``state_dict`` is copied to CPU.
-        cfg: Its TrainConfig (stored as a nested dict).
-        **meta: Primitive metadata: ``task``, ``num_classes``, ``in_chans``, ``img_size``
-            (needed by :func:`load_model`), plus anything JSON-like (trial, seed, test...).
-
-    Returns:
-        The path written.
-    """
-    import io
-
-    import torch
-
-    state = {
-        "format_version": MODEL_FORMAT_VERSION,
-        "kind": _MODEL_KIND,
-        "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
-        "config": cfg.to_dict(),
-        **_nan_to_none(meta),
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    p = Path(path)
-    _atomic_write_bytes(p, buf.getvalue())
-    return p
-
-
-@dataclass
-class LoadedModel:
-    """What :func:`load_model` returns: the classifier (eval mode), its config and metadata."""
-
-    model: nn.Module
-    config: TrainConfig
-    meta: dict[str, Any]
-
-
-def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedModel:
-    """Rebuilds a classifier from a :func:`save_model` file (``torch.load(weights_only=True)``).
-
-    A file holding anything but tensors and primitive containers (e.g. a crafted pickle
-    with ``__reduce__``) is refused, never executed.
-
-    Raises:
-        ModelFileError: missing, corrupt, unsafe or foreign file, or weights that do not fit.
-    """
-    import torch
-
-    from med_core.config import TrainConfig
-    from med_core.models import build_classifier
-
-    p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"no model file at {str(p)!r}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, bad zip, EOFError, ...
-        raise ModelFileError(
-            f"{str(p)!r} is corrupt or unsafe to load (weights_only=True refused it): "
-            f"{type(e).__name__}: {str(e)[:300]}"
-        ) from e
-    if not isinstance(state, dict) or state.get("kind") != _MODEL_KIND:
-        raise ModelFileError(f"{str(p)!r} is not a medauto model file (written by save_model)")
-    if state.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ModelFileError(
-            f"{str(p)!r} has model format {state.get('format_version')!r}; this medauto reads "
-            f"format {MODEL_FORMAT_VERSION}"
-        )
-    cfg = TrainConfig.from_dict(state["config"])
-    img_size = state.get("img_size")
-    model = build_classifier(
-        cfg.model,
-        num_classes=int(state["num_classes"]),
-        in_chans=int(state["in_chans"]),
-        img_size=tuple(img_size) if isinstance(img_size, list) else img_size,
-    )
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise ModelFileError(f"{str(p)!r}: weights do not fit {cfg.model.backbone!r}: {e}") from e
-    model.to(device).eval()
-    meta = {k: v for k, v in state.items() if k not in ("model", "config")}
-    return LoadedModel(model=model, config=cfg, meta=meta)
 
 
 # --------------------------------------------------------------------- trial selection
@@ -430,60 +309,6 @@ def select_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]
             f"top {k} needs at least {k} (run more trials, or lower --ensemble)"
         )
     return done[:k]
-
-
-# ------------------------------------------------------------------------- evaluation
-def predict_scores(
-    model: Any, loader: Any, *, task: str, tta: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and scores of every batch of ``loader``, as ``Trainer.predict`` defines them.
-
-    Binary: softmax probability of class 1; multi-class/ordinal: softmax; multi-label:
-    sigmoid; with ``tta`` averaged over the image and its horizontal flip. ``model`` is
-    called as is (put a float model in eval mode first; exported int8 graphs have no
-    mode), under ``torch.no_grad()``.
-    """
-    import numpy as np
-    import torch
-
-    ys, ss = [], []
-    with torch.no_grad():
-        for x, y in loader:
-            views = [x, x.flip(-1)] if tta else [x]
-            probs = []
-            for v in views:
-                logits = model(v).float()
-                probs.append(
-                    torch.sigmoid(logits) if task == "multi-label" else torch.softmax(logits, 1)
-                )
-            p = torch.stack(probs).mean(0)
-            ss.append((p[:, 1] if task == "binary" else p).cpu().numpy())
-            ys.append(y.cpu().numpy())
-    return np.concatenate(ys), np.concatenate(ss)
-
-
-def _metrics(task: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
-    from med_core.training import compute_metrics
-
-    values = compute_metrics(task, y_true, y_score)
-    return {k: float(values[k]) for k in _METRICS}
-
-
-def _eval_loader(split: Any, cfg: TrainConfig, *, spatial_dims: int, batch_size: int) -> Any:
-    from med_core.data import build_loader
-
-    return build_loader(
-        split,
-        batch_size=batch_size,
-        train=False,
-        device="cpu",
-        augment=None,
-        seed=cfg.seed,
-        mode=cfg.data.loader,
-        img_size=cfg.data.img_size,
-        num_workers=0,
-        spatial_dims=spatial_dims,
-    )
 
 
 # ------------------------------------------------------------------------- quantization
@@ -559,7 +384,7 @@ def quantize_retrained(
         calibration_batches=calibration_batches, float_size_bytes=src.stat().st_size,
         latency_batch_size=latency_batch_size, latency_threads=latency_threads,
     )
-    calib = _eval_loader(dataset.train, cfg, spatial_dims=info.spatial_dims,
+    calib = eval_loader(dataset.train, cfg, spatial_dims=info.spatial_dims,
                          batch_size=cfg.batch_size)
     batches = [x for x, _ in itertools.islice(iter(calib), calibration_batches)]
     result.calibration_batches = len(batches)
@@ -582,15 +407,15 @@ def quantize_retrained(
     result.int8_size_bytes = dst.stat().st_size
     result.size_ratio = result.float_size_bytes / max(result.int8_size_bytes, 1)
 
-    test = _eval_loader(dataset.test, cfg, spatial_dims=info.spatial_dims,
+    test = eval_loader(dataset.test, cfg, spatial_dims=info.spatial_dims,
                         batch_size=2 * cfg.batch_size)
     y, s_float = predict_scores(model, test, task=info.task, tta=cfg.tta)
     _, s_int8 = predict_scores(q, test, task=info.task, tta=cfg.tta)
-    result.float_test = _metrics(info.task, y, s_float)
-    result.int8_test = _metrics(info.task, y, s_int8)
+    result.float_test = split_metrics(info.task, y, s_float)
+    result.int8_test = split_metrics(info.task, y, s_int8)
     result.acc_drop_points = 100.0 * (result.float_test["acc"] - result.int8_test["acc"])
 
-    timing = _eval_loader(dataset.test, cfg, spatial_dims=info.spatial_dims,
+    timing = eval_loader(dataset.test, cfg, spatial_dims=info.spatial_dims,
                           batch_size=latency_batch_size)
     x = next(iter(timing))[0]
     result.latency_batch_size = int(x.shape[0])
@@ -629,26 +454,6 @@ def _time_compiled(
 
 
 # ----------------------------------------------------------------------------- retrain
-class _KeepBestWeights(Callback):
-    """Trainer callback: a CPU copy of the weights whenever ``cfg.monitor`` improves.
-
-    It decides with the history's own rule (``History.is_better``: NaN never improves), so
-    the kept epoch is the one ``best.pt`` would hold, without writing checkpoints.
-    """
-
-    def __init__(self) -> None:
-        self.state: dict[str, Any] | None = None
-        self.epoch: int | None = None
-
-    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
-        value = float(metrics.get(trainer.cfg.monitor, math.nan))
-        if trainer.history is not None and trainer.history.is_better(value):
-            self.state = {
-                k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()
-            }
-            self.epoch = epoch
-
-
 def _resolve_study(study: optuna.Study | str, storage: str | None, run_dir: Path) -> optuna.Study:
     if not isinstance(study, str):
         return study
@@ -721,7 +526,7 @@ def _aggregate(per_seed: list[SeedResult]) -> tuple[dict[str, float], dict[str, 
     import numpy as np
 
     mean, std = {}, {}
-    for k in _METRICS:
+    for k in METRICS:
         vals = np.array([s.test.get(k, math.nan) for s in per_seed], dtype=float)
         mean[k] = float(np.mean(vals))
         std[k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
@@ -865,7 +670,9 @@ def retrain(
         # Validation only: mean over seeds of the val AUC of the best-j ensemble.
         for j in range(1, ensemble + 1):
             aucs = [
-                _metrics(result.task, y_val, np.mean([val_scores[m] for m in mem[:j]], 0))["auc"]
+                split_metrics(
+                    result.task, y_val, np.mean([val_scores[m] for m in mem[:j]], 0)
+                )["auc"]
                 for mem in members_of.values()
             ]
             result.val_selection[str(j)] = float(np.mean(aucs))
@@ -881,7 +688,7 @@ def retrain(
         else:
             mean_scores = np.mean([scores[m] for m in used], axis=0)
             scores[f"ensemble-seed{seed}"] = mean_scores
-            seed_test = _metrics(result.task, y_ref, mean_scores)
+            seed_test = split_metrics(result.task, y_ref, mean_scores)
         result.per_seed.append(SeedResult(seed=seed, test=seed_test, members=used))
         _logger.info("seed %d: test auc=%.4f acc=%.4f (%s)", seed, seed_test["auc"],
                      seed_test["acc"], ", ".join(used))
@@ -916,7 +723,7 @@ def _choose_tta(trainer: Any, task: str, mode: bool | str | None, cfg: TrainConf
     if mode == "auto":
         plain = trainer.predict("val", tta=False)
         flipped = trainer.predict("val", tta=True)
-        on = _metrics(task, *flipped)["auc"] > _metrics(task, *plain)["auc"]
+        on = split_metrics(task, *flipped)["auc"] > split_metrics(task, *plain)["auc"]
         return on, flipped if on else plain
     use = cfg.tta if mode is None else bool(mode)
     return use, trainer.predict("val", tta=use) if held_out else None
@@ -933,7 +740,7 @@ def _train_and_test(
 
     from medauto.budget import DeadlineCallback
 
-    keeper = _KeepBestWeights() if keep == "best" else None
+    keeper = KeepBestWeights() if keep == "best" else None
     callbacks: list[Callback] = [keeper] if keeper else []
     if stop_at is not None:
         callbacks.append(DeadlineCallback(stop_at))
@@ -947,17 +754,16 @@ def _train_and_test(
     seconds = time.perf_counter() - t0
     kept, epoch = "last", len(history.epochs) - 1
     if keeper is not None:
-        if keeper.state is None:
+        if keeper.restore(trainer):
+            kept, epoch = "best", int(keeper.epoch or 0)
+        else:
             _logger.warning("%s: %s never improved (NaN?); keeping the last epoch's weights",
                             name, cfg.monitor)
-        else:
-            trainer.model.load_state_dict(keeper.state)
-            kept, epoch = "best", int(keeper.epoch or 0)
     held_out = not cfg.data.train_on_val
     use_tta, val_pred = _choose_tta(trainer, ds.info.task, tta, cfg, held_out)
-    val_metrics = _metrics(ds.info.task, *val_pred) if val_pred is not None else {}
+    val_metrics = split_metrics(ds.info.task, *val_pred) if val_pred is not None else {}
     y_true, y_score = trainer.predict("test", tta=use_tta)  # the one look at the test split
-    test = _metrics(ds.info.task, y_true, y_score)
+    test = split_metrics(ds.info.task, y_true, y_score)
     info = ds.info
     rel = f"models/{name}/model.pt"
     val = history.epochs[epoch].get(cfg.monitor) if history.epochs else None
@@ -973,8 +779,8 @@ def _train_and_test(
         cfg = type(cfg).from_flat({"tta": use_tta}, base=cfg)
     save_model(out / rel, trainer.model, cfg, **meta)
     card = {**meta, "config": cfg.to_dict(), "train_seconds": seconds}
-    _atomic_write_bytes(out / f"models/{name}/model.json",
-                        (json.dumps(_nan_to_none(card), indent=2) + "\n").encode())
+    atomic_write_bytes(out / f"models/{name}/model.json",
+                        (json.dumps(nan_to_none(card), indent=2) + "\n").encode())
     trainer.close()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -1070,7 +876,7 @@ def _log_to_mlflow(
                 experiment_id, name=m.name, source_run_id=run_id,
                 params={"trial": str(m.trial), "seed": str(m.seed), "backbone": m.backbone,
                         "weights": m.weights},
-                tags={"medauto.study": study.study_name, "medauto.format": _MODEL_KIND},
+                tags={"medauto.study": study.study_name, "medauto.format": MODEL_KIND},
                 model_type="medauto-classifier",
             )
             client.log_model_artifacts(lm.model_id, str((out / m.path).parent))

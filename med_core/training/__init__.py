@@ -12,6 +12,7 @@ from med_core.training._checkpoint import load_checkpoint as load_checkpoint
 from med_core.training._distributed import DistContext as DistContext
 from med_core.training._distributed import launch as launch
 from med_core.training.callbacks import Callback as Callback
+from med_core.training.callbacks import KeepBestWeights as KeepBestWeights
 from med_core.training.early_stopping import EarlyStopping as EarlyStopping
 from med_core.training.metrics import compute_metrics as compute_metrics
 from med_core.training.trainer import History as History
@@ -22,6 +23,7 @@ __all__ = [
     "DistContext",
     "EarlyStopping",
     "History",
+    "KeepBestWeights",
     "Trainer",
     "compute_metrics",
     "launch",

@@ -9,6 +9,7 @@ out-of-memory errors: they reach the caller.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from med_core.training.trainer import History
     from med_core.training.trainer import Trainer
 
-__all__ = ["Callback"]
+__all__ = ["Callback", "KeepBestWeights"]
 
 
 class Callback:
@@ -53,3 +54,35 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores what :meth:`state_dict` returned."""
+
+
+class KeepBestWeights(Callback):
+    """Keeps a CPU copy of the weights whenever ``cfg.monitor`` improves.
+
+    It decides with the history's own rule (``History.is_better``: NaN never improves), so
+    the kept epoch is the one ``best.pt`` would hold, without writing checkpoints. After
+    ``fit()``, :meth:`restore` loads them into the trainer's model.
+
+    Attributes:
+        state: The best epoch's ``state_dict`` on CPU (``None`` until one improved).
+        epoch: That epoch (0-based).
+    """
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+        self.epoch: int | None = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        value = float(metrics.get(trainer.cfg.monitor, math.nan))
+        if trainer.history is not None and trainer.history.is_better(value):
+            self.state = {
+                k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()
+            }
+            self.epoch = epoch
+
+    def restore(self, trainer: Trainer) -> bool:
+        """Loads the kept weights into ``trainer.model``; ``False`` if none was kept."""
+        if self.state is None:
+            return False
+        trainer.model.load_state_dict(self.state)
+        return True

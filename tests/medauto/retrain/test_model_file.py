@@ -10,9 +10,9 @@ import torch
 
 from med_core.config import TrainConfig
 from med_core.models import build_classifier
-from medauto.retrain import ModelFileError
-from medauto.retrain import load_model
-from medauto.retrain import save_model
+from medauto.model_file import ModelFileError
+from medauto.model_file import load_model
+from medauto.model_file import save_model
 
 
 class _Payload:
