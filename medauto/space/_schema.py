@@ -37,7 +37,9 @@ __all__ = [
 
 Scalar = bool | int | float | str | None
 
-TOP_KEYS = ("name", "description", "spatial_dims", "fixed", "params", "fidelity")
+TOP_KEYS = (
+    "name", "description", "spatial_dims", "fixed", "params", "fidelity", "portfolio"
+)
 PARAM_TYPES = ("categorical", "int", "float", "fixed")
 # keys each param type accepts (besides "type")
 PARAM_KEYS: dict[str, tuple[str, ...]] = {

@@ -22,6 +22,8 @@ from medauto.space._params import UNSET
 from medauto.space._params import FixedParam
 from medauto.space._params import Param
 from medauto.space._params import fmt_value
+from medauto.space._portfolio import PortfolioEntry
+from medauto.space._portfolio import parse_portfolio
 from medauto.space._schema import EPOCHS_FIELD
 from medauto.space._schema import Scalar
 
@@ -67,8 +69,11 @@ class SearchSpace:
         (3, 0.01, 'none', None)
     """
 
-    def __init__(self, parsed: ParsedSpace) -> None:
-        """Wraps already validated parts; use :meth:`from_yaml` or :meth:`from_dict`."""
+    def __init__(self, parsed: ParsedSpace, portfolio: Any = None) -> None:
+        """Wraps already validated parts; use :meth:`from_yaml` or :meth:`from_dict`.
+
+        ``portfolio`` is the raw ``portfolio:`` list; it is validated against the space.
+        """
         if not isinstance(parsed, ParsedSpace):
             raise TypeError(
                 "SearchSpace(...) takes a ParsedSpace; use SearchSpace.from_yaml "
@@ -76,6 +81,7 @@ class SearchSpace:
             )
         self._p = parsed
         self._by_name: dict[str, Param] = {p.name: p for p in parsed.params}
+        self._portfolio: tuple[PortfolioEntry, ...] = parse_portfolio(portfolio, self)
 
     # ----------------------------------------------------------------- construction
 
@@ -93,7 +99,7 @@ class SearchSpace:
                 (the message names the file, the key path, the rule and the value).
         """
         path = resolve(path_or_name)
-        return cls(parse_space(read_yaml(path), path.name))
+        return cls.from_dict(read_yaml(path), source=path.name)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], *, source: str = "<dict>") -> SearchSpace:
@@ -101,12 +107,15 @@ class SearchSpace:
 
         Args:
             spec: The mapping (``name``, ``description``, ``spatial_dims``, ``fixed``,
-                ``params``, ``fidelity``).
+                ``params``, ``fidelity``, ``portfolio``).
             source: What error messages call the spec, e.g. a file name.
 
         Raises:
             SearchSpaceError: the spec breaks a rule.
         """
+        if isinstance(spec, Mapping) and "portfolio" in spec:
+            rest = {k: v for k, v in spec.items() if k != "portfolio"}
+            return cls(parse_space(rest, source), spec["portfolio"])
         return cls(parse_space(spec, source))
 
     # ----------------------------------------------------------------- properties
@@ -149,6 +158,11 @@ class SearchSpace:
     def is_conditional(self) -> bool:
         """Whether some param is only sampled under a condition (a dynamic space)."""
         return any(p.when for p in self._p.params)
+
+    @property
+    def portfolio(self) -> tuple[PortfolioEntry, ...]:
+        """Named configurations a new study tries first (``portfolio:``; may be empty)."""
+        return self._portfolio
 
     @property
     def fidelity(self) -> Fidelity | None:
@@ -306,6 +320,8 @@ class SearchSpace:
                 "max_epochs": f.max_epochs,
                 "reduction_factor": f.reduction_factor,
             }
+        if self._portfolio:
+            out["portfolio"] = [e.to_dict() for e in self._portfolio]
         return out
 
     def fingerprint(self) -> str:
@@ -313,11 +329,13 @@ class SearchSpace:
 
         Stable across key order and number spelling (``1e-3`` vs ``0.001``); changes with any
         range, choice (including choice order, which Optuna stores as an index), condition,
-        fixed value or fidelity. The optimizer stores it with a study and refuses to resume
-        the study with a space of another fingerprint.
+        fixed value or fidelity; the ``portfolio`` (a warm start) is not part of it. The
+        optimizer stores it with a study and refuses to resume the study with a space of
+        another fingerprint.
         """
         d = self.to_dict()
         del d["name"], d["description"]
+        d.pop("portfolio", None)  # a warm start: it changes no configuration the space holds
         d["fixed"] = dict(sorted(d["fixed"].items()))
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
