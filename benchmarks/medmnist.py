@@ -1,22 +1,23 @@
-"""MedMNIST benchmark: a budgeted medauto search + 3-seed retrain vs. the published table.
+"""MedMNIST benchmark: the exact user command against the fixed recipe and the published table.
 
-Runs, on one device and within one wall-clock budget (``--budget``, see
-:mod:`medauto.budget`): a medauto search on the official train/val splits (selection on
-validation AUC only), the final retrain of the winner with ``--seeds`` seeds (flip TTA and,
-with ``--ensemble K``, the ensemble size chosen on validation AUC only), one evaluation of
-each retrained model on the test split with MedMNIST's official ACC/AUC, and
-``medauto report``. It then merges one section for the dataset into ``--doc`` (default
-``docs/benchmarks/medmnist.md``): a rerun replaces the dataset's section, other datasets'
-sections are kept (the write is locked, so concurrent runs for different datasets are
-safe). The section holds the command, the hardware/software, medauto's test AUC/ACC
-(mean ± std over seeds) next to every published MedMNIST v2 row (:mod:`medauto.baselines`)
-and the project's reference runs, the budget actually used, trials run/pruned and the
-winning configuration. Raw numbers go to ``<run-dir>/benchmark.json``.
+Two kinds of run fill one section per dataset of ``--doc`` (default
+``docs/benchmarks/medmnist.md``; raw numbers in ``docs/benchmarks/medmnist.json``):
 
-Progress goes to stderr; all outputs are written at the end. Example (GPU)::
+* ``python benchmarks/medmnist.py DATASET --budget 8m --device cuda`` runs, as a
+  subprocess, exactly what a user types: ``medauto search --data DATASET --budget 8m
+  --device cuda`` (no ``--space``: the space, the selection and the portfolio come from the
+  data). It then reads the search's ``final.json``: the final ensemble's test AUC/ACC (the
+  test split read once, after selection and calibration on validation/out-of-fold
+  predictions), the best single trial's, the size and latency of both, and the funnel
+  (trials run, pruned, failed; folds; ensemble members).
+* ``python benchmarks/medmnist.py DATASET --recipe --seeds 5 --device cuda`` trains the
+  fixed recipe through ``med_core`` (the configuration is the space's first portfolio
+  entry, ``resnet18-recipe`` / ``r3d_18-recipe``): one model per seed with the epoch chosen
+  on validation AUC and flip TTA, each tested once; it reports mean ± std over seeds and
+  the soft-vote ensemble of the seeds, and the GPU time that took.
 
-    python benchmarks/medmnist.py breastmnist --budget 15m --device cuda \\
-        --run-dir runs/bench-breast
+The section lists both next to every published MedMNIST v2 row (:mod:`medauto.baselines`),
+with each command. A rerun replaces its own rows and keeps the others.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import argparse
 import contextlib
 import fcntl
 import json
-import logging
 import math
+import os
 import re
+import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -49,38 +52,17 @@ from benchmarks._common import write_text  # noqa: E402
 
 DEFAULT_DOC = _REPO / "docs" / "benchmarks" / "medmnist.md"
 
-#: The search space used for each dataset when ``--space`` is not given.
-DEFAULT_SPACES = {
-    "breastmnist": "ultrasound",
-    "pneumoniamnist": "xray",
-    "adrenalmnist3d": "volumetric",
-    "vesselmnist3d": "volumetric",
-}
+_DOC_HEAD = """# MedMNIST: the exact user command vs. the fixed recipe and the published table
 
-#: Runs of this project that the search must beat too (issue #8): method, AUC, ACC, what.
-REFERENCE_RUNS: dict[str, list[tuple[str, float, float, str]]] = {
-    "breastmnist": [
-        ("ResNet-18 (28), reproduced", 0.898, 0.831, "project H200 run, 3 seeds (issue #8)"),
-        ("hand-tuned ResNet-18 (28)", 0.890, 0.872,
-         "AdamW, one-cycle, flips + small affine, label smoothing 0.1, 100 epochs (issue #8)"),
-    ],
-    "pneumoniamnist": [
-        ("ResNet-18 (28), reproduced", 0.944, 0.849, "project H200 run, 3 seeds (issue #8)"),
-        ("hand-tuned ResNet-18 (28)", 0.970, 0.876,
-         "AdamW, one-cycle, flips + small affine, label smoothing 0.1, 100 epochs (issue #8)"),
-    ],
-}
-
-_DOC_HEAD = """# MedMNIST: medauto within a fixed budget vs. the published MedMNIST v2 table
-
-Written by `benchmarks/medmnist.py` (one section per dataset; a rerun replaces its
-section). Protocol: official splits; every choice (trial, epoch, TTA, ensemble size) is
-made on the **validation** split; each retrained model is evaluated **once** on the test
-split with MedMNIST's official ACC/AUC (`medauto retrain`); no pretrained weights; mean ±
-sample std over the retrain seeds. One wall-clock budget covers search + retrain
-(`--budget`, split as described in `docs/search_spaces.md`); the report step is not
-counted. Published rows: Yang et al., MedMNIST v2, Scientific Data 10, 41 (2023),
-doi:10.1038/s41597-022-01721-8 (`medauto/baselines.py` says how each cell was checked).
+Written by `benchmarks/medmnist.py` (one section per dataset; a rerun replaces its own
+rows). Protocol: official splits; no pretrained weights; every choice (space, trial,
+epoch, ensemble members and weights, decision threshold) is made on the training and
+validation data only, and the test split is read once, at the end, by the final model.
+**medauto** rows are `medauto search --data <dataset> --budget <b> --device <d>` exactly as
+a user types it. **Fixed recipe** rows train `resnet18-recipe` (3D: `r3d_18-recipe`)
+through `med_core`: one model per seed, the epoch chosen on validation AUC, flip TTA;
+mean ± sample std over seeds, and the soft-vote ensemble of all seeds. Published rows:
+Yang et al., MedMNIST v2, Scientific Data 10, 41 (2023), doi:10.1038/s41597-022-01721-8.
 """
 
 _BEGIN = "<!-- medmnist-bench:begin {key} -->"
@@ -94,127 +76,204 @@ _SECTION = re.compile(
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dataset", help="MedMNIST name (breastmnist, pneumoniamnist, ...) or .npz")
-    p.add_argument("--budget", default="15m", help="search + retrain wall clock (default 15m)")
+    p.add_argument("dataset", help="MedMNIST name (breastmnist, pneumoniamnist, ...)")
+    p.add_argument("--budget", default="8m", help="the search's --budget (default 8m)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:K (default auto)")
-    p.add_argument("--space", help="search space (default: per dataset, see DEFAULT_SPACES)")
+    p.add_argument("--recipe", action="store_true",
+                   help="train the fixed recipe (--seeds seeds) instead of the search")
+    p.add_argument("--seeds", type=int, default=5, help="fixed-recipe seeds (default 5)")
     p.add_argument("--run-dir", help="run folder (default: medauto-runs/bench-<dataset>)")
     p.add_argument("--doc", default=str(DEFAULT_DOC), help="Markdown file to merge into")
     p.add_argument("--data-dir", help="MedMNIST folder (default: $MEDAUTO_DATA_DIR)")
-    p.add_argument("--seeds", type=int, default=3, help="retrain seeds (default 3)")
-    p.add_argument("--ensemble", type=int, default=1, metavar="K",
-                   help="retrain the top-K trials; the size j <= K is chosen on val AUC")
-    p.add_argument("--retrain-fraction", type=float, default=0.25,
-                   help="share of the budget reserved for the retrain (default 0.25)")
-    p.add_argument("--tta", choices=("trial", "on", "off", "auto"), default="auto",
-                   help="flip TTA at retrain (default auto: per model on val AUC)")
-    p.add_argument("--sampler", default="tpe", help="Optuna sampler (default tpe)")
-    p.add_argument("--pruner", default="hyperband", help="Optuna pruner (default hyperband)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed")
-    p.add_argument("--tracking", action="store_true", help="also log to MLflow (slower)")
-    p.add_argument("--no-report", action="store_true", help="skip `medauto report`")
     return p
 
 
-def _pm(mean: float, std: float) -> str:
-    return "–" if not math.isfinite(mean) else f"{mean:.3f} ± {std:.3f}"
+def _f(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
 
 
-def _delta(a: float, b: float) -> str:
-    return "–" if not (math.isfinite(a) and math.isfinite(b)) else f"{a - b:+.3f}"
+def _pm(values: Sequence[float]) -> str:
+    import numpy as np
+
+    if not values:
+        return "–"
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{float(np.mean(values)):.3f} ± {sd:.3f}"
 
 
-def trial_counts(study: Any) -> dict[str, int]:
-    """Trials by state, plus those stopped by the budget (with a ``budget_stop`` attribute)."""
-    from collections import Counter
+# ----------------------------------------------------------------------- the search run
+def run_search(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Runs the user's command as a subprocess; returns what the section shows."""
+    import optuna
 
+    from medauto.final import FINAL_FILE
+    from medauto.final import FinalResult
+    from medauto.final import final_dir
+
+    cmd = ["medauto", "search", "--data", args.dataset, "--budget", args.budget,
+           "--device", args.device]
+    shown = shlex.join(cmd)
+    cmd += ["--run-dir", str(run_dir), "--no-progress"]  # where, and no TTY bar: not choices
+    env = dict(os.environ)
+    if args.data_dir:
+        env["MEDAUTO_DATA_DIR"] = args.data_dir
+    log(f"[medmnist] {shown}")
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, env=env, check=False, text=True, stdout=subprocess.PIPE)
+    wall = time.monotonic() - t0
+    print(proc.stdout, end="")
+    if proc.returncode != 0:
+        raise SystemExit(f"[medmnist] the search exited {proc.returncode}")
+    study_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("study: "))
+    name = study_line.split(": ", 1)[1].strip()
+    final = FinalResult.load(final_dir(run_dir, name) / FINAL_FILE)
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'medauto.db'}")
     trials = study.get_trials(deepcopy=False)
-    counts = Counter(t.state.name.lower() for t in trials)
+    states = [t.state.name.lower() for t in trials]
+    folds = max((len(t.user_attrs.get("fold_values", [])) for t in trials), default=0)
     return {
-        "total": len(trials), "complete": counts.get("complete", 0),
-        "pruned": counts.get("pruned", 0), "failed": counts.get("fail", 0),
-        "budget_stopped": sum("budget_stop" in t.user_attrs for t in trials),
+        "command": shown, "wall_s": wall, "study": name,
+        "space": study.user_attrs.get("medauto:settings", {}).get("space", {}).get("name"),
+        "final": final.to_dict(),
+        "funnel": {
+            "trials": len(trials), "complete": states.count("complete"),
+            "pruned": states.count("pruned"), "failed": states.count("fail"),
+            "portfolio": sum("portfolio" in t.user_attrs for t in trials),
+            "budget_stopped": sum("budget_stop" in t.user_attrs for t in trials),
+            "folds": folds, "candidates": len(final.candidates), "members": len(final.members),
+        },
     }
 
 
-def render_section(res: dict[str, Any]) -> str:
-    """One dataset's Markdown section (between its begin/end markers)."""
+# ----------------------------------------------------------------------- the recipe run
+def recipe_config(dataset: Any, data: str, data_dir: str | None) -> Any:
+    """The fixed recipe for ``dataset``: the first portfolio entry of the data's space."""
+    from med_core.config import TrainConfig
+    from medauto.fingerprint import choose_space
+    from medauto.fingerprint import fingerprint_dataset
+    from medauto.space import SearchSpace
+
+    space = SearchSpace.from_yaml(choose_space(fingerprint_dataset(dataset), "cuda"))
+    entry = space.portfolio[0]
+    base = TrainConfig.from_flat({"data.dataset": data, "data.data_dir": data_dir})
+    return entry.name, space.config_from_params(entry.params, base=base)
+
+
+def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """Trains the fixed recipe over ``--seeds`` seeds through med_core."""
+    import numpy as np
+
+    from med_core.config import TrainConfig
+    from med_core.data import load_dataset
+    from med_core.training import KeepBestWeights
+    from med_core.training import Trainer
+    from medauto.optimizer import resolve_device
+    from medauto.scoring import split_metrics
+
+    device = resolve_device(args.device)
+    ds = load_dataset(args.dataset, data_dir=args.data_dir)
+    name, cfg = recipe_config(ds, args.dataset, args.data_dir)
+    per_seed, scores, y_ref = [], [], None
+    t0 = time.monotonic()
+    for seed in range(args.seeds):
+        keeper = KeepBestWeights()
+        trainer = Trainer(TrainConfig.from_flat({"seed": seed}, base=cfg), dataset=ds,
+                          device=device, callbacks=[keeper])
+        trainer.fit()
+        keeper.restore(trainer)
+        y, s = trainer.predict("test", tta=cfg.tta)  # each model: one look at test
+        trainer.close()
+        y_ref = y
+        scores.append(s)
+        m = split_metrics(ds.info.task, y, s)
+        per_seed.append(m)
+        log(f"[medmnist] recipe seed {seed}: test auc {m['auc']:.4f} acc {m['acc']:.4f}")
+    gpu_s = time.monotonic() - t0
+    ens = split_metrics(ds.info.task, y_ref, np.mean(scores, axis=0))
+    return {"entry": name, "seeds": args.seeds, "per_seed": per_seed, "ensemble": ens,
+            "train_s": gpu_s, "config": cfg.to_dict()}
+
+
+# ----------------------------------------------------------------------- the document
+def render_section(key: str, title: str, res: dict[str, Any]) -> str:
+    """One dataset's Markdown section from its stored search and recipe results."""
     from medauto.baselines import get_baselines
 
-    key, r = res["dataset_key"], res["retrain"]
-    m, s = r["test_mean"], r["test_std"]
-    auc, acc = m.get("auc", math.nan), m.get("acc", math.nan)
-    auc = math.nan if auc is None else auc
-    acc = math.nan if acc is None else acc
-    label = f"**medauto** ({res['budget']}, `{res['space']}`)"
-    rows: list[list[object]] = [[label, _pm(auc, s.get("auc") or 0.0),
-                                 _pm(acc, s.get("acc") or 0.0), "–", "–", "this run"]]
+    search, recipe = res.get("search"), res.get("recipe")
+    rows: list[list[object]] = []
+    ref_auc = ref_acc = math.nan
+    if search:
+        f = search["final"]
+        rows.append([f"**medauto final ensemble** ({search['budget']})",
+                     _f(f["test"].get("auc")), _f(f["test"].get("acc")),
+                     "this run (test read once)"])
+        rows.append(["medauto best single trial (same run)", _f(f["test_single"].get("auc")),
+                     _f(f["test_single"].get("acc")), "reference row of the same run"])
+        ref_auc, ref_acc = f["test"].get("auc") or math.nan, f["test"].get("acc") or math.nan
+    if recipe:
+        aucs = [m["auc"] for m in recipe["per_seed"]]
+        accs = [m["acc"] for m in recipe["per_seed"]]
+        rows.append([f"fixed recipe, 1 model ({recipe['seeds']} seeds)", _pm(aucs), _pm(accs),
+                     f"`{recipe['entry']}` through med_core"])
+        rows.append([f"fixed recipe, {recipe['seeds']}-seed ensemble",
+                     _f(recipe["ensemble"]["auc"]), _f(recipe["ensemble"]["acc"]),
+                     f"{recipe['train_s']:.0f} s of training"])
     for b in get_baselines(key):
-        rows.append([b.method, f"{b.auc:.3f}", f"{b.acc:.3f}", _delta(auc, b.auc),
-                     _delta(acc, b.acc), "MedMNIST v2 (published)"])
-    for method, b_auc, b_acc, what in REFERENCE_RUNS.get(key, []):
-        rows.append([method, f"{b_auc:.3f}", f"{b_acc:.3f}", _delta(auc, b_auc),
-                     _delta(acc, b_acc), what])
-    b = res["budget_used"]
-    c = res["trials"]
-    used = r.get("ensemble_used", 1)
-    members = ", ".join(f"{mr['name']} (tta {'on' if mr.get('tta') else 'off'}, "
-                        f"val AUC {mr.get('val', {}).get('auc') or math.nan:.3f})"
-                        for mr in r["models"])
-    per_seed = [[ps["seed"], f"{ps['test']['auc']:.3f}", f"{ps['test']['acc']:.3f}",
-                 ", ".join(ps["members"])] for ps in r["per_seed"]]
-    lines = [
-        _BEGIN.format(key=key),
-        f"## {res['dataset_title']}",
-        "",
-        f"Run {res['finished_at']}. Command:",
-        "",
-        "```",
-        res["command"],
-        "```",
-        "",
-        markdown_table(
-            ["method", "test AUC", "test ACC", "medauto − row (AUC)", "medauto − row (ACC)",
-             "source"],
-            rows, align="lrrrrl",
-        ),
-        "",
-        f"Per seed ({len(r['per_seed'])} seeds; each model tested once):",
-        "",
-        markdown_table(["seed", "test AUC", "test ACC", "models"], per_seed, align="rrrl"),
-        "",
-        f"- **Budget**: {res['budget']} = {b['total_s']:.0f} s (search {b['plan']['search_s']:.0f}"
-        f" s, retrain {b['plan']['retrain_s']:.0f} s, slack {b['plan']['slack_s']:.0f} s); "
-        f"used {b['used_s']:.0f} s (search {b['search_s']:.0f} s, retrain {b['retrain_s']:.0f}"
-        f" s), {b['over_s']:+.0f} s vs. the budget; trial cap "
-        f"{b['plan']['trial_cap_s']:.0f} s. Report: {b['report_s']:.0f} s (not counted).",
-        f"- **Trials**: {c['total']} ({c['complete']} complete, {c['pruned']} pruned, "
-        f"{c['failed']} failed; {c['budget_stopped']} of them stopped by the budget: at the "
-        "trial cap they complete with the epochs they trained, at the end of the search they "
-        "are pruned); sampler "
-        f"`{res['sampler']}`, pruner `{res['pruner']}`.",
-        f"- **Winner**: trial {res['best_trial']} (val AUC {res['best_value']:.4f}), "
-        f"`{res['best_config']['model']['backbone']}`, {res['best_config']['epochs']} epochs; "
-        f"retrain: {used} of {r['ensemble']} top trial(s) per seed, TTA `{r['tta']}` → "
-        f"{members}.",
-        "",
-        "<details><summary>Winning trial's searched parameters</summary>",
-        "",
-        "```json",
-        json.dumps(res["best_params"], indent=1, sort_keys=True),
-        "```",
-        "",
-        "</details>",
-        "",
-        "<details><summary>Hardware and software</summary>",
-        "",
-        environment_table(res["environment"]),
-        "",
-        "</details>",
-        _END.format(key=key),
-        "",
-    ]
+        rows.append([b.method, f"{b.auc:.3f}", f"{b.acc:.3f}", "MedMNIST v2 (published)"])
+    lines = [_BEGIN.format(key=key), f"## {title}", ""]
+    if search:
+        lines += [f"Search run {search['finished_at']} on {search['device_name']}:", "", "```",
+                  search["command"], "```", ""]
+    if recipe:
+        lines += [f"Recipe run {recipe['finished_at']} on {recipe['device_name']}:", "", "```",
+                  recipe["command"], "```", ""]
+    lines += [markdown_table(["method", "test AUC", "test ACC", "source"], rows, align="lrrl"),
+              ""]
+    if search:
+        f, fn = search["final"], search["funnel"]
+        members = ", ".join(f"trial {m['trial']} `{m['backbone']}` ×{m['weight']:.2f}"
+                            for m in f["members"])
+        on = ("out-of-fold predictions, " + str(fn["folds"]) + " folds"
+              if f["selection"] == "oof" else "the validation split")
+        lines += [
+            "- **Against the targets**: " + _against(ref_auc, ref_acc, recipe, key),
+            f"- **Funnel**: space `{search['space']}`; {fn['trials']} trials "
+            f"({fn['portfolio']} from the portfolio; {fn['complete']} complete, "
+            f"{fn['pruned']} pruned, {fn['failed']} failed; {fn['budget_stopped']} stopped "
+            f"by the budget); selection on {on}; {fn['candidates']} candidates → {fn['members']} members: {members}.",
+            f"- **Selection set** (not test): ensemble {f['metric']} "
+            f"{f['selection_scores']['ensemble'][f['metric']]:.4f}, best single "
+            f"{f['selection_scores']['best_single'][f['metric']]:.4f}; threshold "
+            f"{f['threshold']}.",
+            f"- **Size / latency**: ensemble {f['size_bytes'].get('ensemble', 0) / 1e6:.1f} MB, "
+            f"{f['latency_ms'].get('ensemble', math.nan):.2f} ms/image; best single "
+            f"{f['size_bytes'].get('single', 0) / 1e6:.1f} MB, "
+            f"{f['latency_ms'].get('single', math.nan):.2f} ms/image ({f['device']}, batch 32).",
+            f"- **Wall clock** of the command: {search['wall_s']:.0f} s for `--budget "
+            f"{search['budget']}` (includes start-up and the final model).",
+            "",
+            "<details><summary>Hardware and software (search run)</summary>", "",
+            environment_table(search["environment"]), "", "</details>",
+        ]
+    lines += [_END.format(key=key), ""]
     return "\n".join(lines)
+
+
+def _against(auc: float, acc: float, recipe: dict[str, Any] | None, key: str) -> str:
+    from medauto.baselines import best_baseline
+
+    parts = []
+    if recipe:
+        e = recipe["ensemble"]
+        parts.append(f"vs the recipe's ensemble AUC {auc - e['auc']:+.3f}, ACC "
+                     f"{acc - e['acc']:+.3f}")
+    for metric, value in (("auc", auc), ("acc", acc)):
+        b = best_baseline(key, metric)
+        if b is not None:
+            ref = getattr(b, metric)
+            parts.append(f"vs the best published {metric.upper()} ({b.method}, {ref:.3f}) "
+                         f"{value - ref:+.3f}")
+    return "; ".join(parts) or "no reference rows"
 
 
 @contextlib.contextmanager
@@ -249,77 +308,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from medauto import AutoMLOptimizer
     from medauto.baselines import dataset_key
     from medauto.budget import format_seconds
     from medauto.budget import parse_budget
-    from medauto.logging import get_logger
-    from medauto.logging import set_verbosity
     from medauto.optimizer import resolve_device
 
-    get_logger("medauto")
-    set_verbosity(logging.INFO)
-    import optuna
-
-    optuna.logging.set_verbosity(logging.WARNING)
-    total = parse_budget(args.budget)  # a bad budget fails before anything runs
     key = dataset_key(args.dataset)
     device = resolve_device(args.device)
-    space = args.space or DEFAULT_SPACES.get(key, "fast" if device == "cpu" else "default")
-    run_dir = Path(args.run_dir or f"medauto-runs/bench-{key}")
-    study_name = f"bench-{key}-{space if '/' not in space else Path(space).stem}"
-    log(f"[medmnist] {key}: budget {format_seconds(total)}, space {space}, device {device}, "
-        f"run dir {run_dir}")
-    opt = AutoMLOptimizer(
-        args.dataset, space, study_name=study_name, run_dir=run_dir, sampler=args.sampler,
-        pruner=args.pruner, device=device, seed=args.seed, data_dir=args.data_dir,
-        budget=total, budget_seeds=args.seeds, budget_ensemble=args.ensemble,
-        budget_retrain_fraction=args.retrain_fraction,
-        progress=False, tracking=None if args.tracking else False,
-    )
-    found = opt.optimize()
-    search_end = time.monotonic()
-    counts = trial_counts(found.study)
-    log(f"[medmnist] search done: {counts}; best trial {found.best_trial_number} "
-        f"val AUC {found.best_value:.4f}; retraining {args.seeds} seed(s)")
-    tta = {"trial": None, "on": True, "off": False, "auto": "auto"}[args.tta]
-    rt = opt.retrain(tta=tta, ensemble_select="val" if args.ensemble > 1 else "fixed")
-    retrain_end = time.monotonic()
-    plan, start = opt.budget_plan_, opt.budget_start_
-    assert plan is not None and start is not None
-    log(f"[medmnist] retrain done: test AUC {rt.test_mean['auc']:.4f} ± "
-        f"{rt.test_std['auc']:.4f}, ACC {rt.test_mean['acc']:.4f} ± {rt.test_std['acc']:.4f}")
-    report_s = 0.0
-    if not args.no_report:
-        from medauto.report import write_report
-
-        t0 = time.monotonic()
-        write_report(found.study, out_dir=run_dir / "report" / study_name,
-                     retrain=Path(rt.out_dir) / "retrain.json")
-        report_s = time.monotonic() - t0
-    best = found.study.best_trial
-    res = {
-        "dataset": args.dataset, "dataset_key": key, "dataset_title": rt.dataset or key,
-        "space": space, "budget": format_seconds(total), "device": device,
-        "sampler": args.sampler, "pruner": args.pruner,
-        "command": command_line(__file__, argv),
-        "environment": environment(device),
-        "finished_at": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "budget_used": {
-            "total_s": total, "plan": plan.to_dict(), "used_s": retrain_end - start,
-            "search_s": search_end - start, "retrain_s": retrain_end - search_end,
-            "over_s": retrain_end - start - total, "report_s": report_s,
-        },
-        "trials": counts, "best_trial": best.number, "best_value": float(best.value),
-        "best_params": best.params, "best_config": found.best_config.to_dict(),
-        "retrain": rt.to_dict(), "run_dir": str(run_dir),
-    }
-    write_json(run_dir / "benchmark.json", res)
-    doc = merge_section(args.doc, key, render_section(res))
-    log(f"[medmnist] used {res['budget_used']['used_s']:.0f} s of {total:.0f} s; "
-        f"wrote {doc} and {run_dir / 'benchmark.json'}")
-    print(f"{key}: test AUC {_pm(rt.test_mean['auc'], rt.test_std['auc'])}, "
-          f"ACC {_pm(rt.test_mean['acc'], rt.test_std['acc'])}")
+    env = environment(device)
+    stamp = {"finished_at": "", "command": command_line(__file__, argv), "environment": env,
+             "device_name": env.get("GPU") or env.get("CPU") or device}
+    if args.recipe:
+        res = run_recipe(args)
+    else:
+        budget = format_seconds(parse_budget(args.budget))  # a bad budget fails first
+        run_dir = Path(args.run_dir or f"medauto-runs/bench-{key}")
+        res = {**run_search(args, run_dir), "budget": budget}
+        stamp["command"] = res.pop("command")
+    res.update({**stamp, "finished_at": time.strftime("%Y-%m-%d %H:%M %Z")})
+    store = Path(args.doc).with_suffix(".json")
+    with _locked(store):
+        data = json.loads(store.read_text()) if store.is_file() else {}
+        entry = data.setdefault(key, {})
+        entry["recipe" if args.recipe else "search"] = res
+        write_json(store, data)
+    doc = merge_section(args.doc, key, render_section(key, key, entry))
+    log(f"[medmnist] wrote {doc} and {store}")
     return 0
 
 

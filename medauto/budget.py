@@ -137,12 +137,22 @@ def plan_budget(
     seeds: int = 3,
     ensemble: int = 1,
     retrain_fraction: float = 0.25,
+    trial_share: float | None = None,
 ) -> BudgetPlan:
     """Splits ``budget`` between search and the final retrain of ``seeds × ensemble`` models.
 
+    Args:
+        budget: The whole budget (see :func:`parse_budget`).
+        seeds: Retrain seeds to reserve time for.
+        ensemble: Top-k trials retrained per seed.
+        retrain_fraction: Share of the budget (after slack) kept after the search.
+        trial_share: If given, a trial may train for this share of the search time instead
+            of ``retrain_s / (seeds × ensemble)`` (a final model built from the trials'
+            own models needs no retrain, so the retrain share no longer bounds a trial).
+
     Raises:
         BudgetError: a bad budget, ``seeds`` or ``ensemble`` < 1, or ``retrain_fraction``
-            outside (0, 1).
+            or ``trial_share`` outside (0, 1).
     """
     total = parse_budget(budget)
     for name, n in (("seeds", seeds), ("ensemble", ensemble)):
@@ -150,12 +160,16 @@ def plan_budget(
             raise BudgetError(f"{name} must be an integer >= 1, got {n!r}")
     if not 0.0 < retrain_fraction < 1.0:
         raise BudgetError(f"retrain_fraction must be in (0, 1), got {retrain_fraction!r}")
+    if trial_share is not None and not 0.0 < trial_share <= 1.0:
+        raise BudgetError(f"trial_share must be in (0, 1], got {trial_share!r}")
     slack = min(60.0, max(5.0, 0.02 * total))
     usable = total - slack
     retrain = retrain_fraction * usable
+    search = usable - retrain
+    cap = retrain / (seeds * ensemble) if trial_share is None else trial_share * search
     return BudgetPlan(
-        total_s=total, search_s=usable - retrain, retrain_s=retrain, slack_s=slack,
-        seeds=seeds, ensemble=ensemble, trial_cap_s=retrain / (seeds * ensemble),
+        total_s=total, search_s=search, retrain_s=retrain, slack_s=slack,
+        seeds=seeds, ensemble=ensemble, trial_cap_s=cap,
     )
 
 

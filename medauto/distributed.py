@@ -94,7 +94,8 @@ def run_ddp_worker(
     from medauto.optimizer import AutoMLOptimizer
     from medauto.optimizer import resolve_device
 
-    opt = AutoMLOptimizer.from_study(study_name, storage, **kwargs)
+    # Every rank must build the same objective: DDP trials select on the validation split.
+    opt = AutoMLOptimizer.from_study(study_name, storage, **{"selection": "holdout", **kwargs})
     log = RankLog(rank=dist.rank)
     if dist.is_main_process:
         opt._run(wrap=lambda obj: _BroadcastingObjective(obj, dist, log))

@@ -22,22 +22,32 @@ from typing import Any
 import optuna
 
 from med_core.training.callbacks import Callback as _Callback
+from med_core.training.callbacks import KeepBestWeights
 from medauto._worker import TIMING_ENV
 from medauto._worker import record_phase
 from medauto._worker import timed
 from medauto.callbacks import PruningCallback
+from medauto.fingerprint import Selection
 from medauto.logging import get_logger
+from medauto.members import MEMBERS_ATTR
+from medauto.members import member_dir
+from medauto.members import model_path
+from medauto.members import save_selection_scores
 
 if TYPE_CHECKING:
     from med_core.config import TrainConfig
     from med_core.data import MedicalDataset
     from med_core.training import Callback
     from med_core.training import History
+    from med_core.training import Trainer
     from medauto.space import SearchSpace
 
 __all__ = ["Objective", "history_for_attrs"]
 
 _logger = get_logger(__name__)
+
+#: Stop reason of the epoch probe: the trial is refitted with fewer epochs.
+REFIT = "refit_to_budget"
 
 CallbackFactory = Callable[[optuna.trial.BaseTrial, "TrainConfig"], Sequence["Callback"]]
 
@@ -108,6 +118,39 @@ class _FitTimer:
         self.last = now
 
 
+class _EpochProbe(_Callback):
+    """Stops a fit after its first epoch when ``epochs`` of that length exceed ``cap_s``.
+
+    The first epoch carries the fit's set-up (model build, kernel selection), so the
+    estimate errs on the long side, and the refit fits its cap.
+    """
+
+    def __init__(self, cap_s: float) -> None:
+        self.cap_s = cap_s
+        self.epoch_s: float | None = None
+        self._start = 0.0
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 0:
+            self.epoch_s = time.monotonic() - self._start
+            if self.epoch_s * trainer.cfg.epochs > self.cap_s:
+                trainer.request_stop(REFIT)
+
+
+def fit_epochs(cfg: TrainConfig, epoch_s: float, cap_s: float) -> int:
+    """The most epochs (at least 1, at most ``cfg.epochs``) of ``epoch_s`` within ``cap_s``.
+
+    Example:
+        >>> from med_core.config import TrainConfig
+        >>> fit_epochs(TrainConfig(epochs=100), epoch_s=2.0, cap_s=50.0)
+        25
+    """
+    return max(1, min(cfg.epochs, int(cap_s / max(epoch_s, 1e-9))))
+
+
 def _oom_fallback(cfg: TrainConfig) -> TrainConfig | None:
     """``cfg`` with gradient checkpointing on and half the batch; ``None`` if no smaller."""
     from med_core.config import TrainConfig
@@ -141,6 +184,16 @@ class Objective:
             on (the backbone's default segments) and half the batch size; the retry's
             settings are recorded in the ``oom_retry`` user attribute, and ``config``
             holds what was really trained. A second OOM propagates (reason ``oom``).
+        selection: How a trial is scored (:class:`~medauto.fingerprint.Selection`):
+            holdout on the validation split (default) or k-fold CV on train+val.
+        trial_cap_s: If given (a budgeted search), the longest a trial may train. When the
+            first epoch shows that the configured epochs would not fit (all folds
+            together), the trial is refitted with the epochs that do, so it completes a
+            whole learning-rate schedule instead of being cut mid-way; the
+            ``epochs_fitted`` user attribute records it.
+        members_root: If given (the run folder), each completed trial keeps its best-epoch
+            model(s) and its validation (or out-of-fold) predictions in
+            :func:`medauto.members.member_dir` for the final ensemble.
     """
 
     def __init__(
@@ -155,6 +208,9 @@ class Objective:
         progress: bool = False,
         artifact_store: Any = None,
         oom_retry: bool = False,
+        selection: Selection | None = None,
+        trial_cap_s: float | None = None,
+        members_root: Path | None = None,
     ) -> None:
         self.space = space
         self.dataset = dataset
@@ -165,6 +221,9 @@ class Objective:
         self.progress = progress
         self.artifact_store = artifact_store
         self.oom_retry = oom_retry
+        self.selection = selection or Selection()
+        self.members_root = members_root
+        self.trial_cap_s = trial_cap_s
 
         self.last_epochs_run = 0
 
@@ -206,27 +265,105 @@ class Objective:
     def train(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
     ) -> float:
-        """Trains ``cfg`` for ``trial``; raises ``optuna.TrialPruned`` when pruned."""
+        """Trains ``cfg`` for ``trial``; raises ``optuna.TrialPruned`` when pruned.
+
+        With holdout selection the value is the best validation metric, reported to the
+        pruner after every epoch. With cross-validated selection every fold trains in
+        turn, the value is the mean of the folds' best metrics, and the pruner hears one
+        report per fold (step = folds done), so it can stop a weak configuration early.
+        """
+        n = trial.number
+        with timed("trial_attrs", n):
+            trial.set_user_attr("backbone", cfg.model.backbone)
+        cfg = self._fit_to_budget(trial, cfg, **trainer_kwargs)
+        with timed("trial_attrs", n):
+            trial.set_user_attr("config", cfg.to_dict())
+        if self.selection.mode == "cv":
+            return self._train_folds(trial, cfg, **trainer_kwargs)
+        keeper = KeepBestWeights() if self.members_root is not None else None
+        trainer, history, pruning = self._fit(
+            trial, cfg, self.dataset, per_epoch_pruning=True, keeper=keeper, **trainer_kwargs
+        )
+        self._record(trial, trainer, history)
+        # The stop reason, not the callback, says "pruned": on a DDP group only rank 0's
+        # callback decides, and the trainer hands its reason to every rank.
+        if history.stop_reason == "callback:pruned":
+            epoch = (pruning.pruned_at_epoch if pruning else None) or len(history.epochs)
+            trial.set_user_attr("pruned_at_epoch", epoch)
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+        best = _finite_best(history, cfg)
+        if keeper is not None and trainer.is_main_process:
+            with timed("members", n):
+                keeper.restore(trainer)
+                y, score = trainer.predict("val", tta=cfg.tta)
+                folder = self._member_folder(trial)
+                self._save_model(folder, 0, trainer, cfg)
+                save_selection_scores(folder, y=y, score=score, kind="val")
+                trial.set_user_attr(MEMBERS_ATTR, self._relative(folder))
+        return best
+
+    # ------------------------------------------------------------------------- helpers
+    def _fit_to_budget(
+        self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
+    ) -> TrainConfig:
+        """``cfg``, or ``cfg`` with fewer epochs when one epoch says it cannot fit the cap."""
+        from med_core.config import TrainConfig
+        from med_core.training import Trainer
+
+        if self.trial_cap_s is None or cfg.epochs <= 1 or "dist" in trainer_kwargs:
+            return cfg  # (a DDP group's ranks would time the epoch differently)
+        cap = self.trial_cap_s / self.selection.folds
+        probe = _EpochProbe(cap)
+        data = self.dataset
+        if self.selection.mode == "cv":  # a fold's size, not train's
+            from med_core.data import cross_validation_folds
+
+            _, data = next(iter(cross_validation_folds(data, self.selection.folds,
+                                                       seed=self.selection.seed)))
+        with timed("epoch_probe", trial.number):
+            trainer = Trainer(cfg, dataset=data, device=self.device, callbacks=[probe],
+                              progress=False, **trainer_kwargs)
+            history = trainer.fit()
+            trainer.close()
+        if history.stop_reason != f"callback:{REFIT}" or probe.epoch_s is None:
+            return cfg
+        epochs = fit_epochs(cfg, probe.epoch_s, cap)
+        trial.set_user_attr("epochs_fitted", {
+            "from": cfg.epochs, "to": epochs, "first_epoch_s": round(probe.epoch_s, 3),
+            "cap_s": round(cap, 3)})
+        _logger.info("trial %d: %d epochs of %.1f s would exceed the %.0f s cap; training %d",
+                     trial.number, cfg.epochs, probe.epoch_s, cap, epochs)
+        return TrainConfig.from_flat({"epochs": epochs}, base=cfg)
+
+    def _fit(
+        self,
+        trial: optuna.trial.BaseTrial,
+        cfg: TrainConfig,
+        dataset: MedicalDataset,
+        *,
+        per_epoch_pruning: bool,
+        keeper: KeepBestWeights | None = None,
+        **trainer_kwargs: Any,
+    ) -> tuple[Trainer, History, PruningCallback | None]:
+        """One fit of ``cfg`` on ``dataset`` with the trial's callbacks."""
         from med_core.training import Trainer
 
         n = trial.number
-        with timed("trial_attrs", n):
-            trial.set_user_attr("config", cfg.to_dict())
-            trial.set_user_attr("backbone", cfg.model.backbone)
-        pruning = PruningCallback(trial, cfg.monitor)
+        pruning = PruningCallback(trial, cfg.monitor) if per_epoch_pruning else None
         with timed("tracking_trial_start", n):
             extra = list(self.callbacks(trial, cfg)) if self.callbacks else []
-        callbacks: list[Any] = [pruning, *extra]
+        own: list[Any] = [c for c in (pruning, keeper) if c is not None]
+        callbacks: list[Any] = [*own, *extra]
         if os.environ.get(TIMING_ENV):
-            timer = _FitTimer(n, cfg.batch_size, len(self.dataset.train))
+            timer = _FitTimer(n, cfg.batch_size, len(dataset.train))
             callbacks = [
-                timer.marker("first"), pruning, timer.marker("pruning_report"),
+                timer.marker("first"), *own, timer.marker("pruning_report"),
                 *extra, timer.marker("tracking_epoch_log"),
             ]
         out_dir = self.out_dir / f"trial_{trial.number}" if self.out_dir else None
         trainer = Trainer(
             cfg,
-            dataset=self.dataset,
+            dataset=dataset,
             device=self.device,
             callbacks=callbacks,
             out_dir=out_dir,
@@ -236,6 +373,11 @@ class Objective:
         self.last_epochs_run = 0
         history = trainer.fit()
         self.last_epochs_run = len(history.epochs)
+        return trainer, history, pruning
+
+    def _record(self, trial: optuna.trial.BaseTrial, trainer: Trainer, history: History) -> None:
+        """The trial's history attributes and its artifacts (learning curve, confusion)."""
+        n = trial.number
         with timed("trial_attrs", n):
             trial.set_user_attr("history", history_for_attrs(history))
             trial.set_user_attr("epochs_run", len(history.epochs))
@@ -245,13 +387,73 @@ class Objective:
 
             with timed("artifacts", n):
                 trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store)
-        # The stop reason, not the callback, says "pruned": on a DDP group only rank 0's
-        # callback decides, and the trainer hands its reason to every rank.
-        if history.stop_reason == "callback:pruned":
-            epoch = pruning.pruned_at_epoch or len(history.epochs)
-            trial.set_user_attr("pruned_at_epoch", epoch)
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
-        best = history.best_metric
-        if best is None or not math.isfinite(best):
-            raise ValueError(f"trial produced no finite {cfg.monitor!r} (got {best!r})")
-        return float(best)
+
+    def _train_folds(
+        self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
+    ) -> float:
+        """Cross-validated selection: k fits, out-of-fold scores, one report per fold."""
+        import numpy as np
+
+        from med_core.data import cross_validation_folds
+
+        k, n = self.selection.folds, trial.number
+        pool_y = np.concatenate([self.dataset.train.labels, self.dataset.val.labels])
+        oof: np.ndarray | None = None
+        values: list[float] = []
+        folder = self._member_folder(trial) if self.members_root is not None else None
+        folds = cross_validation_folds(self.dataset, k, seed=self.selection.seed)
+        for j, (val_idx, fold_ds) in enumerate(folds):
+            keeper = KeepBestWeights()
+            trainer, history, _ = self._fit(
+                trial, cfg, fold_ds, per_epoch_pruning=False, keeper=keeper, **trainer_kwargs
+            )
+            if j == 0:
+                self._record(trial, trainer, history)
+            if history.stop_reason == "callback:pruned":  # the search's time is spent
+                trial.set_user_attr("pruned_at_fold", j + 1)
+                raise optuna.TrialPruned(f"pruned in fold {j + 1} of {k}")
+            values.append(_finite_best(history, cfg))
+            keeper.restore(trainer)
+            _, score = trainer.predict("val", tta=cfg.tta)
+            if oof is None:
+                oof = np.zeros((len(pool_y), *score.shape[1:]), dtype=np.float32)
+            oof[val_idx] = score
+            if folder is not None:
+                with timed("members", n):
+                    self._save_model(folder, j, trainer, cfg)
+            trainer.close()
+            trial.set_user_attr("fold_values", [float(f"{v:.6g}") for v in values])
+            trial.report(values[-1], step=j + 1)
+            if j + 1 < k and trial.should_prune():
+                trial.set_user_attr("pruned_at_fold", j + 1)
+                raise optuna.TrialPruned(f"pruned after fold {j + 1} of {k}")
+        if folder is not None and oof is not None:
+            save_selection_scores(folder, y=pool_y, score=oof, kind="oof")
+            trial.set_user_attr(MEMBERS_ATTR, self._relative(folder))
+        return float(np.mean(values))
+
+    def _member_folder(self, trial: optuna.trial.BaseTrial) -> Path:
+        root = Path(self.members_root or ".")
+        study = getattr(getattr(trial, "study", None), "study_name", "study")
+        return member_dir(root, study, trial.number)
+
+    def _relative(self, folder: Path) -> str:
+        return Path(os.path.relpath(folder, self.members_root or ".")).as_posix()
+
+    def _save_model(self, folder: Path, index: int, trainer: Trainer, cfg: TrainConfig) -> None:
+        from medauto.model_file import save_model
+
+        info = self.dataset.info
+        save_model(
+            model_path(folder, index), trainer.model, cfg, task=info.task,
+            num_classes=info.num_classes, in_chans=info.in_chans,
+            spatial_dims=info.spatial_dims, img_size=cfg.data.img_size or list(info.image_size),
+            class_names=list(info.class_names), dataset=info.name, fold=index,
+        )
+
+
+def _finite_best(history: History, cfg: TrainConfig) -> float:
+    best = history.best_metric
+    if best is None or not math.isfinite(best):
+        raise ValueError(f"trial produced no finite {cfg.monitor!r} (got {best!r})")
+    return float(best)

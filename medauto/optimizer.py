@@ -11,9 +11,16 @@ Example:
     >>> opt.n_trials, opt.pruner
     (20, 'median')
 
-With a wall-clock ``budget`` (``"15m"``; see :mod:`medauto.budget`) :meth:`optimize` searches
-for its search share and stops every trial that could not be retrained in time, and
-:meth:`retrain` (default: ``budget_seeds`` seeds) ends by the budget's deadline.
+Without a ``space``, the space is chosen from the data's fingerprint
+(:mod:`medauto.fingerprint`), and a new study first tries the space's portfolio of strong
+configurations. A validation split too small to rank configurations is replaced by k-fold
+cross-validation on train+val. At the end, :meth:`optimize` builds the final model: a
+greedy ensemble of the trials' models, selected and calibrated on validation or
+out-of-fold predictions, saved as one :class:`~medauto.ensemble.Predictor` and tested once
+(:mod:`medauto.final`); :meth:`predict` and :meth:`predict_proba` use it.
+
+With a wall-clock ``budget`` (``"15m"``; see :mod:`medauto.budget`) the search runs until
+the budget less a small reserve for the final model is spent.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from medauto.exceptions import MedautoError
 from medauto.logging import get_logger
 
 if TYPE_CHECKING:
+    import numpy as np
     import optuna
     import pandas as pd
 
@@ -39,6 +47,10 @@ if TYPE_CHECKING:
     from med_core.training import Callback
     from medauto._worker import WorkerReport
     from medauto.budget import BudgetPlan
+    from medauto.ensemble import Predictor
+    from medauto.final import FinalResult
+    from medauto.fingerprint import DataFingerprint
+    from medauto.fingerprint import Selection
     from medauto.objective import Objective
     from medauto.retrain import RetrainResult
     from medauto.space import SearchSpace
@@ -50,6 +62,12 @@ _logger = get_logger(__name__)
 
 #: The epoch metrics a study can optimize (what ``med_core``'s Trainer reports).
 METRICS = ("val_auc", "val_acc", "val_balanced_acc", "val_macro_f1", "val_loss", "train_loss")
+#: ``selection`` values: chosen from the data, the validation split, or k-fold CV.
+SELECTIONS = ("auto", "holdout", "cv")
+#: With a final ensemble, the budget's share kept for building and testing it.
+FINAL_FRACTION = 0.05
+#: With a final ensemble, the longest a trial may train, as a share of the search time.
+TRIAL_SHARE = 1 / 3
 
 
 def resolve_device(device: str) -> str:
@@ -71,6 +89,7 @@ class OptimizationResult:
         best_config: The TrainConfig of that trial (ready for ``medauto train``).
         best_trial_number: Its trial number.
         report: What this process's worker ran, and why it stopped.
+        final: The final model's result (``None`` with ``final_model=False``).
     """
 
     study: optuna.Study
@@ -78,6 +97,7 @@ class OptimizationResult:
     best_config: TrainConfig
     best_trial_number: int
     report: WorkerReport
+    final: FinalResult | None = None
 
 
 class AutoMLOptimizer:
@@ -87,7 +107,9 @@ class AutoMLOptimizer:
         data: A MedMNIST name (``"breastmnist"``), an ``.npz`` path, an image folder or a CSV
             manifest (see ``med_core.data.load_dataset``).
         space: A search-space name (``"fast"``, ``"default"``, ``"volumetric"``), a YAML path
-            or a :class:`~medauto.SearchSpace`; ``None`` → ``default`` on GPU, ``fast`` on CPU.
+            or a :class:`~medauto.SearchSpace`; ``None`` → chosen from the data
+            (:func:`medauto.fingerprint.choose_space`: ``volumetric`` for 3D data,
+            ``default`` for 2D on a GPU, ``fast`` for 2D on a CPU).
         metric: Validation metric to optimize (``"val_auc"``, ``"val_acc"``, ...).
         direction: ``"maximize"``/``"minimize"``; ``None`` infers it from ``metric``.
         study_name: ``None`` → ``"<dataset>-<space name>"``.
@@ -121,6 +143,13 @@ class AutoMLOptimizer:
         max_failures: Stop with a :class:`~medauto.exceptions.MedautoError` after this many
             trials in a row failed in this process (a broken space or environment would
             otherwise fail trial after trial forever); ``None`` never stops.
+        selection: ``"auto"`` (default: k-fold CV on train+val when the validation split is
+            too small to rank configurations, see :func:`medauto.fingerprint.choose_selection`),
+            ``"holdout"`` or ``"cv"``.
+        final_model: Build the final ensemble predictor at the end of :meth:`optimize`
+            (:mod:`medauto.final`); trials then keep their models under ``run_dir``.
+            :meth:`from_study` workers default to ``False``.
+        portfolio: Enqueue the space's portfolio when the study is created.
     """
 
     def __init__(
@@ -152,6 +181,9 @@ class AutoMLOptimizer:
         tracking: bool | str | BaseTracker | None = None,
         oom_retry: bool = False,
         max_failures: int | None = 10,
+        selection: str = "auto",
+        final_model: bool = True,
+        portfolio: bool = True,
     ) -> None:
         self.data = data
         self.space = space
@@ -179,7 +211,13 @@ class AutoMLOptimizer:
         self.tracking = tracking
         self.oom_retry = oom_retry
         self.max_failures = max_failures
+        self.selection = selection
+        self.final_model = final_model
+        self.portfolio = portfolio
         self.study_: optuna.Study | None = None
+        self.final_: FinalResult | None = None
+        self.fingerprint_: DataFingerprint | None = None
+        self.selection_: Selection | None = None
         self.budget_plan_: BudgetPlan | None = None
         self.budget_start_: float | None = None
 
@@ -201,6 +239,7 @@ class AutoMLOptimizer:
 
         study = _load_existing(study_name, open_storage(storage, kwargs.get("storage_settings")))
         settings = load_settings(study)
+        kwargs.setdefault("final_model", False)
         return cls(
             settings.data,
             SearchSpace.from_dict(settings.space, source=f"study {study_name!r}"),
@@ -223,6 +262,9 @@ class AutoMLOptimizer:
 
         if self.budget is None:
             return None
+        if self.final_model:  # no retrain: the final model is made of the trials' models
+            return plan_budget(self.budget, seeds=1, ensemble=1,
+                               retrain_fraction=FINAL_FRACTION, trial_share=TRIAL_SHARE)
         return plan_budget(self.budget, seeds=self.budget_seeds, ensemble=self.budget_ensemble,
                            retrain_fraction=self.budget_retrain_fraction)
 
@@ -247,41 +289,66 @@ class AutoMLOptimizer:
         m = self.max_failures
         if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
             raise MedautoError(f"max_failures must be None or an integer >= 1, got {m!r}")
+        if self.selection not in SELECTIONS:
+            raise MedautoError(
+                f"selection must be one of {list(SELECTIONS)}, got {self.selection!r}"
+            )
 
-    def _resolve_space(self, device: str) -> SearchSpace:
+    def _resolve_space(self, device: str, fp: DataFingerprint) -> SearchSpace:
+        from medauto.fingerprint import check_space_fits
+        from medauto.fingerprint import choose_space
         from medauto.space import SearchSpace
 
         if isinstance(self.space, SearchSpace):
-            return self.space
-        name = self.space or ("fast" if device == "cpu" else "default")
-        return SearchSpace.from_yaml(name)
+            space = self.space
+        else:
+            space = SearchSpace.from_yaml(self.space or choose_space(fp, device))
+        check_space_fits(space, fp)
+        return space
+
+    def _resolve_selection(self, fp: DataFingerprint) -> Selection:
+        from medauto.fingerprint import CV_FOLDS
+        from medauto.fingerprint import Selection
+        from medauto.fingerprint import choose_selection
+
+        if self.selection == "holdout":
+            return Selection("holdout")
+        if self.selection == "cv":
+            return Selection("cv", folds=CV_FOLDS)
+        return choose_selection(fp)
 
     def _direction(self) -> str:
         if self.direction is not None:
             return self.direction
         return "minimize" if self.metric.endswith("loss") else "maximize"
 
-    def _open(self) -> tuple[optuna.Study, SearchSpace, str]:
+    def _open(self, dataset: MedicalDataset) -> tuple[optuna.Study, SearchSpace, str]:
         from medauto.algorithms import make_pruner
         from medauto.algorithms import make_sampler
+
+        # Everything that can be checked is checked before the storage is touched, so a
+        # typo leaves no empty database or half-made study behind.
+        from medauto.fingerprint import fingerprint_dataset
         from medauto.storage import default_storage_url
         from medauto.storage import open_storage
         from medauto.study import StudySettings
         from medauto.study import open_study
 
-        # Everything that can be checked is checked before the storage is touched, so a
-        # typo leaves no empty database or half-made study behind.
         self._validate()
         device = resolve_device(self.device)
-        space = self._resolve_space(device)
+        self.fingerprint_ = fp = fingerprint_dataset(dataset)
+        space = self._resolve_space(device, fp)
+        self.selection_ = selection = self._resolve_selection(fp)
+        _logger.info("data: %s; selection on %s", fp.describe(), selection.describe())
         grid = space.grid() if self.sampler == "grid" else None
         sampler = make_sampler(self.sampler, self.sampler_kwargs, seed=self.seed, grid=grid)
+        cv = selection.mode == "cv"  # the pruner's resource is then folds, not epochs
         pruner = make_pruner(
             self.pruner,
             self.pruner_kwargs,
-            min_epochs=space.min_epochs,
-            max_epochs=space.max_epochs,
-            reduction_factor=space.reduction_factor,
+            min_epochs=1 if cv else space.min_epochs,
+            max_epochs=selection.folds if cv else space.max_epochs,
+            reduction_factor=None if cv else space.reduction_factor,
         )
         settings = StudySettings(
             space=space.to_dict(),
@@ -295,6 +362,12 @@ class AutoMLOptimizer:
         storage = open_storage(url, self.storage_settings)
         name = self.study_name or f"{Path(str(self.data)).stem}-{space.name}"
         study = open_study(name, storage, settings, sampler=sampler, pruner=pruner)
+        if self.portfolio and space.portfolio and not study.get_trials(deepcopy=False):
+            for entry in space.portfolio:
+                study.enqueue_trial(dict(entry.params), user_attrs={"portfolio": entry.name},
+                                    skip_if_exists=True)
+            _logger.info("portfolio: %d configuration(s) enqueued first (%s)",
+                         len(space.portfolio), ", ".join(e.name for e in space.portfolio))
         self.study_ = study
         return study, space, device
 
@@ -344,6 +417,8 @@ class AutoMLOptimizer:
         }
 
         plan, start = self.budget_plan_, self.budget_start_
+        selection = self.selection_
+        folds = selection.folds if selection is not None else 1
 
         def callbacks(trial: optuna.trial.BaseTrial, cfg: TrainConfig) -> list[Callback]:
             cb = tracker.trial_callback(trial, cfg) if tracker is not None else None
@@ -351,8 +426,9 @@ class AutoMLOptimizer:
             if plan is not None and start is not None:
                 from medauto.budget import BudgetCallback
 
+                # each fold of a cross-validated trial gets its share of the trial cap
                 out.append(BudgetCallback(trial, search_deadline=start + plan.search_s,
-                                          trial_cap_s=plan.trial_cap_s))
+                                          trial_cap_s=plan.trial_cap_s / folds))
             return out
 
         return Objective(
@@ -364,6 +440,9 @@ class AutoMLOptimizer:
             progress=self.trainer_progress,
             artifact_store=artifact_store_for(self.run_dir),
             oom_retry=self.oom_retry,
+            selection=selection,
+            trial_cap_s=plan.trial_cap_s if plan is not None else None,
+            members_root=Path(self.run_dir) if self.final_model else None,
         )
 
     def _run(
@@ -380,7 +459,7 @@ class AutoMLOptimizer:
         # The data is loaded first: a wrong --data must not create (and so pin the data
         # spec of) a study, nor start an MLflow run.
         dataset = self._load_data()
-        study, space, device = self._open()
+        study, space, device = self._open(dataset)
         tracker = make_tracker(self.tracking, self.run_dir)
         tracker.start_study(study)
         objective = self._build_objective(space, device, tracker, dataset=dataset)
@@ -389,11 +468,12 @@ class AutoMLOptimizer:
 
             left = plan.search_s - (time.monotonic() - self.budget_start_)
             timeout = max(1e-3, left if timeout is None else min(timeout, left))
+            after = ("final model" if self.final_model else
+                     f"retrain ({plan.seeds} seed(s) x {plan.ensemble})")
             _logger.info(
-                "budget %s: search %.0f s, retrain %.0f s (%d seed(s) x %d), slack %.0f s; "
-                "trials longer than %.0f s are stopped", format_seconds(plan.total_s),
-                plan.search_s, plan.retrain_s, plan.seeds, plan.ensemble, plan.slack_s,
-                plan.trial_cap_s,
+                "budget %s: search %.0f s, %s %.0f s, slack %.0f s; a trial may train "
+                "%.0f s", format_seconds(plan.total_s), plan.search_s, after, plan.retrain_s,
+                plan.slack_s, plan.trial_cap_s,
             )
         progress = SearchProgress(self._target(), enabled=self.progress)
         report = None
@@ -412,7 +492,16 @@ class AutoMLOptimizer:
             progress.close()
             done = report is not None and report.stop_reason == "target reached"
             tracker.end_study(study, finished=done)
-        return self._result(study, report)
+        result = self._result(study, report)
+        if self.final_model:
+            from medauto.final import build_final
+            from medauto.final import selection_metric
+
+            self.final_ = result.final = build_final(
+                study, dataset, run_dir=self.run_dir, metric=selection_metric(self.metric),
+                device=device,
+            )
+        return result
 
     def _result(self, study: optuna.Study, report: WorkerReport) -> OptimizationResult:
         from medauto.results import best_config
@@ -443,6 +532,53 @@ class AutoMLOptimizer:
     def trials_dataframe(self) -> pd.DataFrame:
         """One row per trial: state, value, params, user attributes (Optuna's dataframe)."""
         return self._study().trials_dataframe()
+
+    def leaderboard(self) -> pd.DataFrame:
+        """Completed trials, best first: number, value, backbone, portfolio entry, epochs,
+        and the final ensemble's weight of each (AutoGluon's ``leaderboard``)."""
+        import pandas as pd
+        from optuna.study import StudyDirection
+        from optuna.trial import TrialState
+
+        study = self._study()
+        weights = {m["trial"]: m["weight"] for m in (self.final_.members if self.final_ else [])}
+        rows = [
+            {"trial": t.number, "value": t.value, "backbone": t.user_attrs.get("backbone"),
+             "portfolio": t.user_attrs.get("portfolio"),
+             "epochs": t.user_attrs.get("epochs_run"),
+             "ensemble_weight": weights.get(t.number, 0.0)}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ]
+        frame = pd.DataFrame(rows, columns=["trial", "value", "backbone", "portfolio",
+                                            "epochs", "ensemble_weight"])
+        ascending = study.direction == StudyDirection.MINIMIZE
+        return frame.sort_values(["value", "trial"], ascending=[ascending, True],
+                                 ignore_index=True)
+
+    def predictor(self) -> Predictor:
+        """The final ensemble :class:`~medauto.ensemble.Predictor` of :meth:`optimize`."""
+        from medauto.ensemble import Predictor
+        from medauto.final import final_dir
+
+        if self.final_ is not None:
+            name = self.final_.study
+        elif self.study_ is not None:
+            name = self.study_.study_name
+        else:
+            raise MedautoError("no final model yet: call optimize() first")
+        return Predictor.load(final_dir(self.run_dir, name) / "predictor")
+
+    def predict_proba(self, images: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """Class probabilities ``(N, C)`` of uint8 channels-first images (final model)."""
+        return self.predictor().predict_proba(images, **kwargs)
+
+    def predict(self, images: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """Class indices of uint8 channels-first images (final model)."""
+        return self.predictor().predict(images, **kwargs)
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, **kwargs: Any) -> dict[str, float]:
+        """MedMNIST ACC/AUC (and balanced accuracy, macro F1) of the final model."""
+        return self.predictor().evaluate(images, labels, **kwargs)
 
     def retrain(
         self,

@@ -1,12 +1,17 @@
-"""Deterministic stratified train/val/test splits for user data without a split column."""
+"""Deterministic splits: stratified train/val/test for user data without a split column,
+and stratified k-fold cross-validation folds over train+val."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
+from med_core.data._info import MedicalDataset
+from med_core.data._info import Split
 from med_core.exceptions import DataError
 
-__all__ = ["stratified_split"]
+__all__ = ["cross_validation_folds", "stratified_split"]
 
 
 def _share(n: int, fraction: float) -> int:
@@ -76,3 +81,61 @@ def stratified_split(
         k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64)
         for k, v in out.items()
     }
+
+
+def cross_validation_folds(
+    dataset: MedicalDataset, folds: int, *, seed: int = 0
+) -> Iterator[tuple[np.ndarray, MedicalDataset]]:
+    """Stratified k-fold datasets over train+val; the test split is left out of every fold.
+
+    The pool is ``train`` followed by ``val``; fold ``j`` trains on the other folds and
+    validates on fold ``j`` (scikit-learn's ``StratifiedKFold`` with shuffling by ``seed``,
+    so every trial of a search gets the same folds). Each fold dataset's ``test`` split is
+    empty: nothing inside cross-validation can read the test split.
+
+    Args:
+        dataset: A single-label dataset (binary, multi-class or ordinal).
+        folds: Number of folds, >= 2.
+        seed: Seed of the fold assignment.
+
+    Yields:
+        ``(val_index, fold_dataset)``: the pool positions of the fold's validation samples
+        (for out-of-fold predictions) and the fold's dataset.
+
+    Raises:
+        DataError: multi-label data, ``folds`` < 2, or a class with fewer samples than folds.
+
+    Example:
+        >>> from med_core.data import DatasetInfo
+        >>> info = DatasetInfo("toy", "binary", 2, 1, 2, (4, 4), ("a", "b"), "toy")
+        >>> x = np.zeros((20, 1, 4, 4), np.uint8)
+        >>> y = np.array([0, 1] * 10)
+        >>> tr, va, te = Split(x[:16], y[:16]), Split(x[16:], y[16:]), Split(x[:0], y[:0])
+        >>> ds = MedicalDataset(info, tr, va, te)
+        >>> [(len(i), len(f.train), len(f.test)) for i, f in cross_validation_folds(ds, 4)]
+        [(5, 15, 0), (5, 15, 0), (5, 15, 0), (5, 15, 0)]
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if dataset.info.is_multilabel:
+        raise DataError(f"{dataset.info.name}: stratified k-fold needs single-label data")
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise DataError(f"cross-validation needs folds >= 2, got {folds!r}")
+    images = np.concatenate([dataset.train.images, dataset.val.images])
+    labels = np.concatenate([dataset.train.labels, dataset.val.labels])
+    counts = np.bincount(labels.astype(np.int64))
+    present = counts[counts > 0]
+    if present.size and present.min() < folds:
+        raise DataError(
+            f"{dataset.info.name}: a class has {int(present.min())} sample(s) in train+val, "
+            f"fewer than the {folds} folds of cross-validation"
+        )
+    empty = Split(images[:0], labels[:0])
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train_idx, val_idx in splitter.split(np.zeros(len(labels)), labels):
+        yield val_idx, MedicalDataset(
+            dataset.info,
+            train=Split(images[train_idx], labels[train_idx]),
+            val=Split(images[val_idx], labels[val_idx]),
+            test=empty,
+        )

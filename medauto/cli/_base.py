@@ -175,7 +175,8 @@ class SearchCommand(_Command):
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", default="breastmnist", help="MedMNIST name, .npz, folder or CSV")
         p.add_argument(
-            "--space", help="search space name or YAML (default: default on GPU, fast on CPU)"
+            "--space", help="search space name or YAML (default: chosen from the data: "
+            "volumetric for 3D, default for 2D on a GPU, fast for 2D on a CPU)"
         )
         p.add_argument("--trials", type=int,
                        help="finished trials (default 20; 10000 with --budget)")
@@ -183,15 +184,19 @@ class SearchCommand(_Command):
         p.add_argument("--metric", default="val_auc", help="validation metric (default val_auc)")
         g = p.add_argument_group("wall-clock budget (see docs/search_spaces.md)")
         g.add_argument("--budget", metavar="DURATION",
-                       help="search + final retrain within e.g. 90s, 15m, 1h30m (then the "
-                       "best trial is retrained and tested; slack: 2%%, 5-60 s)")
+                       help="search + final model within e.g. 90s, 15m, 1h30m (slack: 2%%, "
+                       "5-60 s)")
+        g.add_argument("--no-final-model", action="store_true",
+                       help="skip the final ensemble; with --budget, retrain the best "
+                       "trial instead (the options below)")
         g.add_argument("--budget-seeds", type=int, default=3, metavar="N",
-                       help="retrain seeds within the budget (default 3)")
+                       help="with --no-final-model: retrain seeds within the budget (default 3)")
         g.add_argument("--budget-ensemble", type=int, default=1, metavar="K",
-                       help="retrain the top-K trials per seed within the budget (default 1)")
+                       help="with --no-final-model: retrain the top-K trials per seed "
+                       "(default 1)")
         g.add_argument("--tta", choices=("trial", "on", "off", "auto"), default="auto",
-                       help="flip TTA of the budget's retrain (default auto: chosen per "
-                       "model on validation AUC)")
+                       help="with --no-final-model: flip TTA of the budget's retrain "
+                       "(default auto: chosen per model on validation AUC)")
         _storage_args(p, required=False)
         _worker_args(p)
 
@@ -209,9 +214,18 @@ class SearchCommand(_Command):
             budget=args.budget,
             budget_seeds=args.budget_seeds,
             budget_ensemble=args.budget_ensemble,
+            final_model=not args.no_final_model,
             **_worker_kwargs(args),
         )
-        _print_result(opt.optimize(), args)
+        outcome = opt.optimize()
+        _print_result(outcome, args)
+        if outcome.final is not None:
+            from medauto.final import FINAL_FILE
+            from medauto.final import final_dir
+
+            print(outcome.final.summary())
+            print(f"results: {final_dir(opt.run_dir, outcome.final.study) / FINAL_FILE}")
+            return 0
         if args.budget is None:
             return 0
         from medauto.cli._results import TTA_CHOICES

@@ -1,0 +1,341 @@
+"""The final model: greedy ensemble selection, calibration and the saved :class:`Predictor`.
+
+* :func:`greedy_selection` is Caruana et al.'s ensemble selection (ICML 2004), as
+  auto-sklearn and AutoGluon use it: starting from nothing, add (with replacement) the
+  candidate whose addition makes the averaged predictions score best on the selection set,
+  for ``rounds`` rounds, and keep the best round. The selection set is the validation split
+  or the out-of-fold predictions (:mod:`medauto.members`), never the test split.
+* :func:`fit_threshold` fits the binary decision threshold on the same predictions. The
+  predictor folds it into its probabilities as a logit shift, so MedMNIST's ACC (read at
+  0.5) sees the calibrated decision and the AUC (a ranking) is unchanged.
+* :class:`Predictor` is the one saved final model: member model files, their weights, the
+  calibration and the input format, in one folder. ``medauto`` commands and
+  :meth:`medauto.AutoMLOptimizer.predict` load it with :meth:`Predictor.load`.
+
+The selection metric is written out here rather than taken from a library: no well-kept
+package offers Caruana's procedure on its own (AutoGluon's is internal to its tabular
+predictor), and the procedure is a dozen lines over :func:`medauto.scoring.split_metrics`.
+
+Example:
+    >>> import numpy as np
+    >>> y = np.array([0, 0, 1, 1])
+    >>> good, noisy = np.array([.1, .4, .6, .9]), np.array([.6, .1, .9, .3])
+    >>> greedy_selection([good, noisy], y, task="binary", rounds=5)
+    [1, 0]
+    >>> fit_threshold(np.array([0, 0, 1, 1]), np.array([.5, .6, .7, .8]))
+    0.65
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+from medauto.exceptions import MedautoError
+from medauto.model_file import atomic_write_bytes
+from medauto.model_file import nan_to_none
+from medauto.scoring import split_metrics
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "PREDICTOR_FILE",
+    "Member",
+    "Predictor",
+    "PredictorError",
+    "fit_threshold",
+    "greedy_selection",
+]
+
+PREDICTOR_FILE = "predictor.json"
+_KIND = "medauto.predictor"
+_VERSION = 1
+
+
+class PredictorError(MedautoError, ValueError):
+    """A predictor folder is missing, corrupt or does not fit the images given to it."""
+
+
+def greedy_selection(
+    scores: Sequence[np.ndarray],
+    y: np.ndarray,
+    *,
+    task: str,
+    metric: str = "auc",
+    rounds: int = 25,
+) -> list[int]:
+    """Caruana's greedy ensemble selection with replacement.
+
+    Args:
+        scores: Each candidate's predictions on the selection set (same samples, same
+            order), best candidate first (ties go to the earlier one).
+        y: The selection set's labels.
+        task: The task type (for :func:`medauto.scoring.split_metrics`).
+        metric: A key of :data:`medauto.scoring.METRICS`, higher is better.
+        rounds: Additions to try.
+
+    Returns:
+        How many times each candidate was picked in the best round (its weight is the
+        count over the total).
+    """
+    import numpy as np
+
+    if not scores:
+        raise ValueError("greedy_selection needs at least one candidate")
+    stack = np.stack([np.asarray(s, dtype=np.float64) for s in scores])
+    counts = np.zeros(len(scores), dtype=np.int64)
+    total = np.zeros_like(stack[0])
+    best_value, best_counts = -math.inf, counts.copy()
+    for r in range(1, rounds + 1):
+        values = [
+            split_metrics(task, y, (total + stack[i]) / r)[metric] for i in range(len(scores))
+        ]
+        pick = int(np.nanargmax(np.nan_to_num(values, nan=-math.inf)))
+        counts[pick] += 1
+        total += stack[pick]
+        if values[pick] > best_value + 1e-12:
+            best_value, best_counts = values[pick], counts.copy()
+    return [int(c) for c in best_counts]
+
+
+def fit_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The positive-class probability threshold that maximizes accuracy on ``(y, p)``.
+
+    Candidates are the midpoints between consecutive distinct scores (and 0.5); ties go to
+    the one closest to 0.5, so an uninformative fit leaves the usual decision.
+    """
+    import numpy as np
+
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    u = np.unique(p)
+    cands = np.concatenate([[0.5], (u[1:] + u[:-1]) / 2]) if len(u) > 1 else np.array([0.5])
+    acc = np.array([np.mean((p >= t) == (y == 1)) for t in cands])
+    best = np.flatnonzero(acc >= acc.max() - 1e-12)
+    t = float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
+    return round(min(max(t, 1e-6), 1 - 1e-6), 6)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a predictor.
+
+    Attributes:
+        file: Its model file, relative to the predictor folder.
+        weight: Its share of the averaged probabilities (the weights sum to 1).
+        trial: The trial it comes from.
+        fold: Its fold (0 for a holdout model).
+        backbone: Its backbone name.
+    """
+
+    file: str
+    weight: float
+    trial: int
+    fold: int
+    backbone: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"file": self.file, "weight": self.weight, "trial": self.trial,
+                "fold": self.fold, "backbone": self.backbone}
+
+
+class Predictor:
+    """The final model: a weighted average of member models, calibrated, with its input spec.
+
+    Build one with :meth:`create` (the search's final step) or :meth:`load`.
+
+    Args:
+        folder: The predictor folder (``predictor.json`` and ``members/``).
+        spec: The parsed ``predictor.json``.
+    """
+
+    def __init__(self, folder: Path, spec: dict[str, Any]) -> None:
+        self.folder = folder
+        self.spec = spec
+        self.members = [Member(**m) for m in spec["members"]]
+        self._loaded: dict[str, Any] = {}
+
+    # --------------------------------------------------------------------- properties
+    @property
+    def task(self) -> str:
+        """The task type."""
+        return str(self.spec["task"])
+
+    @property
+    def class_names(self) -> list[str]:
+        """One name per class."""
+        return list(self.spec["class_names"])
+
+    @property
+    def threshold(self) -> float | None:
+        """The binary decision threshold fitted on the selection set (``None``: 0.5)."""
+        t = self.spec.get("calibration", {}).get("threshold")
+        return None if t is None else float(t)
+
+    @property
+    def input_spec(self) -> dict[str, Any]:
+        """What images the predictor takes: dims, channels, size, dtype and normalisation."""
+        return dict(self.spec["input"])
+
+    def size_bytes(self) -> int:
+        """Bytes of the member model files."""
+        return sum((self.folder / m.file).stat().st_size for m in self.members)
+
+    # --------------------------------------------------------------------- persistence
+    @classmethod
+    def create(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        members: Sequence[tuple[Path, Member]],
+        task: str,
+        class_names: Sequence[str],
+        input_spec: dict[str, Any],
+        threshold: float | None,
+        meta: dict[str, Any],
+    ) -> Predictor:
+        """Copies the member files into ``folder/members`` and writes ``predictor.json``.
+
+        Args:
+            folder: Output folder (created; an existing predictor there is replaced).
+            members: ``(source model file, Member)`` pairs; ``Member.file`` is ignored and
+                set to the copy's relative path.
+            task: The task type.
+            class_names: One name per class.
+            input_spec: See :attr:`input_spec`.
+            threshold: Binary decision threshold, or ``None``.
+            meta: Anything JSON-like to keep (selection scores, candidates, the study).
+        """
+        out = Path(folder)
+        (out / "members").mkdir(parents=True, exist_ok=True)
+        placed = []
+        for src, m in members:
+            rel = f"members/trial{m.trial}-fold{m.fold}.pt"
+            dst = out / rel
+            if not dst.exists() or not os.path.samefile(src, dst):
+                tmp = dst.with_name(dst.name + ".tmp")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)
+            placed.append(Member(rel, m.weight, m.trial, m.fold, m.backbone))
+        spec = {
+            "kind": _KIND, "format_version": _VERSION, "task": task,
+            "class_names": list(class_names), "input": input_spec,
+            "calibration": {"threshold": threshold},
+            "members": [m.to_dict() for m in placed], **meta,
+        }
+        atomic_write_bytes(out / PREDICTOR_FILE,
+                           (json.dumps(nan_to_none(spec), indent=2) + "\n").encode())
+        return cls(out, spec)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> Predictor:
+        """Reads a predictor folder (or its ``predictor.json``).
+
+        Raises:
+            PredictorError: no predictor there, or a file it names is missing.
+        """
+        p = Path(folder)
+        path = p if p.name == PREDICTOR_FILE else p / PREDICTOR_FILE
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise PredictorError(f"no readable predictor at {str(path)!r}: {e}") from None
+        if not isinstance(spec, dict) or spec.get("kind") != _KIND:
+            raise PredictorError(f"{str(path)!r} is not a medauto predictor")
+        if spec.get("format_version") != _VERSION:
+            raise PredictorError(
+                f"{str(path)!r} has predictor format {spec.get('format_version')!r}; this "
+                f"medauto reads format {_VERSION}"
+            )
+        pred = cls(path.parent, spec)
+        missing = [m.file for m in pred.members if not (pred.folder / m.file).is_file()]
+        if missing:
+            raise PredictorError(f"{str(path)!r}: member file(s) missing: {missing}")
+        return pred
+
+    # --------------------------------------------------------------------- prediction
+    def _check_images(self, images: np.ndarray) -> None:
+        spec = self.input_spec
+        want = (int(spec["in_chans"]), *[int(s) for s in spec["image_size"]])
+        if images.ndim != 2 + int(spec["spatial_dims"]) or tuple(images.shape[1:]) != want:
+            raise PredictorError(
+                f"images must have shape (N, {', '.join(map(str, want))}) (channels first, "
+                f"uint8), got {tuple(images.shape)}"
+            )
+
+    def member_scores(
+        self, images: np.ndarray, *, device: str = "cpu", batch_size: int = 256
+    ) -> list[np.ndarray]:
+        """Each member's uncalibrated scores (medauto's form: binary → positive class)."""
+        import numpy as np
+
+        from med_core.data import Split
+        from medauto.model_file import load_model
+        from medauto.scoring import eval_loader
+        from medauto.scoring import predict_scores
+
+        images = np.asarray(images)
+        self._check_images(images)
+        split = Split(images.astype(np.uint8, copy=False), np.zeros(len(images), np.int64))
+        out = []
+        for m in self.members:
+            key = f"{m.file}@{device}"
+            if key not in self._loaded:
+                self._loaded[key] = load_model(self.folder / m.file, device=device)
+            lm = self._loaded[key]
+            loader = eval_loader(split, lm.config, spatial_dims=int(self.spec["input"][
+                "spatial_dims"]), batch_size=batch_size, device=device)
+            _, s = predict_scores(lm.model, loader, task=self.task, tta=lm.config.tta)
+            out.append(s)
+        return out
+
+    def scores(self, images: np.ndarray, *, device: str = "cpu",
+               batch_size: int = 256) -> np.ndarray:
+        """Calibrated scores in medauto's form (binary: ``(N,)`` positive-class probability;
+        others: ``(N, C)``), the form MedMNIST's evaluator reads."""
+        import numpy as np
+
+        parts = self.member_scores(images, device=device, batch_size=batch_size)
+        w = np.array([m.weight for m in self.members], dtype=np.float64)
+        avg = np.tensordot(w / w.sum(), np.stack(parts).astype(np.float64), axes=1)
+        t = self.threshold
+        if self.task == "binary" and t is not None:
+            p = np.clip(avg, 1e-7, 1 - 1e-7)
+            shift = math.log(t / (1 - t))
+            avg = 1 / (1 + np.exp(-(np.log(p / (1 - p)) - shift)))
+        return avg
+
+    def predict_proba(self, images: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """Class probabilities ``(N, C)`` (scikit-learn's convention)."""
+        import numpy as np
+
+        s = self.scores(images, **kwargs)
+        return np.stack([1 - s, s], axis=1) if self.task == "binary" else s
+
+    def predict(self, images: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """Class indices ``(N,)`` (multi-label: 0/1 ``(N, L)`` at 0.5)."""
+        import numpy as np
+
+        s = self.scores(images, **kwargs)
+        if self.task == "binary":
+            return (s >= 0.5).astype(np.int64)
+        if self.task == "multi-label":
+            return (s >= 0.5).astype(np.int64)
+        return np.argmax(s, axis=1)
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, **kwargs: Any) -> dict[str, float]:
+        """MedMNIST metrics of the predictor on ``(images, labels)``."""
+        return split_metrics(self.task, labels, self.scores(images, **kwargs))
+
+    def __repr__(self) -> str:
+        return (f"Predictor({str(self.folder)!r}, task={self.task!r}, "
+                f"members={len(self.members)}, threshold={self.threshold})")

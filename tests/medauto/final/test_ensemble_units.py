@@ -1,0 +1,101 @@
+"""Greedy ensemble selection, the threshold fit, and the Predictor file format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medauto.ensemble import Member
+from medauto.ensemble import Predictor
+from medauto.ensemble import PredictorError
+from medauto.ensemble import fit_threshold
+from medauto.ensemble import greedy_selection
+from medauto.scoring import split_metrics
+
+
+def test_greedy_selection_combines_complementary_models() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 200)
+    signal = y + 0.0
+    a = signal + rng.normal(0, 1.0, 400)       # two independent noisy views
+    b = signal + rng.normal(0, 1.0, 400)
+    bad = rng.normal(0, 1.0, 400)              # pure noise
+    sig = [1 / (1 + np.exp(-v)) for v in (a, b, bad)]
+    counts = greedy_selection(sig, y, task="binary", rounds=10)
+    assert counts[2] < min(counts[0], counts[1])  # the noise gets the smallest weight
+    mix = sum(c * s for c, s in zip(counts, sig, strict=True)) / sum(counts)
+    assert split_metrics("binary", y, mix)["auc"] > max(
+        split_metrics("binary", y, s)["auc"] for s in sig[:2])
+
+
+def test_greedy_selection_keeps_the_best_round() -> None:
+    y = np.array([0, 0, 1, 1])
+    perfect, noise = np.array([.1, .2, .8, .9]), np.array([.9, .1, .2, .8])
+    assert greedy_selection([noise, perfect], y, task="binary", rounds=6) == [0, 1]
+
+
+def test_threshold_maximizes_accuracy_and_defaults_to_one_half() -> None:
+    y = np.array([0] * 30 + [1] * 70)
+    p = np.concatenate([np.linspace(0.6, 0.7, 30), np.linspace(0.75, 0.95, 70)])
+    t = fit_threshold(y, p)
+    assert 0.7 < t < 0.75 and np.mean((p >= t) == (y == 1)) == 1.0
+    assert fit_threshold(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+
+
+def _tiny_model_file(path: Path, seed: int) -> Path:
+    import torch
+
+    from med_core.config import TrainConfig
+    from med_core.models import build_classifier
+    from medauto.model_file import save_model
+
+    torch.manual_seed(seed)
+    cfg = TrainConfig.from_flat({"model.backbone": "mobilenet_v3_small", "tta": False})
+    model = build_classifier(cfg.model, num_classes=2, in_chans=1, img_size=(28, 28))
+    return save_model(path, model, cfg, task="binary", num_classes=2, in_chans=1,
+                      spatial_dims=2, img_size=[28, 28])
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    src = tmp_path_factory.mktemp("src")
+    files = [_tiny_model_file(src / f"m{i}.pt", i) for i in range(2)]
+    members = [(f, Member("", 0.5, trial=i, fold=0, backbone="mobilenet_v3_small"))
+               for i, f in enumerate(files)]
+    return Predictor.create(
+        tmp_path_factory.mktemp("out") / "predictor", members=members, task="binary",
+        class_names=["malignant", "benign"], threshold=0.7, meta={"study": "s"},
+        input_spec={"spatial_dims": 2, "in_chans": 1, "image_size": [28, 28]},
+    )
+
+
+def test_a_predictor_round_trips_and_predicts(predictor: Predictor) -> None:
+    loaded = Predictor.load(predictor.folder)
+    assert [m.file for m in loaded.members] == ["members/trial0-fold0.pt",
+                                                 "members/trial1-fold0.pt"]
+    images = np.random.default_rng(0).integers(0, 255, (5, 1, 28, 28), dtype=np.uint8)
+    proba = loaded.predict_proba(images)
+    assert proba.shape == (5, 2) and np.allclose(proba.sum(1), 1.0)
+    raw = np.mean(loaded.member_scores(images), axis=0)
+    # The threshold is folded in: p >= 0.5 after calibration iff raw >= 0.7.
+    assert np.array_equal(loaded.predict(images), (raw >= 0.7).astype(np.int64))
+    labels = np.array([0, 1, 0, 1, 1])
+    assert loaded.evaluate(images, labels)["auc"] == pytest.approx(
+        split_metrics("binary", labels, raw)["auc"])
+
+
+def test_a_predictor_refuses_wrong_images_and_broken_folders(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    with pytest.raises(PredictorError, match=r"images must have shape \(N, 1, 28, 28\)"):
+        predictor.predict(np.zeros((2, 3, 28, 28), np.uint8))
+    with pytest.raises(PredictorError, match="no readable predictor"):
+        Predictor.load(tmp_path)
+    spec = json.loads((predictor.folder / "predictor.json").read_text())
+    spec["members"][0]["file"] = "members/gone.pt"
+    (tmp_path / "predictor.json").write_text(json.dumps(spec))
+    with pytest.raises(PredictorError, match=r"member file\(s\) missing: \['members/gone.pt'"):
+        Predictor.load(tmp_path)
