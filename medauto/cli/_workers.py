@@ -25,9 +25,12 @@ from medauto.cli._options import checked_device
 from medauto.cli._options import worker_kwargs
 from medauto.cli._store import StoreRef
 from medauto.exceptions import CLIUsageError
+from medauto.logging import get_logger
 
 __all__ = ["STOP_GRACE_S", "WorkerCommand", "packed_job", "packed_worker_env",
            "run_packed_workers"]
+
+_logger = get_logger(__name__)
 
 #: Seconds packed children get to record their running trial after the parent passed a
 #: SIGTERM on, before they are killed.
@@ -76,6 +79,7 @@ class WorkerCommand(Command):
         device = checked_device(args)
         ref = StoreRef.from_args(args)
         name = load_study(ref, args.study).study_name  # a worker joins; it never creates
+        _logger.info("worker of study %r on %s (pid %d)", name, device, os.getpid())
         if args.trials_per_device > 1:
             return run_packed_workers(args, name)
         kwargs = worker_kwargs(args, device)
