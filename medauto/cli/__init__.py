@@ -132,11 +132,8 @@ def run_parsed(args: argparse.Namespace) -> int:
         print(f"medauto {args.command}: error: {redact_url(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            f"medauto {args.command}: interrupted; the running trial was recorded as "
-            "'interrupted'. Re-run the same command to resume.",
-            file=sys.stderr,
-        )
+        note = COMMANDS[args.command].on_interrupt
+        print(f"medauto {args.command}: interrupted; {note}", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the last line of defence prints one line
         if args.debug:

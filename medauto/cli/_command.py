@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import ClassVar
 
-__all__ = ["Command"]
+__all__ = ["RESUME_NOTE", "Command"]
+
+#: The interrupt note of the commands that run trials.
+RESUME_NOTE = (
+    "the running trial was recorded as 'interrupted'. Re-run the same command to resume."
+)
 
 
 class Command:
@@ -16,6 +21,9 @@ class Command:
     """
 
     name: ClassVar[str]
+    #: What Ctrl-C/SIGTERM leaves behind, for the "interrupted" line (commands that run
+    #: trials record the running one and resume; the others only stop).
+    on_interrupt: ClassVar[str] = "stopped; no trial of the study was recorded"
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from medauto.cli._command import RESUME_NOTE
 from medauto.cli._command import Command
 from medauto.cli._hints import next_hint
 from medauto.cli._options import add_search_options
@@ -58,6 +59,7 @@ class SearchCommand(Command):
     """
 
     name = "search"
+    on_interrupt = RESUME_NOTE
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:

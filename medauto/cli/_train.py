@@ -21,6 +21,7 @@ class TrainCommand(Command):
     """
 
     name = "train"
+    on_interrupt = "OUT/last.pt holds the last finished epoch; re-run with --resume to continue"
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:

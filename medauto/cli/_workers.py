@@ -17,6 +17,7 @@ import subprocess
 import sys
 from typing import Any
 
+from medauto.cli._command import RESUME_NOTE
 from medauto.cli._command import Command
 from medauto.cli._options import add_store_options
 from medauto.cli._options import add_study_option
@@ -44,6 +45,7 @@ class WorkerCommand(Command):
     """
 
     name = "worker"
+    on_interrupt = RESUME_NOTE
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:

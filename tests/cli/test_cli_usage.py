@@ -55,3 +55,17 @@ def test_log_file_and_best_output_in_a_missing_folder_are_one_clear_error(
     assert code == 1 and "unexpected" not in err and "nope" in err and "does not exist" in err
     code, _, err = run("best", "-o", str(tmp_path / "nope" / "best.yaml"))
     assert code == 1 and "unexpected" not in err and "does not exist" in err, err
+
+
+def test_the_interrupt_line_claims_a_recorded_trial_only_where_one_was(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medauto.cli._results import RetrainCommand
+
+    def interrupted(self: object, args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RetrainCommand, "take_action", interrupted)
+    code, _, err = run("retrain")
+    assert code == 130 and "interrupted" in err
+    assert "recorded as 'interrupted'" not in err and "resume" not in err, err
