@@ -3,7 +3,8 @@
 Every benchmark writes ``docs/benchmarks/<name>.md`` that starts with the exact command
 that produced it and the hardware/software it ran on, then Markdown tables; raw numbers go
 to an optional JSON file. The helpers here are deliberately small and free of project
-imports so that any benchmark (and its CPU smoke test) can use them:
+imports (except :mod:`med_core.device`, the one owner of OOM detection and memory
+release) so that any benchmark (and its CPU smoke test) can use them:
 
 * :func:`environment` / :func:`environment_table`: versions, GPU, driver, CPU, git commit;
 * :func:`command_line`: the command as it would be typed (``python <script> <argv>``);
@@ -12,7 +13,8 @@ imports so that any benchmark (and its CPU smoke test) can use them:
   half-written file behind, so results can be flushed after every configuration);
 * :func:`time_steps`: median time of a callable with warm-up, CUDA-event aware;
 * :class:`Deadline`: a global time limit for a whole run;
-* :func:`is_oom` / :func:`is_fatal_device_error` / :func:`release_device_memory`.
+* :func:`is_oom` (:func:`med_core.device.is_oom`, re-exported) / :func:`is_fatal_device_error`
+  / :func:`release_device_memory`.
 
 Timing follows ``/work/.library/device/METHOD.md``: warm up first, synchronize before and
 after each timed repetition (device work is asynchronous), time device work with CUDA
@@ -22,7 +24,6 @@ events, report the median.
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import json
 import math
 import os
@@ -42,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from med_core.device import is_oom
+from med_core.device import release_memory
 
 __all__ = [
     "REPO",
@@ -259,20 +263,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def is_oom(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory error (CUDA caching allocator, cuDNN/cuBLAS
-    workspace allocation, or the CPU allocator)."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    if not isinstance(exc, RuntimeError):
-        return False
-    msg = str(exc).lower()
-    return any(
-        s in msg
-        for s in ("out of memory", "alloc_failed", "can't allocate memory", "failed to allocate")
-    )
-
-
 def is_fatal_device_error(exc: BaseException) -> bool:
     """Whether ``exc`` leaves the CUDA context unusable (no later measurement is valid)."""
     msg = str(exc).lower()
@@ -290,17 +280,13 @@ def is_fatal_device_error(exc: BaseException) -> bool:
 
 
 def release_device_memory(device: torch.device, *, collect: bool = False) -> None:
-    """Returns cached blocks to the driver and resets the peak counters (CUDA only).
+    """Returns cached blocks to the driver and resets the peak counters (CUDA only);
+    :func:`med_core.device.release_memory` with the measurement's settings.
 
     ``collect=True`` also runs the garbage collector first (after an exception, frames of
     the traceback may hold tensors until collected).
     """
-    if collect:
-        gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    release_memory(device, collect=collect, reset_peak=True)
 
 
 # --------------------------------------------------------------------------- timing

@@ -165,9 +165,9 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
 
     from med_core.config import TrainConfig
     from med_core.data import load_dataset
+    from med_core.device import resolve_device
     from med_core.training import KeepBestWeights
     from med_core.training import Trainer
-    from medauto.optimizer import resolve_device
     from medauto.scoring import split_metrics
 
     device = resolve_device(args.device)
@@ -240,7 +240,8 @@ def render_section(key: str, title: str, res: dict[str, Any]) -> str:
             f"- **Funnel**: space `{search['space']}`; {fn['trials']} trials "
             f"({fn['portfolio']} from the portfolio; {fn['complete']} complete, "
             f"{fn['pruned']} pruned, {fn['failed']} failed; {fn['budget_stopped']} stopped "
-            f"by the budget); selection on {on}; {fn['candidates']} candidates → {fn['members']} members: {members}.",
+            f"by the budget); selection on {on}; {fn['candidates']} candidates → "
+            f"{fn['members']} members: {members}.",
             f"- **Selection set** (not test): ensemble {f['metric']} "
             f"{f['selection_scores']['ensemble'][f['metric']]:.4f}, best single "
             f"{f['selection_scores']['best_single'][f['metric']]:.4f}; threshold "
@@ -308,10 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from med_core.device import resolve_device
     from medauto.baselines import dataset_key
     from medauto.budget import format_seconds
     from medauto.budget import parse_budget
-    from medauto.optimizer import resolve_device
 
     key = dataset_key(args.dataset)
     device = resolve_device(args.device)

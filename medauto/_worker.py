@@ -43,6 +43,8 @@ import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
+from med_core.device import is_oom as _is_oom
+from med_core.device import release_memory
 from medauto.logging import get_logger
 
 __all__ = [
@@ -146,14 +148,6 @@ def classify_failure(exc: BaseException) -> tuple[TrialState, str]:
         return TrialState.FAIL, "interrupted"
     message = str(exc).splitlines()[0] if str(exc) else ""
     return TrialState.FAIL, f"error: {type(exc).__name__}: {message}"[:500]
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
 
 
 class _Heartbeat:
@@ -373,12 +367,6 @@ def _long_lived_objects_frozen() -> Iterator[None]:
 
 
 def _release_memory(trial: int | None = None) -> None:
-    """Frees what the last trial left behind (reference cycles, cached CUDA blocks)."""
-    import gc
-
-    import torch
-
+    """Frees what the last trial left behind (:func:`med_core.device.release_memory`)."""
     with timed("release_memory", trial):
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()

@@ -91,8 +91,8 @@ def run_ddp_worker(
 ) -> RankLog:
     """One rank of a DDP worker (called by :func:`launch_ddp_worker` or under torchrun)."""
     from med_core.config import TrainConfig
+    from med_core.device import resolve_device
     from medauto.optimizer import AutoMLOptimizer
-    from medauto.optimizer import resolve_device
 
     # Every rank must build the same objective: DDP trials select on the validation split.
     opt = AutoMLOptimizer.from_study(study_name, storage, **{"selection": "holdout", **kwargs})

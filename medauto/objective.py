@@ -26,13 +26,13 @@ from med_core.training.callbacks import KeepBestWeights
 from medauto._worker import TIMING_ENV
 from medauto._worker import record_phase
 from medauto._worker import timed
-from medauto.callbacks import PruningCallback
 from medauto.fingerprint import Selection
 from medauto.logging import get_logger
 from medauto.members import MEMBERS_ATTR
 from medauto.members import member_dir
 from medauto.members import model_path
 from medauto.members import save_selection_scores
+from medauto.pruning import PruningCallback
 
 if TYPE_CHECKING:
     from med_core.config import TrainConfig
@@ -231,18 +231,18 @@ class Objective:
         cfg = self.suggest(trial)
         if not self.oom_retry:
             return self.train(trial, cfg)
-        from medauto._worker import _is_oom
-        from medauto._worker import _release_memory
+        from med_core.device import is_oom
+        from med_core.device import release_memory
 
         try:
             return self.train(trial, cfg)
         except Exception as exc:
-            smaller = _oom_fallback(cfg) if _is_oom(exc) else None
+            smaller = _oom_fallback(cfg) if is_oom(exc) else None
             if smaller is None:
                 raise
             first_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         # Outside the except block, so the first attempt's frames and tensors can be freed.
-        _release_memory()
+        release_memory()
         retry = {
             "batch_size": smaller.batch_size,
             "checkpoint_segments": smaller.model.checkpoint_segments,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from med_core.device import resolve_device
 from medauto.exceptions import MedautoError
 from medauto.logging import get_logger
 
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from medauto.space import SearchSpace
     from medauto.tracking import BaseTracker
 
-__all__ = ["METRICS", "AutoMLOptimizer", "OptimizationResult", "resolve_device"]
+__all__ = ["METRICS", "AutoMLOptimizer", "OptimizationResult"]
 
 _logger = get_logger(__name__)
 
@@ -68,15 +69,6 @@ SELECTIONS = ("auto", "holdout", "cv")
 FINAL_FRACTION = 0.05
 #: With a final ensemble, the longest a trial may train, as a share of the search time.
 TRIAL_SHARE = 1 / 3
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -370,6 +362,14 @@ class AutoMLOptimizer:
                          len(space.portfolio), ", ".join(e.name for e in space.portfolio))
         self.study_ = study
         return study, space, device
+
+    def create_study(self) -> optuna.Study:
+        """Creates (or resumes) the study with its settings and portfolio, training nothing.
+
+        The data is loaded and fingerprinted first, so a wrong ``data`` or a space that
+        does not fit it creates no study. Workers then join it by name.
+        """
+        return self._open(self._load_data())[0]
 
     # -- running ---------------------------------------------------------------------------
     def optimize(self) -> OptimizationResult:

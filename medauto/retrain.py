@@ -599,9 +599,9 @@ def retrain(
 
     from med_core.config import TrainConfig
     from med_core.data import load_dataset
+    from med_core.device import resolve_device
     from med_core.training import Trainer
     from medauto import __version__
-    from medauto.optimizer import resolve_device
 
     seed_list = _validate(ensemble, seeds, weights, train_on_val, quantize, tta,
                           ensemble_select)

@@ -20,8 +20,8 @@ from med_core.training._history import History
 from med_core.training.callbacks import Callback
 
 if TYPE_CHECKING:
+    from med_core.training._fit import _FitState
     from med_core.training.trainer import Trainer
-    from med_core.training.trainer import _FitState
 
 __all__ = ["best_payload", "callback_keys", "load_resume_checkpoint", "restore", "save_epoch"]
 

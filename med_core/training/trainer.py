@@ -3,7 +3,8 @@
 The trainer holds the state of one run and hands the work out: the epoch loops live in
 ``_loop.py``, optimizers and schedules in ``_optim.py``, the checkpoint layout, resume
 checks and restore in ``_resume.py``, file I/O and RNG capture in ``_checkpoint.py``, and
-the process-group plumbing in ``_distributed.py``.
+the process-group plumbing in ``_distributed.py``; the state of one fit and its per-step
+helpers (batch mixing, frames of a caught error, seeds) in ``_fit.py``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ import dataclasses
 import functools
 import logging
 import math
-import random
 import sys
 import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
@@ -32,6 +30,11 @@ from med_core.exceptions import ConfigError
 from med_core.training import _checkpoint as ckpt_io
 from med_core.training import _resume
 from med_core.training._distributed import DistContext
+from med_core.training._fit import _clear_frames
+from med_core.training._fit import _FitState
+from med_core.training._fit import _mix
+from med_core.training._fit import _seed_everything
+from med_core.training._fit import _stream_seed
 from med_core.training._history import History
 from med_core.training._loop import EvalOutput
 from med_core.training._loop import LoopSettings
@@ -50,50 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["History", "Trainer"]
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _FitState:
-    """Everything that only lives during fit(); dropped as a whole afterwards."""
-
-    train_module: nn.Module
-    eval_module: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler | None
-    train_loader: Any
-    val_loader: Any
-    settings: LoopSettings
-    callbacks: list[Callback]
-    mix_generator: torch.Generator | None
-
-
-def _mix(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    multilabel: bool,
-    num_classes: int,
-    mixup_alpha: float,
-    cutmix_alpha: float,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    from med_core.data import mix_batch
-
-    y1 = y.float() if multilabel else torch.nn.functional.one_hot(y, num_classes).float()
-    return mix_batch(  # type: ignore[no-any-return]
-        x, y1, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, generator=generator
-    )
-
-
-def _clear_frames(tb: Any) -> None:
-    # The traceback of an OOM or NaN error keeps every frame's locals alive (batches,
-    # activations via the autograd graph). Clearing the finished inner frames lets the
-    # caller retry with less memory while still holding the exception.
-    try:
-        traceback.clear_frames(tb)
-    except RuntimeError:  # pragma: no cover - an executing frame; nothing else to free
-        pass
 
 
 class Trainer:
@@ -617,14 +576,3 @@ class Trainer:
         self._state = None
         self._model = None
         self.dataset = None
-
-
-def _stream_seed(seed: int, rank: int, epoch: int) -> int:
-    return ((seed * 1_000_003 + rank) * 10_007 + epoch) % (2**63)
-
-
-def _seed_everything(seed: int) -> None:
-    """Seeds torch (CPU and CUDA), NumPy and Python's ``random``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-    random.seed(seed)

@@ -1,22 +1,29 @@
 """Subcommands that turn a finished study into results: ``retrain``, ``report``, ``export``.
 
-Same shape as :mod:`medauto.cli._base` (one class per subcommand, thin, calling the public
-API); registered in its ``COMMANDS``.
+One class per subcommand, thin, calling the public API. ``retrain`` and ``report`` read
+the study without ever creating a store (:func:`medauto.cli._store.load_study`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medauto.cli._base import _Command
-from medauto.cli._base import _load_study
-from medauto.cli._base import _storage_args
+from medauto.cli._command import Command
+from medauto.cli._hints import next_hint
+from medauto.cli._options import add_device_option
+from medauto.cli._options import add_store_options
+from medauto.cli._options import add_study_option
+from medauto.cli._options import add_tracking_options
+from medauto.cli._options import checked_device
+from medauto.cli._options import tracking_of
+from medauto.cli._store import StoreRef
+from medauto.cli._store import load_study
 from medauto.exceptions import CLIUsageError
 from medauto.exceptions import MedautoError
+from medauto.storage import redact_url
 
 if TYPE_CHECKING:
     from medauto.retrain import RetrainResult
@@ -25,7 +32,8 @@ if TYPE_CHECKING:
 TTA_CHOICES: dict[str, bool | str | None] = {"trial": None, "on": True, "off": False,
                                               "auto": "auto"}
 
-__all__ = ["ExportCommand", "ReportCommand", "RetrainCommand"]
+__all__ = ["TTA_CHOICES", "ExportCommand", "ReportCommand", "RetrainCommand",
+           "print_retrain_summary"]
 
 
 def _fmt(mean: float, std: float | None = None) -> str:
@@ -34,11 +42,11 @@ def _fmt(mean: float, std: float | None = None) -> str:
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
-def _retrain_dir(args: argparse.Namespace) -> Path:
-    return Path(args.run_dir) / "retrain" / args.study
+def _retrain_dir(run_dir: str, study: str) -> Path:
+    return Path(run_dir) / "retrain" / study
 
 
-class RetrainCommand(_Command):
+class RetrainCommand(Command):
     """Retrain the best trial (or the top-k) and evaluate it once on the test split.
 
     Trains the selected trial config(s) with fixed seeds for the full epoch budget, keeps
@@ -53,8 +61,8 @@ class RetrainCommand(_Command):
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--study", required=True, help="name of the study")
-        _storage_args(p, required=False)
+        add_study_option(p)
+        add_store_options(p)
         p.add_argument("--ensemble", type=int, default=1, metavar="K",
                        help="retrain the top-K trials and average their scores (default 1)")
         p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
@@ -68,7 +76,7 @@ class RetrainCommand(_Command):
                        help="train on train+val (keeps the last epoch's weights)")
         p.add_argument("--weights", choices=("auto", "best", "last"), default="auto",
                        help="best-validation or last epoch (default: auto)")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:K")
+        add_device_option(p)
         p.add_argument("--data-dir", help="MedMNIST folder (default: the trials' setting)")
         p.add_argument("--out", help="output folder (default: RUN_DIR/retrain/STUDY)")
         p.add_argument("--quantize", choices=("static", "dynamic"),
@@ -80,11 +88,7 @@ class RetrainCommand(_Command):
         p.add_argument("--latency-threads", type=int, default=1, metavar="T")
         p.add_argument("--latency-compile", action="store_true",
                        help="also time Inductor-compiled float and int8 models")
-        p.add_argument(
-            "--tracking-uri", default=os.environ.get("MEDAUTO_TRACKING_URI"),
-            help="MLflow tracking URI (default: $MEDAUTO_TRACKING_URI, else sqlite in --run-dir)",
-        )
-        p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+        add_tracking_options(p)
         p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
 
     def take_action(self, args: argparse.Namespace) -> int:
@@ -92,15 +96,17 @@ class RetrainCommand(_Command):
 
         if args.ensemble < 1:
             raise CLIUsageError(f"--ensemble must be >= 1, got {args.ensemble}")
+        device = checked_device(args)
+        ref = StoreRef.from_args(args)
         result = retrain(
-            _load_study(args),
+            load_study(ref, args.study),
             ensemble=args.ensemble,
             ensemble_select=args.ensemble_select,
             tta=TTA_CHOICES[args.tta],
             seeds=args.seeds,
             train_on_val=args.train_on_val,
             weights=args.weights,
-            device=args.device,
+            device=device,
             data_dir=args.data_dir,
             run_dir=args.run_dir,
             out_dir=args.out,
@@ -110,7 +116,7 @@ class RetrainCommand(_Command):
             latency_iters=args.latency_iters,
             latency_threads=args.latency_threads,
             latency_compile=args.latency_compile,
-            tracking=False if args.no_tracking else args.tracking_uri,
+            tracking=tracking_of(args),
             progress=args.progress,
         )
         print_retrain_summary(result)
@@ -118,7 +124,7 @@ class RetrainCommand(_Command):
         code = 0
         if q is not None:
             if q.error:
-                print(f"quantization ({q.method}) failed: {q.error}")
+                print(f"quantization ({q.method}) failed: {redact_url(str(q.error))}")
                 code = 1
             else:
                 print(
@@ -129,10 +135,10 @@ class RetrainCommand(_Command):
                     f"(eager, batch {q.latency_batch_size})"
                 )
         if result.mlflow:
-            print(f"mlflow: run {result.mlflow['run_id']} at {result.mlflow['tracking_uri']}")
+            uri = redact_url(str(result.mlflow["tracking_uri"]))
+            print(f"mlflow: run {result.mlflow['run_id']} at {uri}")
         print(f"results: {Path(result.out_dir) / 'retrain.json'}")
-        where = f"--study {result.study}" + (f" --storage {args.storage}" if args.storage else "")
-        print(f"next: medauto report {where}")
+        print(next_hint(ref, result.study, ["report", "export"]))
         return code
 
 
@@ -150,7 +156,7 @@ def print_retrain_summary(result: RetrainResult) -> None:
     print(f"test ACC: {_fmt(m['acc'], s['acc'])}")
 
 
-class ReportCommand(_Command):
+class ReportCommand(Command):
     """Write a self-contained Markdown + HTML report of a study.
 
     Best params, optimization history and parameter importances, test metrics of
@@ -164,8 +170,8 @@ class ReportCommand(_Command):
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--study", required=True, help="name of the study")
-        _storage_args(p, required=False)
+        add_study_option(p)
+        add_store_options(p)
         p.add_argument("--retrain", metavar="JSON",
                        help="retrain.json (default: RUN_DIR/retrain/STUDY/retrain.json if any)")
         p.add_argument("--out", help="output folder (default: RUN_DIR/report/STUDY)")
@@ -174,14 +180,15 @@ class ReportCommand(_Command):
     def take_action(self, args: argparse.Namespace) -> int:
         from medauto.report import write_report
 
+        study = load_study(StoreRef.from_args(args), args.study)
+        name = study.study_name
         retrain_json: Path | None = Path(args.retrain) if args.retrain else None
-        if retrain_json is None and (_retrain_dir(args) / "retrain.json").is_file():
-            retrain_json = _retrain_dir(args) / "retrain.json"
+        if retrain_json is None and (_retrain_dir(args.run_dir, name) / "retrain.json").is_file():
+            retrain_json = _retrain_dir(args.run_dir, name) / "retrain.json"
         if retrain_json is not None and not retrain_json.is_file():
             raise CLIUsageError(f"--retrain: no file at {str(retrain_json)!r}")
-        out = Path(args.out) if args.out else Path(args.run_dir) / "report" / args.study
-        paths = write_report(_load_study(args), out_dir=out, retrain=retrain_json,
-                             title=args.title)
+        out = Path(args.out) if args.out else Path(args.run_dir) / "report" / name
+        paths = write_report(study, out_dir=out, retrain=retrain_json, title=args.title)
         print(f"markdown: {paths.markdown}")
         print(f"html: {paths.html}")
         if retrain_json is None:
@@ -190,7 +197,7 @@ class ReportCommand(_Command):
         return 0
 
 
-class ExportCommand(_Command):
+class ExportCommand(Command):
     """Export a retrained model: ONNX (with an onnxruntime parity check) or int8 (.pt2).
 
     --model takes a model.pt written by `medauto retrain`; with --study instead, the best
@@ -225,7 +232,13 @@ class ExportCommand(_Command):
     def _model_of_study(args: argparse.Namespace) -> Path:
         from medauto.retrain import RetrainResult
 
-        result = RetrainResult.load(_retrain_dir(args) / "retrain.json")
+        path = _retrain_dir(args.run_dir, args.study) / "retrain.json"
+        if not path.is_file():
+            raise MedautoError(
+                f"no retrain results of study {args.study!r} at {str(path.resolve())!r} "
+                "(run `medauto retrain` first, or pass --run-dir or --model)"
+            )
+        result = RetrainResult.load(path)
         if not result.models:
             raise MedautoError(f"the retrain results of {args.study!r} list no model")
         return Path(result.out_dir) / result.models[0].path

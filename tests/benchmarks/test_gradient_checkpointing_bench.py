@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -149,8 +150,25 @@ def test_profile_mode_on_cpu(
     assert "Ops that grew most" in out.read_text(encoding="utf-8")
 
 
+@pytest.fixture
+def parts(bench: ModuleType) -> SimpleNamespace:
+    """The pieces of the benchmark that unit tests call (the script put the repository
+    root on ``sys.path``): options and runner, max-batch search and probe worker from
+    ``_gc_measure``, the rule from ``_gc_analysis``."""
+    from benchmarks import _gc_analysis
+    from benchmarks import _gc_measure
+
+    return SimpleNamespace(
+        CkptOptions=_gc_measure.CkptOptions,
+        ScriptCheckpointed=_gc_measure.ScriptCheckpointed,
+        search_max_batch=_gc_measure.search_max_batch,
+        ProbeWorker=_gc_measure.ProbeWorker,
+        choose=_gc_analysis.choose,
+    )
+
+
 @pytest.mark.parametrize("norm_stats", ["restore", "freeze"])
-def test_script_runner_matches_library_path(bench: ModuleType, norm_stats: str) -> None:
+def test_script_runner_matches_library_path(parts: SimpleNamespace, norm_stats: str) -> None:
     """The ablation runner with the library's options (BN freeze), and with the old
     library's clone-and-restore of BN statistics, computes exactly what Backbone's
     checkpointing does (gradients and BatchNorm running statistics)."""
@@ -160,8 +178,8 @@ def test_script_runner_matches_library_path(bench: ModuleType, norm_stats: str) 
     lib = create_backbone("resnet18", img_size=16)
     scr = copy.deepcopy(lib)
     lib.enable_gradient_checkpointing(2)
-    opts = bench.CkptOptions(norm_stats=norm_stats, force_script=True)
-    runner = bench.ScriptCheckpointed(scr, opts)
+    opts = parts.CkptOptions(norm_stats=norm_stats, force_script=True)
+    runner = parts.ScriptCheckpointed(scr, opts)
     runner.segments = 2
     x = torch.randn(2, 3, 16, 16)
     lib(x).square().mean().backward()
@@ -172,51 +190,51 @@ def test_script_runner_matches_library_path(bench: ModuleType, norm_stats: str) 
         assert torch.equal(a, b)
 
 
-def test_rule_picks_least_overhead_meeting_both_bounds(bench: ModuleType) -> None:
+def test_rule_picks_least_overhead_meeting_both_bounds(parts: SimpleNamespace) -> None:
     def row(k: int, saved: float, over: float) -> dict[str, object]:
         return {"segments": k, "status": "ok", "mem_saved_pct": saved, "overhead_pct": over}
 
     off = row(0, 0.0, 0.0)
-    chosen, why = bench.choose([off, row(1, 90, 40), row(2, 70, 20), row(4, 55, 12), row(8, 40, 5)])
+    chosen, why = parts.choose([off, row(1, 90, 40), row(2, 70, 20), row(4, 55, 12), row(8, 40, 5)])
     assert chosen["segments"] == 4 and why == ""
-    chosen, why = bench.choose([off, row(1, 90, 60), row(8, 40, 5)])
+    chosen, why = parts.choose([off, row(1, 90, 60), row(8, 40, 5)])
     assert chosen is None
     assert re.search(r"at most 40 % saved \(segments=8\)", why)
     assert re.search(r"costs at least 60 % time \(segments=1\)", why)
 
 
-def test_options_labels(bench: ModuleType) -> None:
-    assert bench.CkptOptions().uses_library and bench.CkptOptions().label() == "library"
-    assert bench.CkptOptions(force_script=True).label() == "script"
-    opt = bench.CkptOptions(preserve_rng_state=False, skip_last=True)
+def test_options_labels(parts: SimpleNamespace) -> None:
+    assert parts.CkptOptions().uses_library and parts.CkptOptions().label() == "library"
+    assert parts.CkptOptions(force_script=True).label() == "script"
+    opt = parts.CkptOptions(preserve_rng_state=False, skip_last=True)
     assert not opt.uses_library and opt.label() == "no_rng+skip_last"
-    assert bench.CkptOptions(norm_stats="restore").label() == "norm_restore"
-    assert bench.CkptOptions(norm_stats="update").label() == "no_norm_protect"
-    keep = bench.CkptOptions(skip_last=True)  # the library's keep_last=True
+    assert parts.CkptOptions(norm_stats="restore").label() == "norm_restore"
+    assert parts.CkptOptions(norm_stats="update").label() == "no_norm_protect"
+    keep = parts.CkptOptions(skip_last=True)  # the library's keep_last=True
     assert keep.uses_library and keep.label() == "keep_last"
 
 
-def test_max_batch_search_and_noise_tie_break(bench: ModuleType) -> None:
+def test_max_batch_search_and_noise_tie_break(parts: SimpleNamespace) -> None:
     probes: list[int] = []
 
     def fits(b: int) -> bool:
         probes.append(b)
         return b <= 37
 
-    assert bench.search_max_batch(fits, 8, 4096, lambda: False) == (36, 38)
+    assert parts.search_max_batch(fits, 8, 4096, lambda: False) == (36, 38)
     assert probes[:4] == [8, 16, 32, 64]
-    assert bench.search_max_batch(lambda b: b <= 3, 64, 4096, lambda: False) == (3, 4)
-    assert bench.search_max_batch(lambda b: True, 8, 40, lambda: False) == (32, None)
+    assert parts.search_max_batch(lambda b: b <= 3, 64, 4096, lambda: False) == (3, 4)
+    assert parts.search_max_batch(lambda b: True, 8, 40, lambda: False) == (32, None)
 
     def row(k: int, saved: float, over: float) -> dict[str, object]:
         return {"segments": k, "status": "ok", "mem_saved_pct": saved, "overhead_pct": over}
 
     rows = [row(1, 84, 26.3), row(8, 65, 26.2), row(4, 74, 30.0)]
-    assert bench.choose(rows)[0]["segments"] == 8  # least overhead
-    assert bench.choose(rows, 0.5)[0]["segments"] == 1  # tie within noise: larger saving
+    assert parts.choose(rows)[0]["segments"] == 8  # least overhead
+    assert parts.choose(rows, 0.5)[0]["segments"] == 1  # tie within noise: larger saving
 
 
-def test_probe_worker_answers_and_exits_after_a_failure(bench: ModuleType) -> None:
+def test_probe_worker_answers_and_exits_after_a_failure(parts: SimpleNamespace) -> None:
     """The max-batch probe child on CPU: a good batch fits, a bad one (batch -1 cannot be
     built) fails and ends the process, so the next probe would start a clean one."""
     spec = {
@@ -224,7 +242,7 @@ def test_probe_worker_answers_and_exits_after_a_failure(bench: ModuleType) -> No
         "keep_last": True, "device": "cpu", "cap_gib": 1.0, "dtype": "fp32", "in_chans": 3,
         "channels_last": False, "seed": 0,
     }  # fmt: skip
-    worker = bench.ProbeWorker(spec)
+    worker = parts.ProbeWorker(spec)
     try:
         assert worker.probe(2)["fits"] is True
         child = worker._proc

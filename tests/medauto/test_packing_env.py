@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from medauto.cli._base import packed_worker_env
+from medauto.cli._workers import packed_worker_env
 
 
 def test_threads_default_to_cores_divided_by_k() -> None:

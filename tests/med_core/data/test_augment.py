@@ -10,6 +10,8 @@ import torch
 
 from med_core.config import AUGMENT_POLICIES
 from med_core.config import AugmentConfig
+from med_core.data import _augment_ops
+from med_core.data import _mix
 from med_core.data import augment as A
 from med_core.data.augment import BatchAugment
 from med_core.data.augment import build_augment
@@ -233,7 +235,7 @@ def test_3d_affine_axes(axis, dims):
     x = torch.rand(1, 1, 6, 6, 6, generator=_gen())
     angles = torch.zeros(1, 3)
     angles[0, axis] = math.pi / 2
-    theta = A._affine_theta(
+    theta = _augment_ops._affine_theta(
         n=3,
         sizes=(6, 6, 6),
         flip=torch.ones(1, 3),
@@ -242,13 +244,13 @@ def test_3d_affine_axes(axis, dims):
         shear=torch.zeros(1, 2),
         shift=torch.zeros(1, 3),
     )
-    y = A._resample(x, theta, "bilinear")
+    y = _augment_ops._resample(x, theta, "bilinear")
     assert any(torch.allclose(y, torch.rot90(x, k, dims), atol=1e-5) for k in (1, -1))
 
 
 def test_2d_affine_matches_pixel_geometry_on_non_square_images():
     x = torch.rand(1, 1, 6, 10, generator=_gen())
-    theta = A._affine_theta(
+    theta = _augment_ops._affine_theta(
         n=2,
         sizes=(10, 6),
         flip=torch.ones(1, 2),
@@ -257,10 +259,10 @@ def test_2d_affine_matches_pixel_geometry_on_non_square_images():
         shear=torch.zeros(1, 2),
         shift=torch.tensor([[2 / 10, 0.0]]),
     )
-    y = A._resample(x, theta, "bilinear")  # one pixel to the right
+    y = _augment_ops._resample(x, theta, "bilinear")  # one pixel to the right
     assert torch.allclose(y[..., 1:], x[..., :-1], atol=1e-5)
     sq = torch.rand(1, 1, 8, 8, generator=_gen())
-    theta = A._affine_theta(
+    theta = _augment_ops._affine_theta(
         n=2,
         sizes=(8, 8),
         flip=torch.ones(1, 2),
@@ -270,7 +272,7 @@ def test_2d_affine_matches_pixel_geometry_on_non_square_images():
         shift=torch.zeros(1, 2),
     )
     assert torch.allclose(
-        A._resample(sq, theta, "bilinear"), torch.rot90(sq, -1, (2, 3)), atol=1e-5
+        _augment_ops._resample(sq, theta, "bilinear"), torch.rot90(sq, -1, (2, 3)), atol=1e-5
     )
 
 
@@ -311,7 +313,7 @@ def test_mix_batch_off_and_multilabel():
 
 @pytest.mark.parametrize("alpha", [0.2, 1.0, 4.0])
 def test_beta_sampler_moments(alpha):
-    s = A._sample_beta(alpha, 40000, _gen(), torch.device("cpu"))
+    s = _mix._sample_beta(alpha, 40000, _gen(), torch.device("cpu"))
     assert abs(s.mean().item() - 0.5) < 0.01
     assert abs(s.var().item() - 1 / (4 * (2 * alpha + 1))) < 0.01
     assert s.min() >= 0 and s.max() <= 1

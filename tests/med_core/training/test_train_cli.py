@@ -53,6 +53,7 @@ def test_module_entry_point_trains_end_to_end(medmnist_dir: Path, tmp_path: Path
             "cpu",
             "--set",
             "optim.lr=0.002",
+            "--test",
             "-q",
         ],
         env=env,

@@ -40,20 +40,11 @@ def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
 
     MLflow puts the artifacts of an experiment created without a location under
     ``./mlruns``: the working directory must be the test's, never the checkout.
-    ``retrain``/``report``/``export`` are registered in the CLI for the call (a no-op
-    once ``medauto.cli._base.COMMANDS`` lists them itself).
     """
     from medauto.cli import main
-    from medauto.cli._base import COMMANDS
-    from medauto.cli._results import ExportCommand
-    from medauto.cli._results import ReportCommand
-    from medauto.cli._results import RetrainCommand
 
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        for cmd in (RetrainCommand, ReportCommand, ExportCommand):
-            if cmd.name not in COMMANDS:
-                mp.setitem(COMMANDS, cmd.name, cmd)
         mp.chdir(cwd)
         code = main(argv)
     return code, out.getvalue()

@@ -1,4 +1,9 @@
-"""med_core training callbacks that connect a fit to an Optuna trial."""
+"""Optuna pruning inside a med_core fit: :class:`PruningCallback` reports each epoch to the
+trial and stops a pruned one.
+
+medauto's other med_core callbacks live with the concept they serve: the budget's in
+:mod:`medauto.budget`, the MLflow run of a trial in :mod:`medauto.tracking`.
+"""
 
 from __future__ import annotations
 
