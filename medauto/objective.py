@@ -46,8 +46,8 @@ __all__ = ["Objective", "history_for_attrs"]
 
 _logger = get_logger(__name__)
 
-#: Stop reason of the epoch probe: the trial is refitted with fewer epochs.
-REFIT = "refit_to_budget"
+#: Stop reason of the epoch probe (it always stops after timing two epochs).
+PROBED = "epoch_probe"
 
 CallbackFactory = Callable[[optuna.trial.BaseTrial, "TrainConfig"], Sequence["Callback"]]
 
@@ -119,36 +119,44 @@ class _FitTimer:
 
 
 class _EpochProbe(_Callback):
-    """Stops a fit after its first epoch when ``epochs`` of that length exceed ``cap_s``.
+    """Times the first two epochs of a fit, then always stops it.
 
-    The first epoch carries the fit's set-up (model build, kernel selection), so the
-    estimate errs on the long side, and the refit fits its cap.
+    The first epoch carries one-off set-up (model build, kernel selection), so the
+    projection of a fit of ``E`` epochs is ``first + (E - 1) * second``.
     """
 
-    def __init__(self, cap_s: float) -> None:
-        self.cap_s = cap_s
+    def __init__(self) -> None:
+        self.first_s: float | None = None
         self.epoch_s: float | None = None
-        self._start = 0.0
+        self._mark = 0.0
 
     def on_fit_start(self, trainer: Any) -> None:
-        self._start = time.monotonic()
+        self._mark = time.monotonic()
 
     def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        now = time.monotonic()
         if epoch == 0:
-            self.epoch_s = time.monotonic() - self._start
-            if self.epoch_s * trainer.cfg.epochs > self.cap_s:
-                trainer.request_stop(REFIT)
+            self.first_s = now - self._mark
+        else:
+            self.epoch_s = now - self._mark
+        self._mark = now
+        if epoch >= 1 or trainer.cfg.epochs <= 2:
+            trainer.request_stop(PROBED)
+
+    def projected(self, epochs: int) -> float:
+        """Seconds a fit of ``epochs`` epochs would take."""
+        first = self.first_s or 0.0
+        return first + (epochs - 1) * (self.epoch_s if self.epoch_s is not None else first)
 
 
-def fit_epochs(cfg: TrainConfig, epoch_s: float, cap_s: float) -> int:
-    """The most epochs (at least 1, at most ``cfg.epochs``) of ``epoch_s`` within ``cap_s``.
+def fit_epochs(epochs: int, first_s: float, epoch_s: float, cap_s: float) -> int:
+    """The most epochs (1 to ``epochs``) whose projected time fits ``cap_s``.
 
     Example:
-        >>> from med_core.config import TrainConfig
-        >>> fit_epochs(TrainConfig(epochs=100), epoch_s=2.0, cap_s=50.0)
-        25
+        >>> fit_epochs(100, first_s=5.0, epoch_s=1.0, cap_s=50.0)
+        46
     """
-    return max(1, min(cfg.epochs, int(cap_s / max(epoch_s, 1e-9))))
+    return max(1, min(epochs, int((cap_s - first_s) / max(epoch_s, 1e-9)) + 1))
 
 
 def _oom_fallback(cfg: TrainConfig) -> TrainConfig | None:
@@ -186,11 +194,11 @@ class Objective:
             holds what was really trained. A second OOM propagates (reason ``oom``).
         selection: How a trial is scored (:class:`~medauto.fingerprint.Selection`):
             holdout on the validation split (default) or k-fold CV on train+val.
-        trial_cap_s: If given (a budgeted search), the longest a trial may train. When the
-            first epoch shows that the configured epochs would not fit (all folds
-            together), the trial is refitted with the epochs that do, so it completes a
-            whole learning-rate schedule instead of being cut mid-way; the
-            ``epochs_fitted`` user attribute records it.
+        trial_cap_s: If given (a budgeted search), the longest a trial may train. A probe
+            fit times two epochs first; when the configured epochs would not fit (all folds
+            together), the trial trains the epochs that do, so it completes a whole
+            learning-rate schedule instead of being cut mid-way; the ``epochs_fitted``
+            user attribute records it.
         members_root: If given (the run folder), each completed trial keeps its best-epoch
             model(s) and its validation (or out-of-fold) predictions in
             :func:`medauto.members.member_dir` for the final ensemble.
@@ -313,7 +321,7 @@ class Objective:
         if self.trial_cap_s is None or cfg.epochs <= 1 or "dist" in trainer_kwargs:
             return cfg  # (a DDP group's ranks would time the epoch differently)
         cap = self.trial_cap_s / self.selection.folds
-        probe = _EpochProbe(cap)
+        probe = _EpochProbe()
         data = self.dataset
         if self.selection.mode == "cv":  # a fold's size, not train's
             from med_core.data import cross_validation_folds
@@ -323,16 +331,17 @@ class Objective:
         with timed("epoch_probe", trial.number):
             trainer = Trainer(cfg, dataset=data, device=self.device, callbacks=[probe],
                               progress=False, **trainer_kwargs)
-            history = trainer.fit()
+            trainer.fit()
             trainer.close()
-        if history.stop_reason != f"callback:{REFIT}" or probe.epoch_s is None:
+        if probe.first_s is None or probe.projected(cfg.epochs) <= cap:
             return cfg
-        epochs = fit_epochs(cfg, probe.epoch_s, cap)
+        epochs = fit_epochs(cfg.epochs, probe.first_s, probe.epoch_s or probe.first_s, cap)
         trial.set_user_attr("epochs_fitted", {
-            "from": cfg.epochs, "to": epochs, "first_epoch_s": round(probe.epoch_s, 3),
-            "cap_s": round(cap, 3)})
-        _logger.info("trial %d: %d epochs of %.1f s would exceed the %.0f s cap; training %d",
-                     trial.number, cfg.epochs, probe.epoch_s, cap, epochs)
+            "from": cfg.epochs, "to": epochs, "first_epoch_s": round(probe.first_s, 3),
+            "epoch_s": round(probe.epoch_s or probe.first_s, 3), "cap_s": round(cap, 3)})
+        _logger.info("trial %d: %d epochs (%.1f s, then %.2f s each) would exceed the %.0f s "
+                     "cap; training %d", trial.number, cfg.epochs, probe.first_s,
+                     probe.epoch_s or probe.first_s, cap, epochs)
         return TrainConfig.from_flat({"epochs": epochs}, base=cfg)
 
     def _fit(

@@ -1,0 +1,67 @@
+"""A budgeted trial times two epochs, then trains the epochs that fit its cap (never twice)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from med_core.data import load_dataset
+from med_core.testing.data import cut_medmnist
+from med_core.training import Trainer
+from medauto.objective import Objective
+from medauto.space import SearchSpace
+
+SPACE = SearchSpace.from_dict({
+    "name": "tiny", "spatial_dims": 2,
+    "fixed": {"model.backbone": "mobilenet_v3_small", "model.pretrained": False,
+              "amp_dtype": "none", "compile": False, "epochs": 6, "batch_size": 16,
+              "augment.policy": "none"},
+    "params": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+})
+
+
+@pytest.fixture
+def fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Epochs of every Trainer.fit() that runs (a spy; the fit itself is real)."""
+    seen: list[int] = []
+    original = Trainer.fit
+
+    def spy(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        history = original(self, *args, **kwargs)
+        seen.append(len(history.epochs))
+        return history
+
+    monkeypatch.setattr(Trainer, "fit", spy)
+    return seen
+
+
+def _run(medmnist_dir: Path, tmp_path: Path, cap: float) -> optuna.trial.FrozenTrial:
+    src = cut_medmnist(medmnist_dir / "breastmnist.npz", tmp_path / "b.npz", 32,
+                       both_classes=True)
+    objective = Objective(SPACE, dataset=load_dataset(src), device="cpu",
+                          overrides={"data.dataset": str(src)}, trial_cap_s=cap)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=1)
+    return study.trials[0]
+
+
+def test_a_trial_that_fits_its_cap_trains_once_after_a_two_epoch_probe(
+    medmnist_dir: Path, tmp_path: Path, fits: list[int]
+) -> None:
+    trial = _run(medmnist_dir, tmp_path, cap=1e6)
+    assert fits == [2, 6]  # the probe stops after two epochs; the trial trains all six
+    assert "epochs_fitted" not in trial.user_attrs
+    assert trial.user_attrs["config"]["epochs"] == 6
+
+
+def test_a_trial_over_its_cap_trains_fewer_epochs_with_a_whole_schedule(
+    medmnist_dir: Path, tmp_path: Path, fits: list[int]
+) -> None:
+    trial = _run(medmnist_dir, tmp_path, cap=1e-3)
+    fitted = trial.user_attrs["epochs_fitted"]
+    assert fitted["from"] == 6 and fitted["to"] == 1
+    assert fits == [2, 1]
+    assert trial.user_attrs["config"]["epochs"] == 1 and trial.user_attrs["epochs_run"] == 1
