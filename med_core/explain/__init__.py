@@ -23,6 +23,7 @@ from __future__ import annotations
 from med_core.explain._checks import CAM_METHODS as CAM_METHODS
 from med_core.explain._checks import METHODS as METHODS
 from med_core.explain._checks import ExplainError as ExplainError
+from med_core.explain._checks import expected_input as expected_input
 from med_core.explain._explain import explain as explain
 from med_core.explain._explain import predict_proba as predict_proba
 from med_core.explain._faithfulness import faithfulness as faithfulness
@@ -33,6 +34,7 @@ __all__ = [
     "CAM_METHODS",
     "METHODS",
     "ExplainError",
+    "expected_input",
     "explain",
     "faithfulness",
     "overlay",

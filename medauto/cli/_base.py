@@ -452,6 +452,7 @@ class DashboardCommand(_Command):
         return 0
 
 
+from medauto.cli._explain import ExplainCommand  # noqa: E402
 from medauto.cli._results import ExportCommand  # noqa: E402 (it imports the helpers above)
 from medauto.cli._results import ReportCommand  # noqa: E402
 from medauto.cli._results import RetrainCommand  # noqa: E402
@@ -459,5 +460,5 @@ from medauto.cli._results import RetrainCommand  # noqa: E402
 COMMANDS: dict[str, type[_Command]] = {
     c.name: c
     for c in (SearchCommand, WorkerCommand, StatusCommand, BestCommand, TrainCommand,
-              DashboardCommand, RetrainCommand, ReportCommand, ExportCommand)
+              DashboardCommand, RetrainCommand, ReportCommand, ExportCommand, ExplainCommand)
 }
