@@ -113,8 +113,9 @@ def _blocks(result: RetrainResult, images: dict[str, bytes], method: str) -> lis
     folder = Path(result.out_dir)
     y_true, scores = _final_scores(result, folder)
     picks = select_examples(y_true, scores)
-    members = [load_model(p).model for p in final_model_paths(folder / "retrain.json")]
-    ds = load_dataset(result.dataset)
+    loaded = [load_model(p) for p in final_model_paths(folder / "retrain.json")]
+    members = [m.model for m in loaded]
+    ds = load_dataset(loaded[0].config.data)  # the data retrain tested on (its data_dir)
     if len(ds.test) != len(y_true):
         raise MedautoError(f"the test split of {result.dataset!r} has {len(ds.test)} images, "
                            f"the stored scores {len(y_true)}")  # fmt: skip

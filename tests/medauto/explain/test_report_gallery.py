@@ -35,7 +35,9 @@ def retrain_dir(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     x = torch.cat([b for b, _ in build_loader(ds.test, batch_size=64, train=False)])
     probs, models = [], []
     for seed in (0, 1):
-        cfg = TrainConfig.from_flat({"model.backbone": "resnet18", "seed": seed})
+        cfg = TrainConfig.from_flat({"model.backbone": "resnet18", "seed": seed,
+                                     "data.dataset": "breastmnist",
+                                     "data.data_dir": str(tiny_data_dir)})  # fmt: skip
         torch.manual_seed(seed)
         model = build_classifier(cfg.model, num_classes=2, in_chans=1, img_size=28).eval()
         rel = f"models/m{seed}/model.pt"
