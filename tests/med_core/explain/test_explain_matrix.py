@@ -14,9 +14,9 @@ import functools
 import pytest
 import torch
 
+from med_core.backbones import get_backbone_cfg
 from med_core.backbones import list_backbones
 from med_core.backbones._registry import FAMILIES
-from med_core.backbones._registry import lookup
 from med_core.explain import METHODS
 from med_core.explain import explain
 from med_core.models import build_classifier
@@ -41,7 +41,7 @@ FAST = {"max_channels": 4, "shap_samples": 2}
 
 
 def test_cases_cover_every_family() -> None:
-    families = {lookup(n).cfg.family for n in list_backbones()} | {"timm"}
+    families = {get_backbone_cfg(n).family for n in list_backbones()} | {"timm"}
     assert set(CASES) == set(FAMILIES) == families
 
 
