@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from medauto.logging import get_logger
+from medauto.report_gallery import gallery_blocks
 
 if TYPE_CHECKING:
     import optuna
@@ -522,6 +523,7 @@ def write_report(
                             f"{study.study_name}` to evaluate on the test split."))
     else:
         blocks += _test_blocks(result, result.dataset or str(settings.get("data", "")))
+        blocks += gallery_blocks(result, images)
 
     blocks += [("h2", "Pruning statistics"), *_pruning_blocks(pruning_statistics(study))]
 

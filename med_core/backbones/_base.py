@@ -89,6 +89,31 @@ class Backbone(nn.Module, abc.ABC):
         """Spatial size of a :meth:`forward_features` output (channels-first by default)."""
         return tuple(features.shape[2:])
 
+    # ------------------------------------------------------------ explainability (CAMs)
+    def cam_target_layer(self) -> nn.Module:
+        """The layer whose output class activation maps (Grad-CAM, ...) are computed on.
+
+        The default is the last unit: the last feature map before the head. Families whose
+        head starts with a layer that still has a spatial map (MobileNet/EfficientNet's
+        final 1x1 conv) or whose last unit's spatial outputs get no gradient (ViT: only
+        the class token reaches the head after the last block) override it. This is the
+        one place that knows the target layer; :mod:`med_core.explain` only calls it.
+
+        Raises:
+            NotImplementedError: if the backbone has no spatial feature map to explain.
+        """
+        units = self.units()
+        if not units:
+            raise NotImplementedError(f"backbone {self.name!r} has no CAM target layer")
+        return units[-1]
+
+    def cam_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """:meth:`cam_target_layer`'s output (or its gradient) as ``(B, C, *grid)``.
+
+        Channels-first by default; channels-last and token-sequence families override it.
+        """
+        return output
+
     # ------------------------------------------------------------ gradient checkpointing
     def enable_gradient_checkpointing(
         self, segments: int | None = None, *, keep_last: bool | None = None

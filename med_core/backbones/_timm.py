@@ -46,6 +46,20 @@ def _create(model_name: str, *, pretrained: bool, **kwargs: Any) -> nn.Module:
     )
 
 
+def _tokens_to_grid(tokens: torch.Tensor, model: Any) -> torch.Tensor:
+    """A timm token sequence ``(B, prefix + N, C)`` as ``(B, C, gh, gw)`` (prefix dropped)."""
+    x = tokens[:, int(getattr(model, "num_prefix_tokens", 0)) :]
+    n = x.shape[1]
+    embed = getattr(model, "patch_embed", None)
+    grid = tuple(embed.grid_size) if embed is not None else ()
+    if math.prod(grid) != n:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise NotImplementedError(f"{n} patch tokens do not form a square grid")
+        grid = (side, side)
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
+
+
 class ViTBackbone(Backbone):
     """timm VisionTransformer: stem = patch embedding + position embedding (+ class
     token); units = the transformer blocks; head = final LayerNorm + class-token pooling.
@@ -93,6 +107,15 @@ class ViTBackbone(Backbone):
         n = features.shape[1] - self.model.num_prefix_tokens
         grid = tuple(self.model.patch_embed.grid_size)
         return grid if math.prod(grid) == n else (n,)
+
+    def cam_target_layer(self) -> nn.Module:
+        """``blocks[-1].norm1``: after the last block only the class token reaches the head,
+        so the patch tokens are taken at the last block's input (normalised)."""
+        return self.model.blocks[-1].norm1  # type: ignore[no-any-return]
+
+    def cam_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, prefix + N, C)`` → patch grid ``(B, C, *grid)``."""
+        return _tokens_to_grid(output, self.model)
 
 
 _VITS = {  # name: (timm model, num_features, blocks)
@@ -191,6 +214,22 @@ class TimmBackbone(Backbone):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(x)  # type: ignore[no-any-return]
+
+    def cam_target_layer(self) -> nn.Module:
+        """The module of timm's last ``feature_info`` entry (timm's own feature metadata)."""
+        info = getattr(self.model, "feature_info", None)
+        if not info:
+            raise NotImplementedError(f"timm model {self.name!r} has no feature_info")
+        return self.model.get_submodule(info[-1]["module"])  # type: ignore[no-any-return]
+
+    def cam_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """Tokens → patch grid; ``NHWC`` models (timm's ``output_fmt``) → channels-first."""
+        if output.ndim == 3:
+            return _tokens_to_grid(output, self.model)
+        fmt = getattr(self.model, "output_fmt", "NCHW")
+        if getattr(fmt, "value", fmt) == "NHWC":  # a str or timm's Format enum
+            return output.permute(0, 3, 1, 2)
+        return output
 
     def enable_gradient_checkpointing(
         self, segments: int | None = None, *, keep_last: bool | None = None

@@ -180,6 +180,10 @@ class FeaturesCNNBackbone(TorchvisionBackbone):
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self.model.classifier(x)  # type: ignore[no-any-return]
 
+    def cam_target_layer(self) -> nn.Module:
+        """The final 1x1 conv block ``features[-1]`` (the last spatial map)."""
+        return self.model.features[-1]  # type: ignore[no-any-return]
+
 
 class RegNetBackbone(TorchvisionBackbone):
     """RegNet: stem = ``stem``; units = the blocks of the four ``trunk_output`` stages."""
@@ -280,6 +284,10 @@ class SwinBackbone(TorchvisionBackbone):
 
     def grid_size(self, features: torch.Tensor) -> tuple[int, ...]:
         return tuple(features.shape[1:3])
+
+    def cam_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """Channels-last ``(B, H, W, C)`` → ``(B, C, H, W)``."""
+        return output.permute(0, 3, 1, 2)
 
 
 _MAXVIT_PARTITIONS = (7, 4, 2)

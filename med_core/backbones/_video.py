@@ -82,6 +82,10 @@ class Swin3DBackbone(TorchvisionBackbone):
     def grid_size(self, features: torch.Tensor) -> tuple[int, ...]:
         return tuple(features.shape[1:4])
 
+    def cam_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """Channels-last ``(B, D, H, W, C)`` → ``(B, C, D, H, W)``."""
+        return output.permute(0, 4, 1, 2, 3)
+
 
 _VIDEO: dict[str, tuple[type[TorchvisionBackbone], str, tuple[int, ...], int, int, int, str]] = {
     # name: (adapter, family, natural size, min_size, num_features, units, small-input line)

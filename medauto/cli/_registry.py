@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from medauto.cli._command import Command
 from medauto.cli._dashboard import DashboardCommand
+from medauto.cli._explain import ExplainCommand
 from medauto.cli._inspect import BestCommand
 from medauto.cli._inspect import StatusCommand
 from medauto.cli._results import ExportCommand
@@ -19,5 +20,6 @@ __all__ = ["COMMANDS"]
 COMMANDS: dict[str, type[Command]] = {
     c.name: c
     for c in (SearchCommand, CreateStudyCommand, WorkerCommand, StatusCommand, BestCommand,
-              TrainCommand, DashboardCommand, RetrainCommand, ReportCommand, ExportCommand)
+              TrainCommand, DashboardCommand, RetrainCommand, ReportCommand, ExportCommand,
+              ExplainCommand)
 }

@@ -84,5 +84,7 @@ def test_html_is_self_contained_and_markdown_links_pngs(
         assert f"]({png})" in md
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
-    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    gallery = len(list(folder.glob("gallery-*.png")))
+    assert len(srcs) == 2 + gallery
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in page and "<link" not in page  # nothing fetched when opened
