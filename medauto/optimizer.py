@@ -18,6 +18,7 @@ for its search share and stops every trial that could not be retrained in time, 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -275,7 +276,8 @@ class AutoMLOptimizer:
         device = resolve_device(self.device)
         space = self._resolve_space(device)
         grid = space.grid() if self.sampler == "grid" else None
-        sampler = make_sampler(self.sampler, self.sampler_kwargs, seed=self.seed, grid=grid)
+        sampler = functools.partial(make_sampler, self.sampler, self.sampler_kwargs, grid=grid)
+        sampler(seed=self.seed)  # validated before the storage is touched
         pruner = make_pruner(
             self.pruner,
             self.pruner_kwargs,
@@ -294,7 +296,7 @@ class AutoMLOptimizer:
         url = self.storage or default_storage_url(self.run_dir)
         storage = open_storage(url, self.storage_settings)
         name = self.study_name or f"{Path(str(self.data)).stem}-{space.name}"
-        study = open_study(name, storage, settings, sampler=sampler, pruner=pruner)
+        study = open_study(name, storage, settings, sampler=sampler, pruner=pruner, seed=self.seed)
         self.study_ = study
         return study, space, device
 
