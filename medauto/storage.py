@@ -54,6 +54,7 @@ from optuna.trial import TrialState
 
 from medauto import _optuna_compat as compat
 from medauto.exceptions import StorageError
+from medauto.logging import get_logger
 
 __all__ = [
     "HEARTBEAT_ATTR",
@@ -73,6 +74,7 @@ __all__ = [
 #: ``medauto:heartbeat:<trial id>`` holds the trial's last beat (Unix time). It is a study
 #: attribute, not a trial one, so it stays out of ``Study.trials_dataframe()`` and a
 #: retried trial (a new trial id) cannot inherit it.
+_logger = get_logger(__name__)
 HEARTBEAT_ATTR = "medauto:heartbeat"
 #: The user attribute naming the ``host:pid`` that runs a medauto trial. Set when the
 #: trial is created, so its presence marks a trial that must beat.
@@ -284,13 +286,7 @@ def _open_rdb(url: str, scheme: str, settings: StorageSettings) -> BaseStorage:
         engine_kwargs["pool_pre_ping"] = True
         engine_kwargs["pool_recycle"] = 3600
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return HeartbeatRDBStorage(
-                url,
-                settings=settings,
-                engine_kwargs=engine_kwargs,
-            )
+        return _create_schema_once(url, settings, engine_kwargs)
     except ImportError as e:
         extra = "postgres" if scheme.startswith("postgres") else "mysql driver (e.g. pymysql)"
         raise StorageError(
@@ -302,6 +298,41 @@ def _open_rdb(url: str, scheme: str, settings: StorageSettings) -> BaseStorage:
             raise full from None
         reason = redact_url(str(e).splitlines()[0]) if str(e) else type(e).__name__
         raise StorageError(f"cannot open storage {redact_url(url)!r}: {reason}") from e
+
+
+#: How often opening a new database is retried when another process creates its schema at
+#: the same moment (both see no tables; the loser's INSERT of the version row fails).
+_SCHEMA_RACE_RETRIES = 5
+
+
+def _create_schema_once(
+    url: str, settings: StorageSettings, engine_kwargs: dict[str, Any]
+) -> HeartbeatRDBStorage:
+    """Opens the RDB storage; retries when a concurrent opener wins the schema creation.
+
+    Two processes opening one new database at once (a test polling a study that a child
+    is creating, or several workers started together) race in Optuna's
+    ``create_all`` + version-row insert: the loser gets ``UNIQUE constraint failed:
+    alembic_version`` / ``table ... already exists``. Once the winner committed, opening
+    again finds the schema and succeeds.
+    """
+    import sqlalchemy.exc
+
+    def open_once() -> HeartbeatRDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return HeartbeatRDBStorage(url, settings=settings, engine_kwargs=engine_kwargs)
+
+    for attempt in range(1, _SCHEMA_RACE_RETRIES):
+        try:
+            return open_once()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
+            text = str(e).lower()
+            if "alembic_version" not in text and "already exists" not in text:
+                raise
+            _logger.debug("schema of %s created concurrently; opening again", redact_url(url))
+            time.sleep(0.1 * attempt)
+    return open_once()
 
 
 def _open_journal(url: str, settings: StorageSettings) -> BaseStorage:
