@@ -341,7 +341,7 @@ def _open_journal(url: str, settings: StorageSettings) -> BaseStorage:
     path = _journal_path(url)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = JournalFileBackend(str(path))
+        backend = _DiskFullAwareBackend(JournalFileBackend(str(path)), url)
     except OSError as e:
         full = disk_full_error(e, url)
         if full is not None:
@@ -370,7 +370,9 @@ def disk_full_error(exc: BaseException, url: str | None = None) -> StorageError 
         if (isinstance(cur, OSError) and cur.errno == errno.ENOSPC) or any(
             t in text for t in _DISK_FULL_TEXT
         ):
-            detail = getattr(cur, "strerror", None) or str(cur).splitlines()[0]
+            detail = getattr(cur, "strerror", None) or re.sub(
+                r"^\([\w.]+\)\s*", "", str(cur).splitlines()[0]
+            )
             where = f" while writing {redact_url(url)!r}" if url else ""
             return StorageError(
                 f"disk full ({detail}){where}; free space, then re-run the same command to "
@@ -447,6 +449,39 @@ class _Contract(compat.HeartbeatHooks):
         return _retry_callback(self._settings)
 
 
+def _raise_disk_full_as_storage_error(engine: Any, url: str) -> None:
+    """Makes a full disk under ``engine`` raise one :class:`StorageError` line instead of
+    Optuna's "invalid data in the commit" (SQLAlchemy's public ``handle_error`` event)."""
+    import sqlalchemy
+
+    def handle_error(context: Any) -> None:
+        full = disk_full_error(context.original_exception, url)
+        if full is not None:
+            raise full
+
+    sqlalchemy.event.listen(engine, "handle_error", handle_error)
+
+
+class _DiskFullAwareBackend(BaseJournalBackend):
+    """A journal backend whose full disk raises one :class:`StorageError` line."""
+
+    def __init__(self, inner: BaseJournalBackend, url: str) -> None:
+        self._inner = inner
+        self._url = url
+
+    def read_logs(self, log_number_from: int) -> Any:
+        return self._inner.read_logs(log_number_from)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        try:
+            self._inner.append_logs(logs)
+        except OSError as e:
+            full = disk_full_error(e, self._url)
+            if full is not None:
+                raise full from None
+            raise
+
+
 class HeartbeatRDBStorage(_Contract, compat.RDBCreateHook, RDBStorage):
     """Optuna's :class:`~optuna.storages.RDBStorage` under medauto's heartbeat contract.
 
@@ -463,6 +498,7 @@ class HeartbeatRDBStorage(_Contract, compat.RDBCreateHook, RDBStorage):
             **kwargs,
         )
         self._settings = settings
+        _raise_disk_full_as_storage_error(self.engine, url)
 
     def prepare_template(self, template: FrozenTrial | None) -> FrozenTrial | None:
         return _new_trial_template(template)
