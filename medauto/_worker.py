@@ -194,6 +194,89 @@ class _Heartbeat:
             self._thread.join()
 
 
+class _InterruptLatch:
+    """Makes sure a Ctrl-C (SIGINT) or SIGTERM interrupts the worker, wherever it lands.
+
+    Python runs a signal handler at the main thread's next bytecode, and when that is
+    inside a weakref callback or ``__del__`` the handler's ``KeyboardInterrupt`` is
+    printed ("Exception ignored in: <function _get_module_lock.<locals>.cb>") and
+    dropped: a Ctrl-C that arrives while a trial imports a module (torchvision, a
+    backbone) is lost, and the trial trains on. This latch wraps the current Python
+    handlers of SIGINT and SIGTERM (never ``SIG_IGN``/``SIG_DFL``: an ignored signal stays
+    ignored) for the duration of the worker loop; a watchdog thread re-delivers the
+    signal every :attr:`REDELIVER_S` until the loop has seen the ``KeyboardInterrupt``
+    (:meth:`seen`). A re-delivered signal that arrives after that is dropped, so it never
+    interrupts the recording of the interrupted trial. Only on the main thread.
+    """
+
+    REDELIVER_S = 1.0
+    _current: _InterruptLatch | None = None
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._pending: int | None = None
+        self._since = 0.0
+        self._redelivered = False
+        self._seen = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _InterruptLatch:
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                self._previous[sig] = handler
+                signal.signal(sig, self._handle)
+        if self._previous:
+            _InterruptLatch._current = self
+            self._thread = threading.Thread(target=self._watch, daemon=True,
+                                            name="medauto-interrupt")
+            self._thread.start()
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._redelivered and self._seen:
+            return  # a re-delivery that lost the race against the loop's handling
+        self._redelivered = False
+        if not self._seen and self._pending is None:
+            self._pending, self._since = signum, time.monotonic()
+        self._previous[signum](signum, frame)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            pending = self._pending
+            if pending is not None and not self._seen and (
+                time.monotonic() - self._since >= self.REDELIVER_S
+            ):
+                _logger.debug("signal %d was swallowed; delivering it again", pending)
+                self._redelivered = True
+                self._since = time.monotonic()
+                os.kill(os.getpid(), pending)
+
+    @classmethod
+    def seen(cls) -> None:
+        """Called where the loop catches ``KeyboardInterrupt``: the signal has landed."""
+        latch = cls._current
+        if latch is not None:
+            latch._seen = True
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        self._seen = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if _InterruptLatch._current is self:
+            _InterruptLatch._current = None
+
+
 def fail_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Fails the study's stale trials (docs/distributed.md), re-enqueues them, returns them.
 
@@ -270,9 +353,11 @@ def run_worker(
             left to the heartbeat, which retries it once a worker runs again.
     """
     try:
-        return _run_loop(study, objective, target=target, timeout=timeout,
-                         poll_interval=poll_interval, device=device, on_trial_end=on_trial_end,
-                         progress=progress, max_failures=max_failures)
+        with _InterruptLatch():
+            return _run_loop(study, objective, target=target, timeout=timeout,
+                             poll_interval=poll_interval, device=device,
+                             on_trial_end=on_trial_end, progress=progress,
+                             max_failures=max_failures)
     except (Exception, KeyboardInterrupt) as exc:
         full = disk_full_error(exc)
         if full is not None:
@@ -362,6 +447,8 @@ def _run_trial(
             with timed("objective", n):
                 value = objective(trial)
         except (Exception, KeyboardInterrupt) as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                _InterruptLatch.seen()
             if disk_full_error(exc) is not None:
                 raise  # run_worker turns it into one line; no later trial can succeed
             state, reason = classify_failure(exc)
