@@ -4,15 +4,20 @@ Optuna has no public API for three things medauto needs: the heartbeat contract 
 storage (``optuna.storages._heartbeat.BaseHeartbeat``), the storage and id behind a
 ``Study``/``Trial`` (``study._storage``, ``study._study_id``, ``trial._trial_id``), and the
 heartbeat rows and trial-creation hook of ``RDBStorage`` (``_create_new_trial``,
-``scoped_session``, ``models.TrialHeartbeatModel``). Every use goes through a function of
+``scoped_session``, ``models.TrialHeartbeatModel``); for type hints only, the
+``ArtifactStore`` protocol (``optuna.artifacts._protocol``). Every use goes through a function of
 this module, so an Optuna upgrade that renames one breaks here, in one file, and the
 tests of ``tests/medauto/storage`` (which run Optuna's own storage suite against medauto's
 storages) say so.
 
-Supported Optuna versions: ``>=4.5,<6`` (the pin in ``pyproject.toml``). Tested with the
-installed 5.0.0; every name used here has the same signature in the 4.x sources this
-module was written against (``_create_new_trial`` is what Optuna's own ``_CachedStorage``
-calls to create a trial, so it cannot change without Optuna changing that too).
+Supported Optuna versions: ``>=5.0,<6`` (the pin in ``pyproject.toml``). Checked against
+the installed 5.0.0 (tests) and the 4.5.0 wheel's source (read, not run): every private
+name used here exists in both, but 4.5 lacks public names medauto relies on —
+``RetryHeartbeatStaleTrialCallback``, ``BaseHeartbeat.get_heartbeat_stale_trial_callback``
+and RDBStorage's ``heartbeat_stale_trial_callback`` (4.x calls them ``failed_trial_*``) —
+and ``optuna.testing.pytest_storages`` (Optuna's storage suite, which
+``tests/medauto/storage/test_optuna_storage_suite.py`` imports) is not shipped before 5.0.
+``<6``: the next major version may rename any private name used here.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from optuna.storages._heartbeat import BaseHeartbeat
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.artifacts._protocol import ArtifactStore  # the type of every artifact store
     from optuna.storages import BaseStorage
     from optuna.storages import RDBStorage
 
 __all__ = [
+    "ArtifactStore",
     "BaseHeartbeat",
     "HeartbeatHooks",
     "RDBCreateHook",
@@ -115,9 +122,10 @@ def rdb_heartbeat_ages(storage: RDBStorage, sid: int) -> dict[int, float]:
         now = session.execute(sqlalchemy.func.now()).scalar()
         assert now is not None
         now = now.replace(tzinfo=None)
+        beat = models.TrialHeartbeatModel
         rows = (
-            session.query(models.TrialHeartbeatModel.trial_id, models.TrialHeartbeatModel.heartbeat)
-            .join(models.TrialModel, models.TrialModel.trial_id == models.TrialHeartbeatModel.trial_id)
+            session.query(beat.trial_id, beat.heartbeat)
+            .join(models.TrialModel, models.TrialModel.trial_id == beat.trial_id)
             .filter(models.TrialModel.study_id == sid)
             .filter(models.TrialModel.state == TrialState.RUNNING)
             .all()

@@ -38,10 +38,10 @@ if TYPE_CHECKING:
     import optuna
     from optuna.artifacts import ArtifactMeta
     from optuna.artifacts import FileSystemArtifactStore
-    from optuna.artifacts._protocol import ArtifactStore
 
     from med_core.training import History
     from med_core.training import Trainer
+    from medauto._optuna_compat import ArtifactStore
 
 __all__ = [
     "LEARNING_CURVE_NAME",

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import StorageInternalError
 from optuna.storages import BaseStorage
 from optuna.storages import JournalStorage
 from optuna.storages import RDBStorage
@@ -292,7 +293,7 @@ def _open_rdb(url: str, scheme: str, settings: StorageSettings) -> BaseStorage:
         raise StorageError(
             f"no database driver for {redact_url(url)!r} ({e}); install medauto[{extra}]"
         ) from e
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, optuna.exceptions.StorageInternalError) as e:
+    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError, ValueError) as e:
         full = disk_full_error(e, url)
         if full is not None:
             raise full from None
@@ -359,8 +360,9 @@ def disk_full_error(exc: BaseException, url: str | None = None) -> StorageError 
     extend file"); else ``None``.
 
     Example:
-        >>> disk_full_error(OSError(errno.ENOSPC, "No space left on device"), "sqlite:///a.db")
-        StorageError("disk full (No space left on device) while writing 'sqlite:///a.db'; free space, then re-run the same command to resume")
+        >>> err = disk_full_error(OSError(errno.ENOSPC, "No space left on device"))
+        >>> str(err).split(";")[0]
+        'disk full (No space left on device)'
     """
     seen: set[int] = set()
     cur: BaseException | None = exc

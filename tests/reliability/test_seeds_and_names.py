@@ -83,7 +83,8 @@ def test_workers_and_resumes_with_one_seed_do_not_repeat_proposals(tmp_path: Pat
     url = f"sqlite:///{tmp_path / 's.db'}"
     first = _ask(open_study("s", open_storage(url), SETTINGS, sampler=SAMPLER, seed=0), 4)
     resumed = _ask(open_study("s", open_storage(url), SETTINGS, sampler=SAMPLER, seed=0), 4)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     procs = [subprocess.Popen([sys.executable, "-c", _JOIN_AND_ASK, url], env=env,
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
     workers = [json.loads(p.communicate(timeout=120)[0]) for p in procs]

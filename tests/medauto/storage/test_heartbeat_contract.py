@@ -119,7 +119,8 @@ time.sleep(120)  # SIGKILLed here: after ask, before any heartbeat
 
 def test_worker_killed_between_ask_and_first_beat_does_not_hang(url: str) -> None:
     study = optuna.create_study(storage=open_storage(url, SETTINGS), study_name="s")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.Popen([sys.executable, "-c", _ASK_AND_HANG, url], stdout=subprocess.PIPE,
                             env=env, text=True)
     try:

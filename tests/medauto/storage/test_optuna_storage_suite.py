@@ -12,7 +12,6 @@ keeps the ~270 runs to seconds instead of a new database schema per test.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from optuna.storages import BaseStorage

@@ -54,7 +54,8 @@ print("not interrupted", flush=True)
 
 
 def test_a_swallowed_sigint_is_delivered_again(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-c", _CHILD, f"sqlite:///{tmp_path / 's.db'}"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert "Exception ignored" in proc.stderr, proc.stderr[-2000:]  # it really was swallowed
