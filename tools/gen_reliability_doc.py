@@ -250,9 +250,9 @@ def render(items: list[tuple[str, set[str]]],
         "  and every YAML read on a safe loader.",
         "- YAML is loaded safely: a `!!python/object/apply` tag is refused at "
         f"{', '.join(f'`{e}`' for e in sec.YAML_ENTRY_POINTS)}.",
-        "- Everything a search writes stays in its run directory, also with a study name full",
-        "  of `..` and `/`; MLflow's artifact root of the default local store is",
-        "  `<run_dir>/mlartifacts`.",
+        "- Everything a search writes stays in its run directory; a study name full of `..`",
+        "  and `/` is refused in one line (study names are names, not paths); MLflow's",
+        "  artifact root of the default local store is `<run_dir>/mlartifacts`.",
     ]
     for what, ref in sec.COVERED_ELSEWHERE:
         out.append(f"- {what}: `{ref}`.")
