@@ -81,3 +81,21 @@ def test_foreign_trials_do_not_crash_search_best_or_status(
     # The foreign RUNNING trial was left alone and its client can still tell it.
     plain.tell(running, 0.5)
     assert study.get_trials()[running.number].state == TrialState.COMPLETE
+
+
+def test_status_counts_pruned_reasons_and_foreign_trials(tmp_path: Path) -> None:
+    from medauto.storage import open_storage
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"),
+                                study_name="s", direction="maximize")
+    for reason, state in (("nan_loss", TrialState.PRUNED), ("nan_loss", TrialState.PRUNED),
+                          ("oom", TrialState.PRUNED), ("pruned", TrialState.PRUNED),
+                          ("error: ValueError: x", TrialState.FAIL)):
+        t = study.ask()
+        t.set_user_attr("reason", reason)
+        study.tell(t, state=state)
+    study.add_trial(optuna.trial.create_trial(value=0.9))  # a foreign COMPLETE trial
+    s = status_summary(study)
+    assert s["pruned_reasons"] == {"nan_loss": 2, "oom": 1}
+    assert s["fail_reasons"] == {"error: ValueError: x": 1}
+    assert s["foreign"] == 1 and s["best"] is None  # the foreign trial is never the best
