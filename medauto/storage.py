@@ -502,6 +502,10 @@ class HeartbeatRDBStorage(_Contract, compat.RDBCreateHook, RDBStorage):
         self._settings = settings
         _raise_disk_full_as_storage_error(self.engine, url)
 
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)  # a new engine: attach the disk-full hook again
+        _raise_disk_full_as_storage_error(self.engine, self.url)
+
     def prepare_template(self, template: FrozenTrial | None) -> FrozenTrial | None:
         return _new_trial_template(template)
 
