@@ -250,12 +250,24 @@ def _sqlite_path(url: str) -> Path:
 def _prepare_sqlite(url: str, timeout: float) -> None:
     """Creates the parent folder and switches the file to WAL mode (a persistent setting)."""
     path = _sqlite_path(url)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path, timeout=timeout) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-    except (OSError, sqlite3.Error) as e:
-        raise StorageError(f"cannot open SQLite storage {str(path)!r}: {e}") from e
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=timeout)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            finally:
+                conn.close()
+            return
+        except sqlite3.OperationalError as e:
+            # Switching the journal mode needs the file to itself and answers "database is
+            # locked" at once (no busy wait) while another process does the same.
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise StorageError(f"cannot open SQLite storage {str(path)!r}: {e}") from e
+            time.sleep(0.05)
+        except (OSError, sqlite3.Error) as e:
+            raise StorageError(f"cannot open SQLite storage {str(path)!r}: {e}") from e
 
 
 def _normalise_driver(url: str, scheme: str) -> str:

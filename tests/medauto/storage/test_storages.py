@@ -129,7 +129,7 @@ def test_processes_opening_one_new_database_at_once_all_succeed(tmp_path: Path) 
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
-    for round_ in range(2):
+    for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
         start = time.time() + 0.5
         procs = [ctx.Process(target=_open_at, args=(url, start)) for _ in range(3)]
