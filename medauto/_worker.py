@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 import traceback
@@ -40,12 +39,15 @@ from dataclasses import field
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from med_core.device import is_oom as _is_oom
 from med_core.device import release_memory
+from medauto import _optuna_compat as compat
 from medauto.logging import get_logger
+from medauto.storage import WORKER_ATTR
+from medauto.storage import disk_full_error
+from medauto.storage import worker_id
 
 __all__ = [
     "TIMING_ENV",
@@ -55,7 +57,11 @@ __all__ = [
     "run_worker",
     "study_counts",
     "timed",
+    "worker_id",
 ]
+
+#: The ``reason`` of a trial failed because its worker stopped beating.
+LOST_REASON = "worker lost (heartbeat stale)"
 
 _logger = get_logger(__name__)
 
@@ -151,17 +157,16 @@ def classify_failure(exc: BaseException) -> tuple[TrialState, str]:
 
 
 class _Heartbeat:
-    """Records the trial's heartbeat every interval from a daemon thread while training."""
+    """Records the trial's heartbeat now and then every interval from a daemon thread."""
 
     def __init__(self, study: optuna.Study, trial_id: int) -> None:
-        storage = study._storage
-        self._storage = storage if isinstance(storage, BaseHeartbeat) else None
+        self._storage = compat.heartbeat_storage(study)
         self._trial_id = trial_id
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> _Heartbeat:
-        if self._storage is not None and self._storage.get_heartbeat_interval():
+        if self._storage is not None:
             self._thread = threading.Thread(target=self._beat, daemon=True, name="medauto-hb")
             self._thread.start()
         return self
@@ -183,10 +188,115 @@ class _Heartbeat:
             self._thread.join()
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+class _InterruptLatch:
+    """Makes sure a Ctrl-C (SIGINT) or SIGTERM interrupts the worker, wherever it lands.
+
+    Python runs a signal handler at the main thread's next bytecode, and when that is
+    inside a weakref callback or ``__del__`` the handler's ``KeyboardInterrupt`` is
+    printed ("Exception ignored in: <function _get_module_lock.<locals>.cb>") and
+    dropped: a Ctrl-C that arrives while a trial imports a module (torchvision, a
+    backbone) is lost, and the trial trains on. This latch wraps the current Python
+    handlers of SIGINT and SIGTERM (never ``SIG_IGN``/``SIG_DFL``: an ignored signal stays
+    ignored) for the duration of the worker loop; a watchdog thread re-delivers the
+    signal every :attr:`REDELIVER_S` until the loop has seen the ``KeyboardInterrupt``
+    (:meth:`seen`). A re-delivered signal that arrives after that is dropped, so it never
+    interrupts the recording of the interrupted trial. Only on the main thread.
+    """
+
+    REDELIVER_S = 1.0
+    _current: _InterruptLatch | None = None
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._pending: int | None = None
+        self._since = 0.0
+        self._redelivered = False
+        self._seen = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _InterruptLatch:
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                self._previous[sig] = handler
+                signal.signal(sig, self._handle)
+        if self._previous:
+            _InterruptLatch._current = self
+            self._thread = threading.Thread(target=self._watch, daemon=True,
+                                            name="medauto-interrupt")
+            self._thread.start()
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._redelivered and self._seen:
+            return  # a re-delivery that lost the race against the loop's handling
+        self._redelivered = False
+        if not self._seen and self._pending is None:
+            self._pending, self._since = signum, time.monotonic()
+        self._previous[signum](signum, frame)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            pending = self._pending
+            if pending is not None and not self._seen and (
+                time.monotonic() - self._since >= self.REDELIVER_S
+            ):
+                _logger.debug("signal %d was swallowed; delivering it again", pending)
+                self._redelivered = True
+                self._since = time.monotonic()
+                os.kill(os.getpid(), pending)
+
+    @classmethod
+    def seen(cls) -> None:
+        """Called where the loop catches ``KeyboardInterrupt``: the signal has landed."""
+        latch = cls._current
+        if latch is not None:
+            latch._seen = True
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        self._seen = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if _InterruptLatch._current is self:
+            _InterruptLatch._current = None
+
+
+def fail_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Fails the study's stale trials (docs/distributed.md), re-enqueues them, returns them.
+
+    Each one gets the reason :data:`LOST_REASON` before it is failed; only the worker
+    whose state change wins returns (and retries) a trial, so callers may close its
+    MLflow run. Does nothing on a storage without heartbeats.
+    """
+    storage = compat.heartbeat_storage(study)
+    if storage is None:
+        return []
+    failed = []
+    for tid in compat.stale_trial_ids(storage, compat.study_id(study)):
+        try:
+            storage.set_trial_user_attr(tid, "reason", LOST_REASON)
+            if storage.set_trial_state_values(tid, state=TrialState.FAIL):
+                failed.append(storage.get_trial(tid))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it first
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for frozen in failed:
+        _logger.warning("trial %d: %s; failed it", frozen.number, LOST_REASON)
+        if callback is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                callback(study, frozen)
+    return failed
 
 
 def _is_surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
@@ -197,11 +307,6 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
         if t.state in FINISHED or (t.state == TrialState.RUNNING and t.number < trial.number):
             ahead += 1
     return ahead >= target
-
-
-def worker_id() -> str:
-    """``host:pid`` of this process, stored on each trial it runs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def run_worker(
@@ -238,7 +343,34 @@ def run_worker(
         KeyboardInterrupt: after recording the running trial as FAIL/``interrupted``.
         MedautoError: ``max_failures`` trials in a row failed (the message gives the last
             reason).
+        StorageError: a disk is full (one line: "disk full (...)"); the running trial is
+            left to the heartbeat, which retries it once a worker runs again.
     """
+    try:
+        with _InterruptLatch():
+            return _run_loop(study, objective, target=target, timeout=timeout,
+                             poll_interval=poll_interval, device=device,
+                             on_trial_end=on_trial_end, progress=progress,
+                             max_failures=max_failures)
+    except (Exception, KeyboardInterrupt) as exc:
+        full = disk_full_error(exc)
+        if full is not None:
+            raise full from None
+        raise
+
+
+def _run_loop(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    target: int,
+    timeout: float | None,
+    poll_interval: float,
+    device: str,
+    on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None,
+    progress: Any,
+    max_failures: int | None,
+) -> WorkerReport:
     report = WorkerReport()
     start = time.monotonic()
     with _long_lived_objects_frozen():
@@ -248,7 +380,8 @@ def run_worker(
                 report.stop_reason = "timeout"
                 break
             with timed("study_poll"):
-                _fail_stale(study)
+                for lost in fail_stale_trials(study):
+                    _end_trial(study, lost, on_trial_end)  # closes the lost worker's run
                 counts = study_counts(study)
                 if progress is not None:
                     progress.update(study)
@@ -299,15 +432,19 @@ def _run_trial(
 ) -> optuna.trial.FrozenTrial:
     n = trial.number
     with timed("trial_attrs", n):
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr(WORKER_ATTR, worker_id())
         if device:
             trial.set_user_attr("device", device)
     t0 = time.perf_counter()
-    with _Heartbeat(study, trial._trial_id):
+    with _Heartbeat(study, compat.trial_id(trial)):
         try:
             with timed("objective", n):
                 value = objective(trial)
         except (Exception, KeyboardInterrupt) as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                _InterruptLatch.seen()
+            if disk_full_error(exc) is not None:
+                raise  # run_worker turns it into one line; no later trial can succeed
             state, reason = classify_failure(exc)
             with timed("tell", n):
                 trial.set_user_attr("reason", reason)

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import warnings
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import optuna
 
 from medauto.exceptions import MedautoError
 
-__all__ = ["PRUNERS", "SAMPLERS", "make_pruner", "make_sampler", "parse_kwargs"]
+__all__ = ["PRUNERS", "SAMPLERS", "make_pruner", "make_sampler", "parse_kwargs", "process_seed"]
 
 
 def _tpe(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
@@ -85,6 +86,32 @@ def _check_kwargs(kind: str, name: str, kwargs: Mapping[str, Any]) -> None:
         raise MedautoError(
             f"{kind} {name!r} has no parameter(s) {unknown}; allowed: {sorted(allowed)}"
         )
+
+
+def process_seed(
+    seed: int | None, *, created: bool, trials_so_far: int, worker: str
+) -> int | None:
+    """The sampler seed of one process joining a study (docs/optimization.md, "Seeds").
+
+    * ``seed=None``: ``None`` (Optuna draws fresh OS entropy; every process differs).
+    * the process that creates the study: ``seed`` itself, so a new study searched by one
+      ``medauto search --seed S`` (or ``AutoMLOptimizer(seed=S)``) process proposes the
+      same configurations on every run.
+    * every other process (a resume, a ``medauto worker``, a packed child): a seed derived
+      from ``seed``, the number of trials the study holds when it joins and the process's
+      ``host:pid``, so no two processes, and no resume, replay the same proposals. Only a
+      retry of a failed trial repeats a configuration, on purpose.
+
+    Example:
+        >>> process_seed(7, created=True, trials_so_far=0, worker="h:1")
+        7
+        >>> process_seed(7, created=False, trials_so_far=5, worker="h:1") != 7
+        True
+    """
+    if seed is None or created:
+        return seed
+    digest = hashlib.sha256(f"{seed}|{trials_so_far}|{worker}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def make_sampler(

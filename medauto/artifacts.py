@@ -38,10 +38,10 @@ if TYPE_CHECKING:
     import optuna
     from optuna.artifacts import ArtifactMeta
     from optuna.artifacts import FileSystemArtifactStore
-    from optuna.artifacts._protocol import ArtifactStore
 
     from med_core.training import History
     from med_core.training import Trainer
+    from medauto._optuna_compat import ArtifactStore
 
 __all__ = [
     "LEARNING_CURVE_NAME",
@@ -145,7 +145,9 @@ def upload_trial_artifacts(
         items = [(str(k), Path(v)) for k, v in files.items()]
     else:
         items = [(Path(p).name, Path(p)) for p in files]
-    storage = study._storage if study is not None else None
+    from medauto._optuna_compat import study_storage
+
+    storage = study_storage(study) if study is not None else None
     if storage is None and not isinstance(trial, optuna.Trial):
         raise ValueError("upload_trial_artifacts needs the study for a FrozenTrial")
     ids: list[str] = []

@@ -25,6 +25,7 @@ the budget less a small reserve for the final model is spent.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -281,6 +282,10 @@ class AutoMLOptimizer:
         m = self.max_failures
         if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
             raise MedautoError(f"max_failures must be None or an integer >= 1, got {m!r}")
+        if self.study_name is not None:
+            from medauto.study import validate_study_name
+
+            validate_study_name(self.study_name)
         if self.selection not in SELECTIONS:
             raise MedautoError(
                 f"selection must be one of {list(SELECTIONS)}, got {self.selection!r}"
@@ -333,7 +338,8 @@ class AutoMLOptimizer:
         self.selection_ = selection = self._resolve_selection(fp)
         _logger.info("data: %s; selection on %s", fp.describe(), selection.describe())
         grid = space.grid() if self.sampler == "grid" else None
-        sampler = make_sampler(self.sampler, self.sampler_kwargs, seed=self.seed, grid=grid)
+        sampler = functools.partial(make_sampler, self.sampler, self.sampler_kwargs, grid=grid)
+        sampler(seed=self.seed)  # validated before the storage is touched
         cv = selection.mode == "cv"  # the pruner's resource is then folds, not epochs
         pruner = make_pruner(
             self.pruner,
@@ -353,7 +359,7 @@ class AutoMLOptimizer:
         url = self.storage or default_storage_url(self.run_dir)
         storage = open_storage(url, self.storage_settings)
         name = self.study_name or f"{Path(str(self.data)).stem}-{space.name}"
-        study = open_study(name, storage, settings, sampler=sampler, pruner=pruner)
+        study = open_study(name, storage, settings, sampler=sampler, pruner=pruner, seed=self.seed)
         if self.portfolio and space.portfolio and not study.get_trials(deepcopy=False):
             for entry in space.portfolio:
                 study.enqueue_trial(dict(entry.params), user_attrs={"portfolio": entry.name},
@@ -504,19 +510,15 @@ class AutoMLOptimizer:
         return result
 
     def _result(self, study: optuna.Study, report: WorkerReport) -> OptimizationResult:
-        from medauto.results import best_config
+        from med_core.config import TrainConfig
+        from medauto.results import CONFIG_ATTR
+        from medauto.results import best_trial
 
-        try:
-            best = study.best_trial
-        except ValueError:
-            raise MedautoError(
-                f"study {study.study_name!r} has no completed trial yet "
-                "(see `medauto status` for the failure reasons)"
-            ) from None
+        best = best_trial(study)  # foreign trials are passed over
         return OptimizationResult(
             study=study,
             best_value=float(best.value),  # type: ignore[arg-type]
-            best_config=best_config(study),
+            best_config=TrainConfig.from_dict(best.user_attrs[CONFIG_ATTR]),
             best_trial_number=best.number,
             report=report,
         )

@@ -332,9 +332,12 @@ def _study_blocks(study: optuna.Study, settings: dict[str, Any]) -> list[Block]:
         ["search space", space.get("name", "?")],
         ["trials", ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"],
     ])]
+    from medauto.exceptions import MedautoError
+    from medauto.results import best_trial
+
     try:
-        best = study.best_trial
-    except ValueError:
+        best = best_trial(study)  # the rule best, retrain and the dashboard use
+    except MedautoError:
         return [*blocks, ("p", "No trial has completed yet, so there is no best trial.")]
     blocks += [("h2", "Best trial"),
                ("p", f"Trial {best.number}: {settings.get('metric', 'value')} = "

@@ -1,49 +1,116 @@
-"""Reading results back from a study: best config, state counts, per-trial summaries."""
+"""Reading results back from a study: the one trial-selection rule, state counts, reasons.
+
+A study may hold trials that medauto did not create: from a plain Optuna ``study.tell``,
+``study.add_trial``, the ``optuna`` CLI or optuna-dashboard. They are first-class members
+of the study (counted, shown, never altered), but only :func:`is_selectable` trials are
+chosen as results, by :func:`ranked_trials` — the one rule that ``best``, ``search`` /
+``worker`` results, ``retrain``'s trial selection and the report all use.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from med_core.config import TrainConfig
 from medauto.exceptions import MedautoError
+from medauto.storage import WORKER_ATTR
 
-__all__ = ["best_config", "status_summary"]
+__all__ = [
+    "CONFIG_ATTR",
+    "best_config",
+    "best_trial",
+    "is_selectable",
+    "ranked_trials",
+    "status_summary",
+]
+
+#: The user attribute holding a medauto trial's full TrainConfig (``TrainConfig.to_dict``).
+CONFIG_ATTR = "config"
+
+
+def is_selectable(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` may be chosen as a result: COMPLETE, a finite value, and a medauto
+    ``config`` user attribute (a foreign trial has no config to retrain or report)."""
+    return (
+        trial.state == TrialState.COMPLETE
+        and isinstance(trial.user_attrs.get(CONFIG_ATTR), dict)
+        and trial.value is not None
+        and math.isfinite(trial.value)
+    )
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Every :func:`is_selectable` trial, best first; ties keep the earlier trial first."""
+    done = [t for t in study.get_trials(deepcopy=False) if is_selectable(t)]
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    done.sort(key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
+    return done
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The best selectable trial (:func:`ranked_trials`); foreign trials are passed over.
+
+    Raises:
+        MedautoError: no medauto trial has completed yet (the message counts the foreign
+            COMPLETE trials it passed over).
+    """
+    ranked = ranked_trials(study)
+    if ranked:
+        return ranked[0]
+    foreign = sum(
+        t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)
+    )
+    extra = (
+        f" ({foreign} completed trial(s) from other Optuna clients have no medauto config)"
+        if foreign else ""
+    )
+    raise MedautoError(f"study {study.study_name!r} has no completed medauto trial yet{extra}")
 
 
 def best_config(study: optuna.Study) -> TrainConfig:
-    """The TrainConfig of the study's best COMPLETE trial (from its ``config`` attribute).
+    """The TrainConfig of :func:`best_trial` (from its ``config`` attribute).
 
     Raises:
-        MedautoError: no trial has completed yet.
+        MedautoError: no medauto trial has completed yet.
     """
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise MedautoError(f"study {study.study_name!r} has no completed trial yet") from None
-    return TrainConfig.from_dict(best.user_attrs["config"])
+    return TrainConfig.from_dict(best_trial(study).user_attrs[CONFIG_ATTR])
 
 
 def status_summary(study: optuna.Study) -> dict[str, Any]:
-    """Counts by state, best value/trial, the running trials with their workers, reasons."""
+    """Counts by state, the best trial (:func:`best_trial`), running trials, reasons.
+
+    ``fail_reasons`` counts FAIL trials by their ``reason``; ``pruned_reasons`` counts
+    PRUNED trials whose reason is not plain pruning (``nan_loss``, ``oom``); ``foreign``
+    counts trials that no medauto worker ran (other Optuna clients).
+    """
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
     reasons = Counter(
-        t.user_attrs.get("reason", "worker lost (heartbeat stale)")
+        t.user_attrs.get("reason", "no reason recorded")
         for t in trials
         if t.state == TrialState.FAIL
     )
-    try:
-        best: dict[str, Any] | None = {
-            "number": study.best_trial.number,
-            "value": study.best_value,
-            "backbone": study.best_trial.user_attrs.get("backbone"),
+    pruned = Counter(
+        str(t.user_attrs["reason"])
+        for t in trials
+        if t.state == TrialState.PRUNED and t.user_attrs.get("reason", "pruned") != "pruned"
+    )
+    ranked = ranked_trials(study)
+    best: dict[str, Any] | None = (
+        {
+            "number": ranked[0].number,
+            "value": ranked[0].value,
+            "backbone": ranked[0].user_attrs.get("backbone"),
         }
-    except ValueError:
-        best = None
+        if ranked else None
+    )
     target = study.user_attrs.get("medauto:settings", {}).get("n_trials")
     return {
         "study": study.study_name,
@@ -63,4 +130,8 @@ def status_summary(study: optuna.Study) -> dict[str, Any]:
             if t.state == TrialState.RUNNING
         ],
         "fail_reasons": dict(reasons),
+        "pruned_reasons": dict(pruned),
+        "foreign": sum(
+            CONFIG_ATTR not in t.user_attrs and WORKER_ATTR not in t.user_attrs for t in trials
+        ),
     }

@@ -286,23 +286,15 @@ class RetrainResult:
 
 # --------------------------------------------------------------------- trial selection
 def select_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The ``k`` best COMPLETE trials that carry a medauto ``config`` (best first).
-
-    Ties keep the earlier trial first.
+    """The ``k`` best trials by :func:`medauto.results.ranked_trials` (best first; the rule
+    ``best``, the report and the dashboard use: foreign trials are passed over).
 
     Raises:
         MedautoError: fewer than ``k`` such trials.
     """
-    from optuna.study import StudyDirection
-    from optuna.trial import TrialState
+    from medauto.results import ranked_trials
 
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "config" in t.user_attrs and t.value is not None and math.isfinite(t.value)
-    ]
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    done.sort(key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
+    done = ranked_trials(study)
     if len(done) < k:
         raise MedautoError(
             f"study {study.study_name!r} has {len(done)} completed trial(s); retraining the "
@@ -461,6 +453,9 @@ def _resolve_study(study: optuna.Study | str, storage: str | None, run_dir: Path
 
     from medauto.storage import default_storage_url
     from medauto.storage import open_storage
+    from medauto.study import validate_study_name
+
+    validate_study_name(study)  # the name becomes a folder under run_dir
 
     store = open_storage(storage or default_storage_url(run_dir))
     try:

@@ -9,16 +9,46 @@ nothing else. Resuming with a different search space, metric or data raises
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
+from medauto.algorithms import process_seed
 from medauto.exceptions import MedautoError
 from medauto.exceptions import StudyConflictError
 from medauto.logging import get_logger
+from medauto.storage import worker_id
 
-__all__ = ["StudySettings", "load_settings", "open_study"]
+__all__ = ["StudySettings", "load_settings", "open_study", "validate_study_name"]
+
+#: What a study name may be: it names files and folders under ``--run-dir`` (retrain,
+#: report), so it must be one path component, not a path.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@+=-]{0,127}")
+
+
+def validate_study_name(name: str) -> str:
+    """Returns ``name`` if it is a study name, not a path.
+
+    One to 128 characters: letters, digits and ``._-@+=``, starting with a letter, digit
+    or ``_`` (so never ``..``, ``/``, ``\\``, a leading ``-`` or ``.``, or whitespace).
+
+    Raises:
+        MedautoError: the name is not valid (the message names the rule and the value).
+
+    Example:
+        >>> validate_study_name("breastmnist-fast")
+        'breastmnist-fast'
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise MedautoError(
+            f"study name {name!r} is not a valid name: use 1-128 letters, digits and "
+            "'._-@+=', starting with a letter, digit or '_', without '..' or path "
+            "separators (e.g. breastmnist-fast)"
+        )
+    return name
 
 _logger = get_logger(__name__)
 _ATTR = "medauto:settings"
@@ -90,17 +120,51 @@ def open_study(
     storage: optuna.storages.BaseStorage,
     settings: StudySettings,
     *,
-    sampler: optuna.samplers.BaseSampler | None = None,
+    sampler: optuna.samplers.BaseSampler | Callable[..., optuna.samplers.BaseSampler] | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    seed: int | None = None,
 ) -> optuna.Study:
     """Creates the study, or resumes it if it exists with compatible settings.
 
     A resumed study takes the new ``n_trials`` target (so ``--trials 20`` after a finished
     ``--trials 10`` runs 10 more).
 
+    Args:
+        name: The study name (:func:`validate_study_name`).
+        storage: An open storage (:func:`medauto.storage.open_storage`).
+        settings: What defines the study.
+        sampler: A sampler, or a factory called as ``factory(seed=...)`` (e.g. a partial
+            of :func:`medauto.algorithms.make_sampler`): a factory is called with this
+            process's seed (:func:`medauto.algorithms.process_seed` of ``seed``) once it is
+            known whether this process created the study and how many trials it holds.
+        pruner: The pruner.
+        seed: The user's sampler seed, used with a sampler factory.
+
     Raises:
+        MedautoError: ``name`` is not a valid study name.
         StudyConflictError: the study exists with another space, data, metric or direction.
     """
+    validate_study_name(name)
+    factory = sampler if callable(sampler) and not isinstance(
+        sampler, optuna.samplers.BaseSampler
+    ) else None
+    fixed = None if factory is not None else sampler
+    study, created = _create_or_resume(name, storage, settings, fixed, pruner)
+    if factory is not None:
+        n = len(study.get_trials(deepcopy=False))
+        study.sampler = factory(
+            seed=process_seed(seed, created=created, trials_so_far=n, worker=worker_id())
+        )
+    return study
+
+
+def _create_or_resume(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    settings: StudySettings,
+    sampler: optuna.samplers.BaseSampler | None,
+    pruner: optuna.pruners.BasePruner | None,
+) -> tuple[optuna.Study, bool]:
     try:
         study = optuna.create_study(
             study_name=name,
@@ -111,7 +175,7 @@ def open_study(
         )
         study.set_user_attr(_ATTR, settings.to_json())
         _logger.info("created study %r", name)
-        return study
+        return study, True
     except optuna.exceptions.DuplicatedStudyError:
         pass
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -121,4 +185,4 @@ def open_study(
         study.set_user_attr(_ATTR, settings.to_json())
     done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     _logger.info("resuming study %r (%d trials already finished)", name, done)
-    return study
+    return study, False

@@ -216,9 +216,20 @@ class MlflowTracker(BaseTracker):
         return None
 
     def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = self._runs.pop(trial.number, None)
-        if run_id is None or not self.enabled:
+        """Closes the trial's run: one this process started, or an orphan — the run of a
+        trial whose worker died (the heartbeat failed it), still RUNNING in MLflow."""
+        if not self.enabled:
             return
+        run_id = self._runs.pop(trial.number, None)
+        if run_id is None:
+            orphan = trial.user_attrs.get("mlflow_run_id")
+            if not orphan or not trial.state.is_finished():
+                return
+            with self._guard("look up an orphan trial run"):
+                if self.client.get_run(orphan).info.status == "RUNNING":
+                    run_id = orphan
+            if run_id is None:
+                return
         from mlflow.entities import RunTag
 
         tags = [RunTag("medauto.state", trial.state.name.lower())]

@@ -3,8 +3,10 @@
 The tables are the ones the tests run: ``FAULTS`` of each ``tests/reliability/test_*.py``
 module, ``BAD_INPUTS`` of ``test_bad_inputs.py``, the payload tables and
 ``COVERED_ELSEWHERE`` of ``test_security.py``; the test list comes from pytest's own
-collection of ``tests/reliability``. Nothing in the document is typed by hand, so it
-stays true as long as the suite passes.
+collection of ``tests/reliability``, of the backend-parametrized heartbeat suite and of
+Optuna's storage suite as medauto runs it (``tests/medauto/storage``), whose strict
+``xfail`` deviations are read from its ``DEVIATIONS``. Nothing in the document is typed by
+hand, so it stays true as long as the suite passes.
 
 Usage::
 
@@ -26,17 +28,24 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "tests" / "reliability"
 DOC = REPO / "docs" / "reliability.md"
+STORAGE_TESTS = REPO / "tests" / "medauto" / "storage"
+OPTUNA_SUITE = STORAGE_TESTS / "test_optuna_storage_suite.py"
+HEARTBEAT_SUITE = STORAGE_TESTS / "test_heartbeat_contract.py"
 FAULT_MODULES = (
     "test_killed_worker",
     "test_interrupt",
     "test_concurrency",
     "test_trial_faults",
     "test_memory",
+    "test_foreign_clients",
+    "test_seeds_and_names",
+    "test_disk_full",
 )
 
 
 def _on_path() -> None:
-    for path in (str(SUITE), str(REPO)):  # as `python -m pytest` from the repo root has it
+    # as `python -m pytest` from the repo root has it
+    for path in (str(SUITE), str(STORAGE_TESTS), str(REPO)):
         if path not in sys.path:
             sys.path.insert(0, path)
 
@@ -56,7 +65,9 @@ class _Collector:
         self.items = [(i.nodeid, {m.name for m in i.iter_markers()}) for i in items]
 
 
-def collect() -> list[tuple[str, set[str]]]:
+def collect(*paths: Path) -> list[tuple[str, set[str]]]:
+    """Node ids and marker names of the tests pytest collects under ``paths`` (default:
+    the reliability suite)."""
     import pytest
 
     _on_path()
@@ -67,7 +78,7 @@ def collect() -> list[tuple[str, set[str]]]:
             os.dup2(log.fileno(), 1)
             code = pytest.main(
                 ["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO),
-                 str(SUITE)],
+                 *(str(p) for p in paths or (SUITE,))],
                 plugins=[plugin],
             )
         finally:
@@ -76,8 +87,8 @@ def collect() -> list[tuple[str, set[str]]]:
             os.close(saved)
         if code != 0:
             log.seek(0)
-            raise SystemExit(f"{log.read()[-3000:]}\npytest could not collect {SUITE} "
-                             f"(exit {code})")
+            raise SystemExit(f"{log.read()[-3000:]}\npytest could not collect "
+                             f"{paths or SUITE} (exit {code})")
     return plugin.items
 
 
@@ -85,7 +96,83 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render(items: list[tuple[str, set[str]]]) -> str:
+def _per_backend(items: list[tuple[str, set[str]]]) -> dict[str, list[str]]:
+    """``backend -> test names`` from node ids ending in ``[...backend]``."""
+    out: dict[str, list[str]] = {}
+    for nodeid, _ in items:
+        name, _, params = nodeid.split("::")[-1].partition("[")
+        backend = params.rstrip("]").split("-")[0] if params else "-"
+        out.setdefault(backend, []).append(name)
+    return out
+
+
+def render_storage(optuna_items: list[tuple[str, set[str]]],
+                   heartbeat_items: list[tuple[str, set[str]]]) -> list[str]:
+    """The sections on the heartbeat contract suite and Optuna's storage suite."""
+    import optuna
+
+    deviations = _import("test_optuna_storage_suite").DEVIATIONS
+    out = [
+        "",
+        "## Heartbeat contract (every backend)",
+        "",
+        "One backend-parametrized suite (`tests/medauto/storage/test_heartbeat_contract.py`)",
+        "enforces the contract of docs/distributed.md: medauto trials that beat and stopped,",
+        "or never beat, are stale after the grace period; a plain Optuna client's trial only",
+        "if it beat and stopped; retries start clean; the heartbeat stays out of",
+        "`trials_dataframe()`; a worker SIGKILLed between `ask` and its first heartbeat does",
+        "not hang the study.",
+        "",
+        "| storage | tests |",
+        "| --- | --- |",
+    ]
+    for backend, names in sorted(_per_backend(heartbeat_items).items()):
+        out.append(f"| {backend} | {len(names)} |")
+    out += [
+        "",
+        "## Optuna's storage suite on medauto's storages",
+        "",
+        f"Optuna {optuna.__version__}'s own `StorageTestCase` (imported from the installed",
+        "`optuna.testing.pytest_storages`, so it runs offline and matches the installed",
+        "version) runs in CI against the storages `medauto.storage.open_storage` returns",
+        "(`tests/medauto/storage/test_optuna_storage_suite.py`). No test is skipped; the",
+        "deliberate deviations are strict `xfail`s (a deviation that starts passing fails CI).",
+        "",
+        "| storage | tests | pass | xfail (deviation) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for backend, names in sorted(_per_backend(optuna_items).items()):
+        dev = sum(n in deviations for n in names)
+        out.append(f"| {backend} | {len(names)} | {len(names) - dev} | {dev} |")
+    out += ["", "Deviations:", ""]
+    for name, reason in sorted(deviations.items()):
+        out.append(f"- `{name}`: {_cell(reason)}.")
+    return out
+
+
+def render_foreign(faults: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The section on plain Optuna clients sharing a medauto study."""
+    out = [
+        "",
+        "## Foreign clients",
+        "",
+        "Trials that medauto did not create (a user's `study.tell`/`add_trial`, the `optuna`",
+        "CLI, optuna-dashboard) are counted and left alone; results are chosen among medauto's",
+        "own trials by one rule, `medauto.results.ranked_trials`.",
+        "",
+        "| check | storage | what must hold |",
+        "| --- | --- | --- |",
+    ]
+    for _, f in faults:
+        if f.get("kind") == "foreign":
+            out.append(f"| {_cell(f['fault'])} | {', '.join(f['backends'])} | "
+                       f"{_cell(f['expected'])} |")
+    return out
+
+
+def render(items: list[tuple[str, set[str]]],
+           optuna_items: list[tuple[str, set[str]]] | None = None,
+           heartbeat_items: list[tuple[str, set[str]]] | None = None) -> str:
     faults = [(m, f) for m in FAULT_MODULES for f in _import(m).FAULTS]
     bad = _import("test_bad_inputs").BAD_INPUTS
     sec = _import("test_security")
@@ -163,13 +250,15 @@ def render(items: list[tuple[str, set[str]]]) -> str:
         "  and every YAML read on a safe loader.",
         "- YAML is loaded safely: a `!!python/object/apply` tag is refused at "
         f"{', '.join(f'`{e}`' for e in sec.YAML_ENTRY_POINTS)}.",
-        "- Everything a search writes stays in its run directory, also with a study name full",
-        "  of `..` and `/`; MLflow's artifact root of the default local store is",
-        "  `<run_dir>/mlartifacts`.",
+        "- Everything a search writes stays in its run directory; a study name full of `..`",
+        "  and `/` is refused in one line (study names are names, not paths); MLflow's",
+        "  artifact root of the default local store is `<run_dir>/mlartifacts`.",
     ]
     for what, ref in sec.COVERED_ELSEWHERE:
         out.append(f"- {what}: `{ref}`.")
 
+    out += render_foreign(faults)
+    out += render_storage(optuna_items or [], heartbeat_items or [])
     out += ["", "## The tests", "", "| module | tests |", "| --- | --- |"]
     for module, n in sorted(per_module.items()):
         out.append(f"| `{module}` | {n} |")
@@ -186,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="exit 1 if the doc is out of date")
     args = p.parse_args(argv)
-    text = render(collect())
+    text = render(collect(), collect(OPTUNA_SUITE), collect(HEARTBEAT_SUITE))
     if args.check:
         if not DOC.is_file() or DOC.read_text() != text:
             print(f"{DOC.relative_to(REPO)} is out of date: run "

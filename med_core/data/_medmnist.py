@@ -17,6 +17,7 @@ from med_core.data._info import SPLITS
 from med_core.data._info import DatasetInfo
 from med_core.data._info import MedicalDataset
 from med_core.data._info import Split
+from med_core.data._validate import validate_class_ids
 from med_core.data._validate import validate_split
 from med_core.exceptions import DataError
 
@@ -201,7 +202,7 @@ def _infer_task(labels: list[np.ndarray], where: str) -> tuple[str, int]:
         floats = np.concatenate([lab.ravel() for lab in labels])
         if not np.array_equal(floats, np.round(floats)):
             raise DataError(f"{where}: single-label labels must be integers, got {first.dtype}")
-    k = int(max(int(lab.max()) for lab in labels if lab.size)) + 1
+    k = validate_class_ids(labels, where)
     return ("binary" if k <= 2 else "multi-class"), max(k, 2)
 
 

@@ -8,7 +8,7 @@ from med_core.data._info import DatasetInfo
 from med_core.data._info import Split
 from med_core.exceptions import DataError
 
-__all__ = ["validate_split"]
+__all__ = ["validate_class_ids", "validate_split"]
 
 
 def validate_split(split: Split, info: DatasetInfo, *, name: str, allow_empty: bool) -> None:
@@ -69,3 +69,42 @@ def validate_split(split: Split, info: DatasetInfo, *, name: str, allow_empty: b
                 f"{where}: label {bad} out of range [0, {info.num_classes - 1}] "
                 f"for {info.num_classes} classes"
             )
+    if name == "val" and n:
+        present = np.unique(labels)
+        if present.size < 2:
+            raise DataError(
+                f"{where}: the validation split holds a single class (label {int(present[0])}, "
+                f"{n} samples); model selection and AUC need at least two classes: re-split so "
+                "that val holds every class"
+            )
+
+
+def validate_class_ids(labels: list[np.ndarray], where: str) -> int:
+    """Checks inferred single-label class ids and returns the class count ``K``.
+
+    Without a class list, ``K`` is ``max + 1``; every id ``0..K-1`` must then occur in the
+    training split (``labels[0]``), so one stray value (a ``40`` among 0/1 labels) is
+    refused instead of silently making a 41-class task.
+
+    Raises:
+        DataError: negative ids, or ids ``0..K-1`` that never occur in train (the message
+            names the file, the values found and the missing ones).
+    """
+    values = np.unique(np.concatenate([np.asarray(lab).ravel() for lab in labels]))
+    if values.size == 0:
+        raise DataError(f"{where}: no labels")
+    if values[0] < 0:
+        raise DataError(f"{where}: negative label {int(values[0])}; class ids are 0..K-1")
+    k = int(values[-1]) + 1
+    in_train = set(np.unique(np.asarray(labels[0]).ravel()).astype(int).tolist())
+    missing = [c for c in range(k) if c not in in_train]
+    if missing:
+        found = values.astype(int).tolist()
+        shown = found if len(found) <= 20 else found[:10] + ["..."] + found[-5:]
+        gaps = missing if len(missing) <= 20 else missing[:20] + ["..."]
+        raise DataError(
+            f"{where}: class ids must be 0..K-1 with every class in the train split, but the "
+            f"labels hold {shown} (K = {k}) and train has no sample of class(es) {gaps}; fix "
+            "the stray labels or renumber the classes"
+        )
+    return k

@@ -15,16 +15,19 @@ def where_args(ref: StoreRef, study: str) -> str:
     """``--study S --storage URL --run-dir D``: the options that find the study again.
 
     A URL from ``$MEDAUTO_STORAGE`` is written as ``"$MEDAUTO_STORAGE"`` (runnable and
-    secret-free); a URL given with ``--storage`` is shown with its password redacted
+    secret-free); a URL given with ``--storage`` is shown in the form the ``optuna`` CLI
+    also reads (:func:`medauto.storage.optuna_cli_storage`), its password redacted
     (:func:`medauto.storage.redact_url`).
     """
+    from medauto.storage import optuna_cli_storage
     from medauto.storage import redact_url
 
     parts = ["--study", shlex.quote(study)]
     if ref.from_env:
         parts += ["--storage", f'"${STORAGE_ENV}"']
     elif ref.given:
-        parts += ["--storage", shlex.quote(redact_url(ref.given))]
+        # the form the optuna and optuna-dashboard CLIs accept too (a plain journal path)
+        parts += ["--storage", shlex.quote(redact_url(optuna_cli_storage(ref.given)))]
     parts += ["--run-dir", shlex.quote(ref.run_dir)]
     return " ".join(parts)
 

@@ -97,6 +97,11 @@ class StatusCommand(Command):
             )
         for reason, n in s["fail_reasons"].items():
             print(f"failed: {n} x {reason}")
+        for reason, n in s.get("pruned_reasons", {}).items():
+            print(f"pruned: {n} x {reason}")
+        if s.get("foreign"):
+            print(f"other Optuna clients: {s['foreign']} trial(s) without a medauto config "
+                  "(never selected)")
         if rows:
             print()
             print("\n".join(_table(rows)))

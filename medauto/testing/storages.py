@@ -19,7 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["STORAGE_MODES", "PostgresServer", "find_postgres_bindir", "storage_url"]
+__all__ = [
+    "STORAGE_MODES",
+    "PostgresServer",
+    "find_postgres_bindir",
+    "plain_optuna_storage",
+    "storage_url",
+]
 
 STORAGE_MODES = ("sqlite", "journal", "postgresql")
 
@@ -140,3 +146,18 @@ def storage_url(
         yield postgres.create_database()
     else:
         raise ValueError(f"unknown storage mode {mode!r}; expected one of {STORAGE_MODES}")
+
+
+def plain_optuna_storage(url: str) -> object:
+    """The storage a plain Optuna client opens for a medauto URL (no medauto code involved).
+
+    ``journal:///abs/path`` becomes Optuna's ``JournalStorage(JournalFileBackend(path))``,
+    any other URL Optuna's ``RDBStorage(url)`` without heartbeats: what a user's script,
+    the ``optuna`` CLI or optuna-dashboard sees.
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith("journal://"):
+        return optuna.storages.JournalStorage(JournalFileBackend(url.split("://", 1)[1]))
+    return optuna.storages.RDBStorage(url)

@@ -136,6 +136,10 @@ BAD_INPUTS: list[Bad] = [
         lambda w: _api(w, data=str(w / "data" / "label_count.npz")), DataError, "train"),
     Bad("data-label-shape", ".npz with 3-D label arrays",
         _search("--data", "{w}/data/label_shape.npz"), 1, "label"),
+    Bad("data-single-class-val", "validation split with a single class (AUC undefined)",
+        _search("--data", "{w}/data/val_one_class.npz"), 1, "single class"),
+    Bad("data-stray-label", "one stray label 40 among 0/1 labels of a non-MedMNIST .npz",
+        _search("--data", "{w}/data/stray_label.npz"), 1, "[0, 1, 40]"),
     Bad("data-empty-class-api", "image folder with an empty class folder (API)",
         lambda w: _api(w, data=str(w / "data" / "folder")), DataError, "empty"),
     # -- numbers and names
@@ -157,6 +161,10 @@ BAD_INPUTS: list[Bad] = [
     Bad("heartbeat-grace", "--grace-period not above --heartbeat-interval",
         _search("--heartbeat-interval", "5", "--grace-period", "2"), 2, "grace_period"),
     # -- studies
+    Bad("study-path", "--study ../../../esc (a path, not a name)",
+        _search("--study", "../../../esc"), 1, "not a valid name"),
+    Bad("storage-journal-relative", "journal://relative.journal (journal URLs are absolute)",
+        _search("--storage", "journal://relative.journal"), 1, "absolute path"),
     Bad("study-clash", "existing study name with a different search space",
         _search("--study", "existing", "--space", "{w}/spaces/other.yaml"), 1,
         "already exists with different settings"),
@@ -206,6 +214,11 @@ def pristine(micro_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     np.savez(data / "label_shape.npz",
              **{**src, **{f"{s}_labels": src[f"{s}_labels"][:, :, None] for s in
                           ("train", "val", "test")}})
+    val_labels = np.zeros_like(src["val_labels"])
+    np.savez(data / "val_one_class.npz", **{**src, "val_labels": val_labels})
+    stray = src["train_labels"].copy()
+    stray[3] = 40
+    np.savez(data / "stray_label.npz", **{**src, "train_labels": stray})
     for cls, n in (("benign", 4), ("malignant", 0)):
         folder = data / "folder" / cls
         folder.mkdir(parents=True)

@@ -28,10 +28,13 @@ from medauto.cli import main
 pytestmark = pytest.mark.slow
 
 #: Seconds from the signal until the trial is recorded as interrupted (and the MLflow runs
-#: closed), and until the process has exited ("a few seconds"; most of the latter is the
-#: interpreter tearing down torch/MLflow, ~1 s on an idle machine, ~5 s on a loaded one).
+#: closed): what a user waits for. Then the process must exit, not hang (a lost interrupt
+#: used to leave it training for ever); most of that time is the interpreter tearing down
+#: torch/MLflow, which is CPU-bound: ~1 s on an idle machine, 10-11 s in 7 of 21 runs on
+#: the 2-core machine shared by four test sessions (load average 8), so the exit bound is
+#: a hang detector with a margin, not a speed goal (those live in benchmarks/).
 RECORDED_WITHIN_S = 3.0
-EXIT_WITHIN_S = 10.0
+EXIT_WITHIN_S = 30.0
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
 
 #: Faults this module survives (read by tools/gen_reliability_doc.py).

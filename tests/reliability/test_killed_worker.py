@@ -24,6 +24,8 @@ from reliability_helpers import POLL_S
 from reliability_helpers import child_env
 from reliability_helpers import create_study
 from reliability_helpers import load_trials
+from reliability_helpers import mlflow_runs
+from reliability_helpers import seed_mlflow
 from reliability_helpers import spawn_medauto
 from reliability_helpers import stop
 from reliability_helpers import wait_until
@@ -40,7 +42,8 @@ FAULTS = [
         "fault": "worker process SIGKILLed mid-trial",
         "backends": ["sqlite", "postgresql"],
         "expected": "trial FAIL within grace period + one poll; re-enqueued with the same "
-        "params (system attr failed_trial); study ends at exactly its target",
+        "params (system attr failed_trial); study ends at exactly its target; the dead "
+        "worker's MLflow run closed as FAILED",
     },
     {
         "fault": "training step hangs longer than the grace period (worker alive)",
@@ -53,15 +56,17 @@ FAULTS = [
 def _worker_argv(url: str, run_dir: Path) -> list[str]:
     return [
         "worker", "--study", "crash", "--storage", url, "--run-dir", str(run_dir),
-        "--device", "cpu", "--no-progress", "--no-tracking",
+        "--device", "cpu", "--no-progress",
         "--heartbeat-interval", str(HEARTBEAT_S), "--grace-period", str(GRACE_S),
     ]
 
 
 def test_sigkilled_worker_trial_is_failed_retried_and_target_is_exact(
-    backend_url: str, tmp_path: Path, micro_data_dir: Path, micro_space: Path
+    backend_url: str, tmp_path: Path, micro_data_dir: Path, micro_space: Path,
+    mlflow_template: Path,
 ) -> None:
     create_study(backend_url, "crash", micro_space, n_trials=TARGET)
+    seed_mlflow(tmp_path / "run", mlflow_template)
     env = child_env(micro_data_dir)
     argv = _worker_argv(backend_url, tmp_path / "run")
     marker = tmp_path / "stalled.pid"
@@ -135,3 +140,10 @@ def test_sigkilled_worker_trial_is_failed_retried_and_target_is_exact(
     others = [t for t in trials if t.number not in (victim.number, retry.number)]
     assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("reason") == "surplus"
                for t in others)
+
+    # The dead worker's MLflow run was closed by the survivor when it failed the trial.
+    runs = {r.info.run_id: r for r in mlflow_runs(tmp_path / "run", "crash")}
+    orphan = runs[by_number[victim.number].user_attrs["mlflow_run_id"]]
+    assert orphan.info.status == "FAILED"
+    assert orphan.data.tags["medauto.reason"] == "worker lost (heartbeat stale)"
+    assert [r.info.status for r in runs.values() if r.info.status == "RUNNING"] == []

@@ -82,7 +82,8 @@ def test_passwords_never_leak_and_outputs_stay_in_the_run_dir(
     seed_mlflow(run, mlflow_template)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    study = "../../escape/../x"  # a hostile study name: must not become a path
+    hostile = "../../escape/../x"  # a path as study name: refused in one line
+    study = "x"
     argv = [
         "search", "--data", "breastmnist", "--data-dir", str(micro_data_dir),
         "--space", str(micro_space), "--trials", "1", "--study", study, "--storage", url,
@@ -90,6 +91,13 @@ def test_passwords_never_leak_and_outputs_stay_in_the_run_dir(
         "--log-file", str(run / "search.log"),
     ]
     outside_before = {p for p in tmp_path.rglob("*") if run not in p.parents and p != run}
+    refused = subprocess.run(
+        [sys.executable, "-m", "medauto.cli",
+         *[hostile if a == study else a for a in argv]],
+        cwd=cwd, capture_output=True, text=True, timeout=300, env=child_env(),
+    )
+    assert refused.returncode == 1 and "not a valid name" in refused.stderr, refused.stderr
+    assert secret not in refused.stdout + refused.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "medauto.cli", *argv], cwd=cwd, capture_output=True,
         text=True, timeout=300,

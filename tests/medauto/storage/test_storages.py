@@ -14,6 +14,7 @@ from medauto.exceptions import StorageError
 from medauto.storage import StorageSettings
 from medauto.storage import default_storage_url
 from medauto.storage import open_storage
+from medauto.storage import optuna_cli_storage
 from medauto.storage import redact_url
 from medauto.testing.storages import STORAGE_MODES
 from medauto.testing.storages import storage_url
@@ -113,3 +114,63 @@ def test_settings_validation() -> None:
         StorageSettings(heartbeat_interval=0)
     with pytest.raises(ValueError, match="grace_period"):
         StorageSettings(heartbeat_interval=10, grace_period=5)
+
+
+def _open_at(url: str, start: float) -> None:
+    while time.time() < start:
+        pass
+    open_storage(url)
+
+
+def test_processes_opening_one_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    # Before the retry, 38 of 60 such openers died with "UNIQUE constraint failed:
+    # alembic_version.version_num" (the schema-creation race; it also failed the interrupt
+    # test when its poller opened the child's new database at the same moment).
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        start = time.time() + 0.5
+        procs = [ctx.Process(target=_open_at, args=(url, start)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0]
+
+
+def test_journal_url_is_absolute_wherever_the_worker_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "shared" / "a.journal"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # used to create elsewhere/<tmp_path>/shared/a.journal
+    optuna.create_study(storage=open_storage(f"journal:///{target}"), study_name="s")
+    assert target.is_file()
+    assert not list(elsewhere.rglob("*"))
+    # A plain path is the same file, and so is the form the optuna CLI takes.
+    monkeypatch.chdir(tmp_path)
+    assert optuna.load_study(storage=open_storage("shared/a.journal"), study_name="s")
+    assert optuna_cli_storage(f"journal:///{target}") == str(target)
+    with pytest.raises(StorageError, match="absolute path"):
+        open_storage("journal://relative.journal")
+
+
+@pytest.mark.parametrize("mode", ["sqlite", "journal"])
+def test_optuna_cli_reads_the_study_through_optuna_cli_storage(
+    mode: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    with storage_url(mode, tmp_path) as u:
+        optuna.create_study(storage=open_storage(u), study_name="cli-visible")
+        proc = subprocess.run(
+            [str(Path(sys.executable).with_name("optuna")), "studies", "--storage",
+             optuna_cli_storage(u),
+             "-f", "json"], capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cli-visible" in proc.stdout

@@ -17,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from med_core.exceptions import NonFiniteLossError
+from medauto import _optuna_compat as compat
 from medauto._worker import classify_failure
 from medauto._worker import run_worker
 from medauto.storage import StorageSettings
@@ -139,8 +140,8 @@ def test_heartbeat_is_recorded_while_training(tmp_path: Path) -> None:
     def objective(trial: optuna.Trial) -> float:
         for _ in range(3):
             time.sleep(0.7)
-            t = study.get_trials(deepcopy=False)[trial.number]
-            beats.append(t.system_attrs.get("medauto:heartbeat"))
+            attrs = compat.study_storage(study).get_study_system_attrs(compat.study_id(study))
+            beats.append(attrs.get(f"medauto:heartbeat:{compat.trial_id(trial)}"))
         return 0.0
 
     run_worker(study, objective, target=1)
