@@ -30,6 +30,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", action="store_true",
                    help="train the fixed recipe (--seeds seeds) instead of the search")
     p.add_argument("--seeds", type=int, default=5, help="fixed-recipe seeds (default 5)")
+    p.add_argument("--epochs", type=int,
+                   help="fixed-recipe epochs (default: the recipe's; smoke tests only)")
     p.add_argument("--run-dir", help="run folder (default: medauto-runs/bench-<dataset>)")
     p.add_argument("--doc", default=str(DEFAULT_DOC), help="Markdown file to merge into")
     p.add_argument("--data-dir", help="MedMNIST folder (default: $MEDAUTO_DATA_DIR)")
@@ -113,7 +116,10 @@ def run_search(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     cmd = ["medauto", "search", "--data", args.dataset, "--budget", args.budget,
            "--device", args.device]
     shown = shlex.join(cmd)
-    cmd += ["--run-dir", str(run_dir), "--no-progress"]  # where, and no TTY bar: not choices
+    exe = shutil.which("medauto")
+    if exe is None:
+        raise SystemExit("[medmnist] the `medauto` command is not on PATH (pip install .)")
+    cmd = [exe, *cmd[1:], "--run-dir", str(run_dir), "--no-progress"]  # where; no TTY bar
     env = dict(os.environ)
     if args.data_dir:
         env["MEDAUTO_DATA_DIR"] = args.data_dir
@@ -173,6 +179,8 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     ds = load_dataset(args.dataset, data_dir=args.data_dir)
     name, cfg = recipe_config(ds, args.dataset, args.data_dir)
+    if args.epochs is not None:
+        cfg = TrainConfig.from_flat({"epochs": args.epochs}, base=cfg)
     per_seed, scores, y_ref = [], [], None
     t0 = time.monotonic()
     for seed in range(args.seeds):

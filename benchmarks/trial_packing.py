@@ -140,7 +140,7 @@ def _create_study(storage: str, name: str, space_file: Path, data: Path, n_trial
     space = SearchSpace.from_yaml(str(space_file))
     settings = StudySettings(space=space.to_dict(), fingerprint=space.fingerprint(),
                              data=str(data), metric="val_auc", direction="maximize",
-                             n_trials=n_trials)
+                             n_trials=n_trials, selection="holdout")  # one fit per trial
     open_study(name, open_storage(storage), settings)
 
 

@@ -37,6 +37,8 @@ def main() -> None:
     print(f"best backbone: {cfg.model.backbone}, lr {cfg.optim.lr:.2e}, epochs {cfg.epochs}")
     print("best config as YAML, ready for `medauto train --config`:")
     print(cfg.to_yaml())
+    if result.final is not None:  # the final ensemble, tested once on the test split
+        print(result.final.summary())
 
 
 if __name__ == "__main__":

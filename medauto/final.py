@@ -42,10 +42,13 @@ from medauto.scoring import split_metrics
 if TYPE_CHECKING:
     import numpy as np
     import optuna
+    import pandas as pd
 
     from med_core.data import MedicalDataset
 
-__all__ = ["FINAL_FILE", "FinalResult", "build_final", "final_dir", "selection_metric"]
+__all__ = [
+    "FINAL_FILE", "FinalResult", "build_final", "final_dir", "leaderboard", "selection_metric",
+]
 
 _logger = get_logger(__name__)
 
@@ -286,3 +289,23 @@ def build_final(
     result.size_bytes = {"ensemble": predictor.size_bytes(), "single": best.size_bytes()}
     result.save(out / FINAL_FILE)
     return result
+
+
+def leaderboard(study: optuna.Study, final: FinalResult | None = None) -> pd.DataFrame:
+    """Completed trials, best first: number, value, backbone, portfolio entry, epochs, and
+    each one's weight in ``final``'s ensemble (0 when it is not a member)."""
+    import pandas as pd
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    weights = {m["trial"]: m["weight"] for m in (final.members if final else [])}
+    columns = ["trial", "value", "backbone", "portfolio", "epochs", "ensemble_weight"]
+    rows = [
+        [t.number, t.value, t.user_attrs.get("backbone"), t.user_attrs.get("portfolio"),
+         t.user_attrs.get("epochs_run"), weights.get(t.number, 0.0)]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
+    frame = pd.DataFrame(rows, columns=columns)
+    ascending = study.direction == StudyDirection.MINIMIZE
+    return frame.sort_values(["value", "trial"], ascending=[ascending, True],
+                             ignore_index=True)

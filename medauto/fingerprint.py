@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CV_FOLDS",
+    "SELECTION_MODES",
     "MAX_VAL_AUC_SE",
     "DataFingerprint",
     "Selection",
@@ -43,6 +44,8 @@ __all__ = [
     "choose_selection",
     "choose_space",
     "fingerprint_dataset",
+    "resolve_selection",
+    "resolve_space",
     "val_auc_standard_error",
 ]
 
@@ -57,6 +60,8 @@ CV_FOLDS = 5
 _REFERENCE_AUC = 0.9
 
 Mode = Literal["holdout", "cv"]
+#: What a user may ask for: chosen from the data, the validation split, or k-fold CV.
+SELECTION_MODES = ("auto", "holdout", "cv")
 
 
 def val_auc_standard_error(n_pos: int, n_neg: int, auc: float = _REFERENCE_AUC) -> float:
@@ -228,3 +233,27 @@ def check_space_fits(space: SearchSpace, fp: DataFingerprint) -> None:
             f"{fp.spatial_dims}D data ({'x'.join(map(str, fp.image_size))}); leave --space out "
             f"to choose one from the data, or use a {fp.spatial_dims}D space ({hint})"
         )
+
+
+def resolve_space(space: str | SearchSpace | None, fp: DataFingerprint, device: str) -> SearchSpace:
+    """The search space to use: the one given (a name, a path or a space), else
+    :func:`choose_space`'s; checked against the data (:func:`check_space_fits`).
+
+    Raises:
+        SearchSpaceError: the space cannot be loaded, or does not fit the data.
+    """
+    from medauto.space import SearchSpace
+
+    if not isinstance(space, SearchSpace):
+        space = SearchSpace.from_yaml(space or choose_space(fp, device))
+    check_space_fits(space, fp)
+    return space
+
+
+def resolve_selection(mode: str, fp: DataFingerprint) -> Selection:
+    """The :class:`Selection` for ``mode`` (one of :data:`SELECTION_MODES`)."""
+    if mode == "holdout":
+        return Selection("holdout")
+    if mode == "cv":
+        return Selection("cv", folds=CV_FOLDS)
+    return choose_selection(fp)

@@ -286,11 +286,14 @@ class Objective:
         cfg = self._fit_to_budget(trial, cfg, **trainer_kwargs)
         with timed("trial_attrs", n):
             trial.set_user_attr("config", cfg.to_dict())
+        with timed("tracking_trial_start", n):
+            extra = list(self.callbacks(trial, cfg)) if self.callbacks else []
         if self.selection.mode == "cv":
-            return self._train_folds(trial, cfg, **trainer_kwargs)
+            return self._train_folds(trial, cfg, extra, **trainer_kwargs)
         keeper = KeepBestWeights() if self.members_root is not None else None
         trainer, history, pruning = self._fit(
-            trial, cfg, self.dataset, per_epoch_pruning=True, keeper=keeper, **trainer_kwargs
+            trial, cfg, self.dataset, per_epoch_pruning=True, extra=extra, keeper=keeper,
+            **trainer_kwargs,
         )
         self._record(trial, trainer, history)
         # The stop reason, not the callback, says "pruned": on a DDP group only rank 0's
@@ -351,16 +354,16 @@ class Objective:
         dataset: MedicalDataset,
         *,
         per_epoch_pruning: bool,
+        extra: list[Any],
         keeper: KeepBestWeights | None = None,
         **trainer_kwargs: Any,
     ) -> tuple[Trainer, History, PruningCallback | None]:
-        """One fit of ``cfg`` on ``dataset`` with the trial's callbacks."""
+        """One fit of ``cfg`` on ``dataset`` with the trial's callbacks (``extra``: built
+        once per trial, so a cross-validated trial has one tracking run, not one a fold)."""
         from med_core.training import Trainer
 
         n = trial.number
         pruning = PruningCallback(trial, cfg.monitor) if per_epoch_pruning else None
-        with timed("tracking_trial_start", n):
-            extra = list(self.callbacks(trial, cfg)) if self.callbacks else []
         own: list[Any] = [c for c in (pruning, keeper) if c is not None]
         callbacks: list[Any] = [*own, *extra]
         if os.environ.get(TIMING_ENV):
@@ -398,7 +401,8 @@ class Objective:
                 trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store)
 
     def _train_folds(
-        self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
+        self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, extra: list[Any],
+        **trainer_kwargs: Any,
     ) -> float:
         """Cross-validated selection: k fits, out-of-fold scores, one report per fold."""
         import numpy as np
@@ -414,7 +418,8 @@ class Objective:
         for j, (val_idx, fold_ds) in enumerate(folds):
             keeper = KeepBestWeights()
             trainer, history, _ = self._fit(
-                trial, cfg, fold_ds, per_epoch_pruning=False, keeper=keeper, **trainer_kwargs
+                trial, cfg, fold_ds, per_epoch_pruning=False, extra=extra, keeper=keeper,
+                **trainer_kwargs,
             )
             if j == 0:
                 self._record(trial, trainer, history)

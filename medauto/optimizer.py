@@ -64,12 +64,9 @@ _logger = get_logger(__name__)
 
 #: The epoch metrics a study can optimize (what ``med_core``'s Trainer reports).
 METRICS = ("val_auc", "val_acc", "val_balanced_acc", "val_macro_f1", "val_loss", "train_loss")
-#: ``selection`` values: chosen from the data, the validation split, or k-fold CV.
-SELECTIONS = ("auto", "holdout", "cv")
-#: With a final ensemble, the budget's share kept for building and testing it.
-FINAL_FRACTION = 0.05
-#: With a final ensemble, the longest a trial may train, as a share of the search time.
-TRIAL_SHARE = 1 / 3
+#: With a final ensemble: the budget's share kept to build and test it, and the longest a
+#: trial may train, as a share of the search time.
+FINAL_FRACTION, TRIAL_SHARE = 0.05, 1 / 3
 
 
 @dataclass
@@ -136,12 +133,10 @@ class AutoMLOptimizer:
         max_failures: Stop with a :class:`~medauto.exceptions.MedautoError` after this many
             trials in a row failed in this process (a broken space or environment would
             otherwise fail trial after trial forever); ``None`` never stops.
-        selection: ``"auto"`` (default: k-fold CV on train+val when the validation split is
-            too small to rank configurations, see :func:`medauto.fingerprint.choose_selection`),
-            ``"holdout"`` or ``"cv"``.
-        final_model: Build the final ensemble predictor at the end of :meth:`optimize`
-            (:mod:`medauto.final`); trials then keep their models under ``run_dir``.
-            :meth:`from_study` workers default to ``False``.
+        selection: ``"auto"`` (k-fold CV when validation is too small to rank models,
+            :func:`medauto.fingerprint.choose_selection`), ``"holdout"`` or ``"cv"``.
+        final_model: End :meth:`optimize` with the final ensemble (:mod:`medauto.final`;
+            trials keep their models in ``run_dir``); ``False`` in :meth:`from_study`.
         portfolio: Enqueue the space's portfolio when the study is created.
     """
 
@@ -228,11 +223,14 @@ class AutoMLOptimizer:
         """
         from medauto.space import SearchSpace
         from medauto.storage import open_storage
+        from medauto.study import load_existing_study
         from medauto.study import load_settings
 
-        study = _load_existing(study_name, open_storage(storage, kwargs.get("storage_settings")))
+        store = open_storage(storage, kwargs.get("storage_settings"))
+        study = load_existing_study(study_name, store)
         settings = load_settings(study)
         kwargs.setdefault("final_model", False)
+        kwargs.setdefault("selection", settings.selection)
         return cls(
             settings.data,
             SearchSpace.from_dict(settings.space, source=f"study {study_name!r}"),
@@ -286,33 +284,12 @@ class AutoMLOptimizer:
             from medauto.study import validate_study_name
 
             validate_study_name(self.study_name)
-        if self.selection not in SELECTIONS:
+        from medauto.fingerprint import SELECTION_MODES
+
+        if self.selection not in SELECTION_MODES:
             raise MedautoError(
-                f"selection must be one of {list(SELECTIONS)}, got {self.selection!r}"
+                f"selection must be one of {list(SELECTION_MODES)}, got {self.selection!r}"
             )
-
-    def _resolve_space(self, device: str, fp: DataFingerprint) -> SearchSpace:
-        from medauto.fingerprint import check_space_fits
-        from medauto.fingerprint import choose_space
-        from medauto.space import SearchSpace
-
-        if isinstance(self.space, SearchSpace):
-            space = self.space
-        else:
-            space = SearchSpace.from_yaml(self.space or choose_space(fp, device))
-        check_space_fits(space, fp)
-        return space
-
-    def _resolve_selection(self, fp: DataFingerprint) -> Selection:
-        from medauto.fingerprint import CV_FOLDS
-        from medauto.fingerprint import Selection
-        from medauto.fingerprint import choose_selection
-
-        if self.selection == "holdout":
-            return Selection("holdout")
-        if self.selection == "cv":
-            return Selection("cv", folds=CV_FOLDS)
-        return choose_selection(fp)
 
     def _direction(self) -> str:
         if self.direction is not None:
@@ -326,6 +303,8 @@ class AutoMLOptimizer:
         # Everything that can be checked is checked before the storage is touched, so a
         # typo leaves no empty database or half-made study behind.
         from medauto.fingerprint import fingerprint_dataset
+        from medauto.fingerprint import resolve_selection
+        from medauto.fingerprint import resolve_space
         from medauto.storage import default_storage_url
         from medauto.storage import open_storage
         from medauto.study import StudySettings
@@ -334,8 +313,8 @@ class AutoMLOptimizer:
         self._validate()
         device = resolve_device(self.device)
         self.fingerprint_ = fp = fingerprint_dataset(dataset)
-        space = self._resolve_space(device, fp)
-        self.selection_ = selection = self._resolve_selection(fp)
+        space = resolve_space(self.space, fp, device)
+        self.selection_ = selection = resolve_selection(self.selection, fp)
         _logger.info("data: %s; selection on %s", fp.describe(), selection.describe())
         grid = space.grid() if self.sampler == "grid" else None
         sampler = functools.partial(make_sampler, self.sampler, self.sampler_kwargs, grid=grid)
@@ -355,6 +334,7 @@ class AutoMLOptimizer:
             metric=self.metric,
             direction=self._direction(),
             n_trials=self._target(),
+            selection=selection.mode,
         )
         url = self.storage or default_storage_url(self.run_dir)
         storage = open_storage(url, self.storage_settings)
@@ -536,38 +516,18 @@ class AutoMLOptimizer:
         return self._study().trials_dataframe()
 
     def leaderboard(self) -> pd.DataFrame:
-        """Completed trials, best first: number, value, backbone, portfolio entry, epochs,
-        and the final ensemble's weight of each (AutoGluon's ``leaderboard``)."""
-        import pandas as pd
-        from optuna.study import StudyDirection
-        from optuna.trial import TrialState
+        """Completed trials, best first, with their final-ensemble weights
+        (:func:`medauto.final.leaderboard`; AutoGluon's ``leaderboard``)."""
+        from medauto.final import leaderboard
 
-        study = self._study()
-        weights = {m["trial"]: m["weight"] for m in (self.final_.members if self.final_ else [])}
-        rows = [
-            {"trial": t.number, "value": t.value, "backbone": t.user_attrs.get("backbone"),
-             "portfolio": t.user_attrs.get("portfolio"),
-             "epochs": t.user_attrs.get("epochs_run"),
-             "ensemble_weight": weights.get(t.number, 0.0)}
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        ]
-        frame = pd.DataFrame(rows, columns=["trial", "value", "backbone", "portfolio",
-                                            "epochs", "ensemble_weight"])
-        ascending = study.direction == StudyDirection.MINIMIZE
-        return frame.sort_values(["value", "trial"], ascending=[ascending, True],
-                                 ignore_index=True)
+        return leaderboard(self._study(), self.final_)
 
     def predictor(self) -> Predictor:
         """The final ensemble :class:`~medauto.ensemble.Predictor` of :meth:`optimize`."""
         from medauto.ensemble import Predictor
         from medauto.final import final_dir
 
-        if self.final_ is not None:
-            name = self.final_.study
-        elif self.study_ is not None:
-            name = self.study_.study_name
-        else:
-            raise MedautoError("no final model yet: call optimize() first")
+        name = self.final_.study if self.final_ is not None else self._study().study_name
         return Predictor.load(final_dir(self.run_dir, name) / "predictor")
 
     def predict_proba(self, images: np.ndarray, **kwargs: Any) -> np.ndarray:
@@ -610,7 +570,9 @@ class AutoMLOptimizer:
             if self.study_name is None:
                 raise MedautoError("no study yet: call optimize() first, or pass study_name")
             url = self.storage or default_storage_url(self.run_dir)
-            study = _load_existing(self.study_name, open_storage(url, self.storage_settings))
+            from medauto.study import load_existing_study
+
+            study = load_existing_study(self.study_name, open_storage(url, self.storage_settings))
         plan, start = self.budget_plan_, self.budget_start_
         budgeted = plan is not None and start is not None
         if seeds is None:
@@ -638,12 +600,3 @@ class AutoMLOptimizer:
             raise MedautoError("no study yet: call optimize() first")
         return self.study_
 
-
-def _load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    import optuna
-
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise MedautoError(f"no study named {name!r} in this storage; studies: {names}") from None

@@ -416,6 +416,36 @@ def _test_blocks(result: RetrainResult, dataset: str) -> list[Block]:
     return blocks
 
 
+def _final_blocks(path: Path) -> list[Block]:
+    """The final ensemble of the search (``final.json``)."""
+    from medauto.final import FinalResult
+
+    f = FinalResult.load(path)
+    where = "out-of-fold" if f.selection == "oof" else "validation"
+    rows = [["ensemble", _f(f.test.get("auc")), _f(f.test.get("acc")),
+             _f(f.test.get("balanced_acc")), f"{f.size_bytes.get('ensemble', 0) / 1e6:.1f}",
+             _f(f.latency_ms.get("ensemble"), 2)],
+            ["best single trial", _f(f.test_single.get("auc")), _f(f.test_single.get("acc")),
+             _f(f.test_single.get("balanced_acc")),
+             f"{f.size_bytes.get('single', 0) / 1e6:.1f}", _f(f.latency_ms.get("single"), 2)]]
+    out: list[Block] = [
+        ("h2", "Final model"),
+        ("p", f"A greedy ensemble of {len(f.members)} trial(s), chosen from "
+              f"{len(f.candidates)} candidate(s) and given its decision threshold "
+              f"({f.threshold}) on {where} predictions only; then tested once on "
+              f"{f.n_test} test images."),
+        ("table", ["model", "test AUC", "test ACC", "balanced ACC", "MB",
+                   f"ms/image ({f.device})"], rows),
+        ("table", ["trial", "backbone", "weight", "models"],
+         [[str(m["trial"]), m["backbone"], _f(m["weight"]), str(m["models"])]
+          for m in f.members]),
+    ]
+    if f.confusion:
+        out.append(("table", ["true / predicted", *map(str, range(len(f.confusion)))],
+                    [[str(i), *map(str, row)] for i, row in enumerate(f.confusion)]))
+    return out
+
+
 def _pruning_blocks(st: PruningStats) -> list[Block]:
     blocks: list[Block] = [("table", ["", "value"], [
         ["trials counted (complete / pruned / failed)",
@@ -474,6 +504,7 @@ def write_report(
     out_dir: str | Path,
     retrain: str | Path | RetrainResult | None = None,
     title: str | None = None,
+    final: str | Path | None = None,
 ) -> ReportPaths:
     """Writes ``report.md``, ``report.html`` and the PNGs into ``out_dir``.
 
@@ -482,6 +513,9 @@ def write_report(
         out_dir: Output folder (created).
         retrain: A ``retrain.json`` path or :class:`~medauto.retrain.RetrainResult`; without
             it the report has no test metrics and no quantization table.
+        final: The search's ``final.json`` (:mod:`medauto.final`): adds the final
+            ensemble's section (members, selection scores, test metrics read once, size
+            and latency next to the best single trial).
         title: Report title (default: ``"medauto report: <study>"``).
 
     Returns:
@@ -519,6 +553,9 @@ def write_report(
                     [[k, _f(v)] for k, v in sorted(imp.items(), key=lambda kv: -kv[1])])]
     if note:
         blocks.append(("p", note))
+
+    if final is not None and Path(final).is_file():
+        blocks += _final_blocks(Path(final))
 
     blocks.append(("h2", "Test metrics vs. published MedMNIST v2 baselines"))
     if result is None:

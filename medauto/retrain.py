@@ -449,20 +449,13 @@ def _time_compiled(
 def _resolve_study(study: optuna.Study | str, storage: str | None, run_dir: Path) -> optuna.Study:
     if not isinstance(study, str):
         return study
-    import optuna
-
     from medauto.storage import default_storage_url
     from medauto.storage import open_storage
+    from medauto.study import load_existing_study
     from medauto.study import validate_study_name
 
     validate_study_name(study)  # the name becomes a folder under run_dir
-
-    store = open_storage(storage or default_storage_url(run_dir))
-    try:
-        return optuna.load_study(study_name=study, storage=store)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        raise MedautoError(f"no study named {study!r} in this storage; studies: {names}") from None
+    return load_existing_study(study, open_storage(storage or default_storage_url(run_dir)))
 
 
 def _tracking_uri(tracking: Any, run_dir: str | Path) -> str | None:

@@ -22,7 +22,9 @@ from medauto.exceptions import StudyConflictError
 from medauto.logging import get_logger
 from medauto.storage import worker_id
 
-__all__ = ["StudySettings", "load_settings", "open_study", "validate_study_name"]
+__all__ = [
+    "StudySettings", "load_existing_study", "load_settings", "open_study", "validate_study_name",
+]
 
 #: What a study name may be: it names files and folders under ``--run-dir`` (retrain,
 #: report), so it must be one path component, not a path.
@@ -66,6 +68,9 @@ class StudySettings:
         metric: The monitored validation metric (e.g. ``"val_auc"``).
         direction: ``"maximize"`` or ``"minimize"``.
         n_trials: Finished (complete + pruned) trials the study aims for.
+        selection: How trials are scored (``"holdout"`` or ``"cv"``, as resolved when the
+            study was created), so every worker scores them alike; ``"auto"`` (studies from
+            before it was stored) lets each worker decide from the data.
     """
 
     space: dict[str, Any]
@@ -74,6 +79,7 @@ class StudySettings:
     metric: str
     direction: str
     n_trials: int
+    selection: str = "auto"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +89,7 @@ class StudySettings:
             "metric": self.metric,
             "direction": self.direction,
             "n_trials": self.n_trials,
+            "selection": self.selection,
         }
 
 
@@ -186,3 +193,16 @@ def _create_or_resume(
     done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     _logger.info("resuming study %r (%d trials already finished)", name, done)
     return study, False
+
+
+def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Loads the study ``name``; the error lists the studies the storage does hold.
+
+    Raises:
+        MedautoError: no such study.
+    """
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise MedautoError(f"no study named {name!r} in this storage; studies: {names}") from None

@@ -95,6 +95,7 @@ def tracking_of(args: argparse.Namespace) -> str | bool | None:
 
 def add_search_options(p: argparse.ArgumentParser) -> None:
     """What defines a new study: data, space, metric, trial target."""
+    from medauto.fingerprint import SELECTION_MODES
     from medauto.optimizer import METRICS
     from medauto.space import list_spaces
 
@@ -107,6 +108,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, help="finished trials (default 20; 10000 with --budget)")
     p.add_argument("--metric", default="val_auc",
                    help=f"validation metric: {', '.join(METRICS)} (default val_auc)")
+    p.add_argument("--selection", choices=SELECTION_MODES, default="auto",
+                   help="how trials are scored: auto (k-fold CV on train+val when the "
+                   "validation split is too small to rank models, see "
+                   "docs/search_quality.md), holdout (the validation split) or cv")
 
 
 def add_worker_options(p: argparse.ArgumentParser) -> None:

@@ -188,7 +188,11 @@ class ReportCommand(Command):
         if retrain_json is not None and not retrain_json.is_file():
             raise CLIUsageError(f"--retrain: no file at {str(retrain_json)!r}")
         out = Path(args.out) if args.out else Path(args.run_dir) / "report" / name
-        paths = write_report(study, out_dir=out, retrain=retrain_json, title=args.title)
+        from medauto.final import FINAL_FILE
+        from medauto.final import final_dir
+
+        paths = write_report(study, out_dir=out, retrain=retrain_json, title=args.title,
+                             final=final_dir(args.run_dir, name) / FINAL_FILE)
         print(f"markdown: {paths.markdown}")
         print(f"html: {paths.html}")
         if retrain_json is None:

@@ -47,6 +47,7 @@ def _optimizer(args: argparse.Namespace, ref: StoreRef, **extra: Any) -> AutoMLO
         storage=ref.given,
         run_dir=args.run_dir,
         n_trials=args.trials,
+        selection=args.selection,
         **extra,
         **worker_kwargs(args, device),
     )

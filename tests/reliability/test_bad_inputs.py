@@ -89,7 +89,7 @@ def _api(w: Path, **kwargs: Any) -> Any:
     base: dict[str, Any] = {
         "data": "breastmnist", "space": w / "spaces" / "good.yaml", "study_name": "fresh",
         "run_dir": w / "run", "data_dir": w / "data", "n_trials": 2, "device": "cpu",
-        "progress": False,
+        "progress": False, "selection": "holdout", "final_model": False,
     }
     base.update(kwargs)
     data = base.pop("data")

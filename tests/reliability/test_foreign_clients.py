@@ -50,7 +50,8 @@ def test_foreign_trials_do_not_crash_search_best_or_status(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     common = ["--study", "mix", "--storage", any_url, "--run-dir", str(tmp_path / "run")]
-    search = ["search", "--data", "breastmnist", "--data-dir", str(micro_data_dir),
+    search = ["search", "--selection", "holdout", "--no-final-model",
+              "--data", "breastmnist", "--data-dir", str(micro_data_dir),
               "--space", str(micro_space), "--trials", "1", "--device", "cpu",
               "--no-progress", "--no-tracking", *common]
     assert main(search) == 0

@@ -59,7 +59,8 @@ def test_signal_during_trial_exits_cleanly_and_the_same_command_resumes(
     seed_mlflow(run, mlflow_template)
     url = f"sqlite:///{run / 'medauto.db'}"
     argv = [
-        "search", "--data", "breastmnist", "--data-dir", str(micro_data_dir),
+        "search", "--selection", "holdout", "--no-final-model",
+        "--data", "breastmnist", "--data-dir", str(micro_data_dir),
         "--space", str(micro_space), "--trials", "1", "--study", "intr",
         "--run-dir", str(run), "--device", "cpu", "--no-progress",
     ]

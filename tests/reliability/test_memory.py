@@ -93,6 +93,7 @@ def test_twenty_trials_leave_no_tensors_or_rss_behind(
     study = optuna.create_study(
         direction="maximize", storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"),
         sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=optuna.pruners.NopPruner(),  # memory is the point: every trial trains whole
     )
     report = run_worker(study, measured, target=N_TRIALS)
     samples.append((_new_tensors(before), _rss_mb()))  # after the last trial

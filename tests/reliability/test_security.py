@@ -85,7 +85,8 @@ def test_passwords_never_leak_and_outputs_stay_in_the_run_dir(
     hostile = "../../escape/../x"  # a path as study name: refused in one line
     study = "x"
     argv = [
-        "search", "--data", "breastmnist", "--data-dir", str(micro_data_dir),
+        "search", "--selection", "holdout", "--no-final-model",
+        "--data", "breastmnist", "--data-dir", str(micro_data_dir),
         "--space", str(micro_space), "--trials", "1", "--study", study, "--storage", url,
         "--run-dir", str(run), "--device", "cpu", "--no-progress", "-v",
         "--log-file", str(run / "search.log"),
@@ -316,3 +317,49 @@ def test_covered_elsewhere_still_exists() -> None:
 def _no_env_storage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEDAUTO_STORAGE", raising=False)
     monkeypatch.delenv("MEDAUTO_TRACKING_URI", raising=False)
+
+
+def test_every_command_keeps_storage_and_tracking_passwords_secret(
+    postgres_server: object, tmp_path: Path, micro_data_dir: Path, micro_space: Path,
+    mlflow_template: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """create-study, search, worker, status, best, retrain, report and export, with the
+    storage password in ``$MEDAUTO_STORAGE`` (and once in ``--storage``) and a tracking
+    password in ``$MEDAUTO_TRACKING_URI``: no output, log record or written file holds
+    either password."""
+    url = postgres_server.create_database()  # type: ignore[attr-defined]
+    secret = postgres_server.password  # type: ignore[attr-defined]
+    tracking_secret = "tr4ck1ng-s3cret"
+    run = tmp_path / "run"
+    seed_mlflow(run, mlflow_template)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDAUTO_STORAGE", url)
+    where = ["--study", "s", "--run-dir", str(run)]
+    data = ["--data", "breastmnist", "--data-dir", str(micro_data_dir)]
+    caplog.set_level(logging.DEBUG)
+    commands = [
+        ["create-study", *data, "--space", str(micro_space), "--trials", "1",
+         "--selection", "holdout", "--device", "cpu", *where],
+        ["search", *data, "--space", str(micro_space), "--trials", "1", "--selection",
+         "holdout", "--device", "cpu", "--no-progress", "--storage", url, *where],
+        ["worker", "--device", "cpu", "--no-progress", "--data-dir", str(micro_data_dir),
+         *where],
+        ["status", *where], ["best", *where],
+        ["retrain", "--seeds", "0", "--device", "cpu", "--data-dir", str(micro_data_dir),
+         *where],
+        ["report", *where],
+        ["export", "--no-parity-check", *where],
+    ]
+    for argv in commands:
+        tracking = "http://u:" + tracking_secret + "@127.0.0.1:9/"  # nothing listens there
+        monkeypatch.setenv("MEDAUTO_TRACKING_URI", tracking)
+        code = main(argv)
+        out = capsys.readouterr()
+        assert code == 0, (argv[0], out.err[-2000:])
+        for text in (out.out, out.err, caplog.text):
+            assert secret not in text and tracking_secret not in text, argv[0]
+    for path in [*run.rglob("*"), *tmp_path.glob("*")]:
+        if path.is_file():
+            payload = path.read_bytes()
+            assert secret.encode() not in payload and tracking_secret.encode() not in payload, path

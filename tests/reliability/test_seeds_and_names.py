@@ -109,7 +109,8 @@ def test_the_cli_refuses_a_path_as_study_name_in_one_line(
     from medauto.cli import main
 
     run = tmp_path / "run"
-    code = main(["search", "--data", "breastmnist", "--data-dir", str(micro_data_dir),
+    code = main(["search", "--selection", "holdout", "--no-final-model",
+                 "--data", "breastmnist", "--data-dir", str(micro_data_dir),
                  "--space", str(micro_space), "--trials", "1", "--study", "../../../esc",
                  "--run-dir", str(run), "--device", "cpu", "--no-progress", "--no-tracking"])
     err = capsys.readouterr().err

@@ -75,7 +75,8 @@ FAULTS += [
 
 def _search(run: Path, data: Path, space: Path, *extra: str, trials: int = 2) -> int:
     return main([
-        "search", "--data", "breastmnist", "--data-dir", str(data), "--space", str(space),
+        "search", "--selection", "holdout", "--no-final-model",
+        "--data", "breastmnist", "--data-dir", str(data), "--space", str(space),
         "--trials", str(trials), "--study", "faults", "--run-dir", str(run), "--device", "cpu",
         "--no-progress", "--no-tracking", "--sampler", "random", *extra,
     ])

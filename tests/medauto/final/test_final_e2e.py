@@ -111,6 +111,11 @@ def test_cross_validated_search_ends_with_a_tested_ensemble(guarded: Any) -> Non
     board = opt.leaderboard()
     assert list(board["trial"])[0] == result.best_trial_number
     assert board["ensemble_weight"].sum() == pytest.approx(1.0)
+    from medauto.report import write_report
+
+    md = write_report(result.study, out_dir=run_dir / "report",
+                      final=out / FINAL_FILE).markdown.read_text()
+    assert "## Final model" in md and f"| ensemble | {final.test['auc']:.3f} |" in md
 
 
 def test_holdout_selection_keeps_one_model_per_trial(guarded: Any) -> None:

@@ -40,7 +40,8 @@ def searched(tmp_path_factory: pytest.TempPathFactory, small_data_dir: Path) -> 
     space.write_text(R18_SPACE)
     run_dir = root / "runs"
     code, out = run_cli(
-        ["search", "--data", "breastmnist", "--space", str(space), "--trials", "2",
+        ["search", "--selection", "holdout", "--no-final-model",
+         "--data", "breastmnist", "--space", str(space), "--trials", "2",
          "--study", STUDY, "--run-dir", str(run_dir), "--device", "cpu", "--no-progress",
          "--data-dir", str(small_data_dir), "--sampler", "random", "--seed", "1"],
         root,

@@ -39,7 +39,8 @@ def test_two_workers_finish_exactly_the_target(
     common = ["--storage", url, "--run-dir", str(tmp_path), "--device", "cpu", "--no-progress"]
     # `search` creates the study (and, with --timeout 1, runs its first trial only).
     search = _medauto(
-        "search", "--data", "breastmnist", "--space", str(tiny_space), "--trials", "6",
+        "search", "--selection", "holdout", "--no-final-model",
+        "--data", "breastmnist", "--space", str(tiny_space), "--trials", "6",
         "--study", "shared", "--timeout", "1", *common, env=env,
     )
     out, _ = search.communicate(timeout=300)
