@@ -91,6 +91,7 @@ class FinalResult:
         device: Where latency was measured.
         predictor: The predictor folder (relative to ``final.json``).
         created_at: ISO time.
+        warnings: What makes the numbers mean less (e.g. the model predicts one class).
     """
 
     study: str
@@ -111,6 +112,7 @@ class FinalResult:
     device: str = "cpu"
     predictor: str = "predictor"
     created_at: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN → ``None``)."""
@@ -150,6 +152,7 @@ class FinalResult:
             f"{self.size_bytes.get('single', 0) / 1e6:.1f} MB; latency "
             f"{self.latency_ms.get('ensemble', math.nan):.2f} vs "
             f"{self.latency_ms.get('single', math.nan):.2f} ms/image ({self.device})",
+            *(f"  WARNING: {w}" for w in self.warnings),
         ])
 
 
@@ -185,6 +188,20 @@ def _latency(pred: Predictor, images: np.ndarray, device: str) -> float:
     t0 = time.perf_counter()
     pred.scores(batch, device=device)
     return (time.perf_counter() - t0) * 1000 / max(1, len(batch))
+
+
+def _one_class_warnings(confusion: list[list[int]], share: float = 0.95) -> list[str]:
+    """A warning when the predictions on test fall (nearly) all in one class."""
+    if not confusion:
+        return []
+    predicted = [sum(row[j] for row in confusion) for j in range(len(confusion))]
+    total = sum(predicted)
+    top = max(range(len(predicted)), key=predicted.__getitem__)
+    if total and predicted[top] >= share * total:
+        return [f"the final model predicts class {top} for {predicted[top]} of {total} test "
+                f"images: it has learned little beyond the class balance (more budget, or "
+                f"see docs/search_quality.md)"]
+    return []
 
 
 def _confusion(task: str, y: np.ndarray, s: np.ndarray, n_classes: int) -> list[list[int]]:
@@ -286,6 +303,9 @@ def build_final(
         result.latency_ms = {"ensemble": _latency(predictor, test.images, device),
                              "single": _latency(best, test.images, device)}
         np.savez(out / "test_scores.npz", y=test.labels, ensemble=scores)
+        result.warnings = _one_class_warnings(result.confusion)
+        for w in result.warnings:
+            _logger.warning("%s", w)
     result.size_bytes = {"ensemble": predictor.size_bytes(), "single": best.size_bytes()}
     result.save(out / FINAL_FILE)
     return result
