@@ -147,6 +147,10 @@ def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedMo
             f"{str(p)!r} has model format {state.get('format_version')!r}; this medauto reads "
             f"format {MODEL_FORMAT_VERSION}"
         )
+    missing = [k for k in ("config", "model", "num_classes", "in_chans") if k not in state]
+    if missing:
+        raise ModelFileError(f"{str(p)!r} is incomplete: it has no {missing} (written by an "
+                             "interrupted or foreign save)")
     cfg = TrainConfig.from_dict(state["config"])
     img_size = state.get("img_size")
     model = build_classifier(

@@ -84,7 +84,9 @@ def test_foreign_trials_do_not_crash_search_best_or_status(
     assert study.get_trials()[running.number].state == TrialState.COMPLETE
 
 
-def test_status_counts_pruned_reasons_and_foreign_trials(tmp_path: Path) -> None:
+def test_status_counts_pruned_reasons_and_foreign_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from medauto.storage import open_storage
 
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"),
@@ -100,3 +102,9 @@ def test_status_counts_pruned_reasons_and_foreign_trials(tmp_path: Path) -> None
     assert s["pruned_reasons"] == {"nan_loss": 2, "oom": 1}
     assert s["fail_reasons"] == {"error: ValueError: x": 1}
     assert s["foreign"] == 1 and s["best"] is None  # the foreign trial is never the best
+    from medauto.cli import main
+
+    assert main(["status", "--study", "s", "--storage", f"sqlite:///{tmp_path / 's.db'}"]) == 0
+    out = capsys.readouterr().out
+    assert "pruned: 2 x nan_loss" in out and "pruned: 1 x oom" in out
+    assert "other Optuna clients: 1 trial(s)" in out

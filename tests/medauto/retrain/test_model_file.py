@@ -79,6 +79,8 @@ def test_crafted_pickle_is_refused_not_executed(tmp_path: Path, how: str) -> Non
     [
         ({"model": {}}, "not a medauto model file"),
         ({"kind": "medauto.model", "format_version": 99}, "has model format 99"),
+        ({"kind": "medauto.model", "format_version": 1, "model": {}, "num_classes": 2,
+          "in_chans": 1}, r"is incomplete: it has no \['config'\]"),
     ],
 )
 def test_foreign_or_future_files_are_refused(tmp_path: Path, content: dict, message: str) -> None:
