@@ -350,11 +350,8 @@ class AutoMLOptimizer:
         return study, space, device
 
     def create_study(self) -> optuna.Study:
-        """Creates (or resumes) the study with its settings and portfolio, training nothing.
-
-        The data is loaded and fingerprinted first, so a wrong ``data`` or a space that
-        does not fit it creates no study. Workers then join it by name.
-        """
+        """Creates (or resumes) the study with its settings and portfolio, training nothing;
+        the data is checked first, so a wrong ``data`` or an unfit space creates no study."""
         return self._open(self._load_data())[0]
 
     # -- running ---------------------------------------------------------------------------
