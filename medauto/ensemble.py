@@ -5,8 +5,8 @@
   candidate whose addition makes the averaged predictions score best on the selection set,
   for ``rounds`` rounds, and keep the best round. The selection set is the validation split
   or the out-of-fold predictions (:mod:`medauto.members`), never the test split.
-* :func:`fit_threshold` fits the binary decision threshold on the same predictions. The
-  predictor folds it into its probabilities as a logit shift, so MedMNIST's ACC (read at
+* :func:`fit_threshold` fits the binary decision threshold on the same predictions: the
+  best balanced accuracy, kept only when it beats 0.5 out of sample. The predictor folds it into its probabilities as a logit shift, so MedMNIST's ACC (read at
   0.5) sees the calibrated decision and the AUC (a ranking) is unchanged.
 * :class:`Predictor` is the one saved final model: member model files, their weights, the
   calibration and the input format, in one folder. ``medauto`` commands and
@@ -22,8 +22,9 @@ Example:
     >>> good, noisy = np.array([.1, .4, .6, .9]), np.array([.6, .1, .9, .3])
     >>> greedy_selection([good, noisy], y, task="binary", rounds=5)
     [1, 0]
-    >>> fit_threshold(np.array([0, 0, 1, 1]), np.array([.5, .6, .7, .8]))
-    0.65
+    >>> y = np.array([0] * 20 + [1] * 20)
+    >>> fit_threshold(y, np.r_[np.linspace(.6, .7, 20), np.linspace(.75, .95, 20)])
+    0.725
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PREDICTOR_FILE",
+    "THRESHOLD_FOLDS",
     "Member",
     "Predictor",
     "PredictorError",
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 PREDICTOR_FILE = "predictor.json"
+#: Folds of :func:`fit_threshold`'s out-of-sample check.
+THRESHOLD_FOLDS = 5
 _KIND = "medauto.predictor"
 _VERSION = 1
 
@@ -106,21 +110,57 @@ def greedy_selection(
     return [int(c) for c in best_counts]
 
 
-def fit_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The positive-class probability threshold that maximizes accuracy on ``(y, p)``.
+def _balanced_accuracy(y: np.ndarray, p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of the decisions ``p >= t`` for each threshold in ``t``."""
+    import numpy as np
 
-    Candidates are the midpoints between consecutive distinct scores (and 0.5); ties go to
-    the one closest to 0.5, so an uninformative fit leaves the usual decision.
+    pos = y == 1
+    hit = p[None, :] >= t[:, None]
+    sens = hit[:, pos].mean(axis=1) if pos.any() else np.zeros(len(t))
+    spec = (~hit[:, ~pos]).mean(axis=1) if (~pos).any() else np.zeros(len(t))
+    return (sens + spec) / 2
+
+
+def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The threshold of best balanced accuracy on ``(y, p)``; ties: the closest to 0.5."""
+    import numpy as np
+
+    u = np.unique(p)
+    cands = np.concatenate([[0.5], (u[1:] + u[:-1]) / 2]) if len(u) > 1 else np.array([0.5])
+    ba = _balanced_accuracy(y, p, cands)
+    best = np.flatnonzero(ba >= ba.max() - 1e-12)
+    return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
+
+
+def fit_threshold(y: np.ndarray, p: np.ndarray, *, folds: int = THRESHOLD_FOLDS,
+                  seed: int = 0) -> float:
+    """The binary decision threshold on the positive-class probability, or 0.5.
+
+    The candidate is the threshold of best **balanced accuracy** (Youden's J) on
+    ``(y, p)``: sensitivity and specificity do not depend on the class balance, so the
+    decision survives a test or deployment population with another prevalence, where an
+    accuracy-fitted threshold leans toward the validation split's majority class. It is
+    kept only if it earns its place out of sample: in stratified ``folds``-fold
+    cross-validation over the predictions, thresholds fitted on k-1 folds must beat 0.5
+    on the held-out fold in summed balanced accuracy. Otherwise (a fit on noise, or too
+    few samples of a class to split) the usual 0.5 stays.
     """
     import numpy as np
+    from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(y).astype(np.int64).reshape(-1)
     p = np.asarray(p, dtype=np.float64).reshape(-1)
-    u = np.unique(p)
-    cands = np.concatenate([[0.5], (u[1:] + u[:-1]) / 2]) if len(u) > 1 else np.array([0.5])
-    acc = np.array([np.mean((p >= t) == (y == 1)) for t in cands])
-    best = np.flatnonzero(acc >= acc.max() - 1e-12)
-    t = float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
+    t = _youden_threshold(y, p)
+    smallest = int(min(np.sum(y == 1), np.sum(y == 0)))
+    if t == 0.5 or smallest < folds:
+        return 0.5
+    gain = 0.0
+    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(p, y):
+        t_fold = _youden_threshold(y[fit], p[fit])
+        ba = _balanced_accuracy(y[held], p[held], np.array([t_fold, 0.5]))
+        gain += float(ba[0] - ba[1])
+    if gain <= 1e-12:
+        return 0.5
     return round(min(max(t, 1e-6), 1 - 1e-6), 6)
 
 

@@ -37,12 +37,34 @@ def test_greedy_selection_keeps_the_best_round() -> None:
     assert greedy_selection([noise, perfect], y, task="binary", rounds=6) == [0, 1]
 
 
-def test_threshold_maximizes_accuracy_and_defaults_to_one_half() -> None:
+def test_threshold_separates_the_classes_and_defaults_to_one_half() -> None:
     y = np.array([0] * 30 + [1] * 70)
     p = np.concatenate([np.linspace(0.6, 0.7, 30), np.linspace(0.75, 0.95, 70)])
     t = fit_threshold(y, p)
     assert 0.7 < t < 0.75 and np.mean((p >= t) == (y == 1)) == 1.0
     assert fit_threshold(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+
+
+def test_threshold_is_the_same_under_another_class_balance() -> None:
+    # Balanced accuracy does not depend on prevalence: tripling the negatives (a test
+    # population with more normals) leaves the fitted threshold where it was.
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 60 + [1] * 140)
+    p = np.clip(np.where(y == 1, 0.75, 0.4) + rng.normal(0, 0.08, len(y)), 0.01, 0.99)
+    t = fit_threshold(y, p)
+    neg = y == 0
+    y3 = np.concatenate([y, y[neg], y[neg]])
+    p3 = np.concatenate([p, p[neg], p[neg]])
+    assert t != 0.5 and fit_threshold(y3, p3) == pytest.approx(t, abs=0.02)
+
+
+def test_threshold_fitted_on_noise_stays_at_one_half() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    assert fit_threshold(y, rng.uniform(0.3, 0.7, 300)) == 0.5
+    # too few of a class to check the fit out of sample
+    assert fit_threshold(np.array([0, 0, 0, 1, 1, 1, 1, 1]),
+                         np.array([.6, .65, .7, .8, .85, .9, .92, .95])) == 0.5
 
 
 def _tiny_model_file(path: Path, seed: int) -> Path:
