@@ -16,13 +16,21 @@ import inspect
 import warnings
 from collections.abc import Callable
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from typing import Any
 
 import optuna
 
 from medauto.exceptions import MedautoError
 
-__all__ = ["PRUNERS", "SAMPLERS", "make_pruner", "make_sampler", "parse_kwargs", "process_seed"]
+if TYPE_CHECKING:
+    from medauto.fingerprint import Selection
+    from medauto.space import SearchSpace
+
+__all__ = [
+    "PRUNERS", "SAMPLERS", "make_pruner", "make_sampler", "make_search_pruner", "parse_kwargs",
+    "process_seed",
+]
 
 
 def _tpe(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
@@ -210,3 +218,14 @@ def parse_kwargs(items: list[str] | None) -> dict[str, Any]:
                 f"({problem})"
             ) from None
     return out
+
+
+def make_search_pruner(
+    name: str, kwargs: Mapping[str, Any] | None, space: SearchSpace, selection: Selection
+) -> optuna.pruners.BasePruner:
+    """:func:`make_pruner` for a search: its resource is the folds of a cross-validated
+    selection (one report per fold), else the space's epochs and fidelity."""
+    if selection.mode == "cv":
+        return make_pruner(name, kwargs, min_epochs=1, max_epochs=selection.folds)
+    return make_pruner(name, kwargs, min_epochs=space.min_epochs, max_epochs=space.max_epochs,
+                       reduction_factor=space.reduction_factor)

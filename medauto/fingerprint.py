@@ -38,8 +38,10 @@ __all__ = [
     "CV_FOLDS",
     "SELECTION_MODES",
     "MAX_VAL_AUC_SE",
+    "MIN_FOLD_EPOCH_SHARE",
     "DataFingerprint",
     "Selection",
+    "affordable_selection",
     "check_space_fits",
     "choose_selection",
     "choose_space",
@@ -57,6 +59,11 @@ __all__ = [
 MAX_VAL_AUC_SE = 0.025
 #: Folds of the cross-validated selection.
 CV_FOLDS = 5
+#: Under a budget, cross-validation is kept only if each fold can still train at least
+#: this share of the configured epochs within its part of the trial cap; otherwise k short
+#: fold fits are worse than one whole fit (the CPU README run: 5 folds x 5 of 12 epochs
+#: gave fold models at validation AUC 0.65-0.71, docs/search_quality.md).
+MIN_FOLD_EPOCH_SHARE = 0.5
 _REFERENCE_AUC = 0.9
 
 Mode = Literal["holdout", "cv"]
@@ -218,6 +225,32 @@ def choose_selection(fp: DataFingerprint, *, folds: int = CV_FOLDS) -> Selection
         return Selection("holdout")
     smallest = min(a + b for a, b in zip(fp.train_counts, fp.val_counts, strict=True))
     return Selection("cv", folds=max(2, min(folds, smallest)))
+
+
+def affordable_selection(
+    selection: Selection, *, epochs: int, first_s: float, epoch_s: float, trial_cap_s: float
+) -> Selection:
+    """``selection``, or holdout when its k folds cannot each train a useful fit in time.
+
+    ``first_s`` and ``epoch_s`` are a probe's timings of one fold's first and second epoch
+    (:func:`medauto.objective.probe_epochs`); each fold gets ``trial_cap_s / k``. If that
+    fits fewer than :data:`MIN_FOLD_EPOCH_SHARE` of ``epochs``, the one validation split
+    is used instead.
+
+    Example:
+        >>> cv = Selection("cv", folds=5)
+        >>> affordable_selection(cv, epochs=12, first_s=4, epoch_s=3, trial_cap_s=38).mode
+        'holdout'
+        >>> affordable_selection(cv, epochs=100, first_s=3, epoch_s=0.2, trial_cap_s=149).mode
+        'cv'
+    """
+    if selection.mode != "cv":
+        return selection
+    per_fold = trial_cap_s / selection.folds
+    fitted = 0 if per_fold < first_s else 1 + int((per_fold - first_s) / max(epoch_s, 1e-9))
+    if fitted >= MIN_FOLD_EPOCH_SHARE * epochs:
+        return selection
+    return Selection("holdout")
 
 
 def check_space_fits(space: SearchSpace, fp: DataFingerprint) -> None:

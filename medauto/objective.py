@@ -26,7 +26,11 @@ from med_core.training.callbacks import KeepBestWeights
 from medauto._worker import TIMING_ENV
 from medauto._worker import record_phase
 from medauto._worker import timed
+from medauto.bagging import BAGGED_FROM_ATTR
+from medauto.bagging import SEED_ATTR
+from medauto.fingerprint import MIN_FOLD_EPOCH_SHARE
 from medauto.fingerprint import Selection
+from medauto.fingerprint import affordable_selection
 from medauto.logging import get_logger
 from medauto.members import MEMBERS_ATTR
 from medauto.members import member_dir
@@ -42,7 +46,9 @@ if TYPE_CHECKING:
     from med_core.training import Trainer
     from medauto.space import SearchSpace
 
-__all__ = ["Objective", "history_for_attrs"]
+__all__ = [
+    "Objective", "budgeted_selection", "fit_epochs", "history_for_attrs", "probe_epochs",
+]
 
 _logger = get_logger(__name__)
 
@@ -121,8 +127,8 @@ class _FitTimer:
 class _EpochProbe(_Callback):
     """Times the first two epochs of a fit, then always stops it.
 
-    The first epoch carries one-off set-up (model build, kernel selection), so the
-    projection of a fit of ``E`` epochs is ``first + (E - 1) * second``.
+    The first epoch carries one-off set-up (model build, kernel selection), so a fit of
+    ``E`` epochs projects to ``first + (E - 1) * second`` (:func:`probe_epochs`).
     """
 
     def __init__(self) -> None:
@@ -143,11 +149,6 @@ class _EpochProbe(_Callback):
         if epoch >= 1 or trainer.cfg.epochs <= 2:
             trainer.request_stop(PROBED)
 
-    def projected(self, epochs: int) -> float:
-        """Seconds a fit of ``epochs`` epochs would take."""
-        first = self.first_s or 0.0
-        return first + (epochs - 1) * (self.epoch_s if self.epoch_s is not None else first)
-
 
 def fit_epochs(epochs: int, first_s: float, epoch_s: float, cap_s: float) -> int:
     """The most epochs (1 to ``epochs``) whose projected time fits ``cap_s``.
@@ -157,6 +158,60 @@ def fit_epochs(epochs: int, first_s: float, epoch_s: float, cap_s: float) -> int
         46
     """
     return max(1, min(epochs, int((cap_s - first_s) / max(epoch_s, 1e-9)) + 1))
+
+
+def probe_epochs(
+    cfg: TrainConfig, dataset: MedicalDataset, device: str, **trainer_kwargs: Any
+) -> tuple[float, float] | None:
+    """Times the first two epochs of ``cfg`` on ``dataset``: ``(first_s, epoch_s)``.
+
+    The first epoch carries one-off set-up, so a fit of ``E`` epochs projects to
+    ``first_s + (E - 1) * epoch_s``. Returns ``None`` if no epoch finished.
+    """
+    from med_core.training import Trainer
+
+    probe = _EpochProbe()
+    trainer = Trainer(cfg, dataset=dataset, device=device, callbacks=[probe], progress=False,
+                      **trainer_kwargs)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    if probe.first_s is None:
+        return None
+    return probe.first_s, probe.epoch_s if probe.epoch_s is not None else probe.first_s
+
+
+def budgeted_selection(
+    selection: Selection, space: SearchSpace, dataset: MedicalDataset, device: str,
+    trial_cap_s: float,
+) -> Selection:
+    """``selection``, or holdout when a budget cannot pay for its k fold fits.
+
+    Times two epochs of the space's first portfolio entry on one fold
+    (:func:`probe_epochs`) and asks :func:`medauto.fingerprint.affordable_selection`.
+    A space without a portfolio, or holdout, is returned as it is.
+    """
+    from med_core.data import cross_validation_folds
+
+    if selection.mode != "cv" or not space.portfolio:
+        return selection
+    cfg = space.config_from_params(space.portfolio[0].params)
+    _, fold = next(iter(cross_validation_folds(dataset, selection.folds, seed=selection.seed)))
+    with timed("selection_probe", -1):
+        timing = probe_epochs(cfg, fold, device)
+    if timing is None:
+        return selection
+    chosen = affordable_selection(selection, epochs=cfg.epochs, first_s=timing[0],
+                                  epoch_s=timing[1], trial_cap_s=trial_cap_s)
+    if chosen != selection:
+        _logger.info(
+            "selection: %d folds of %s would each train %.0f s of a %.0f s trial cap "
+            "(%.1f s, then %.2f s per epoch, %d epochs): fewer than %.0f%% of the epochs, so "
+            "the validation split is used", selection.folds, space.portfolio[0].name,
+            trial_cap_s / selection.folds, trial_cap_s, timing[0], timing[1], cfg.epochs,
+            100 * MIN_FOLD_EPOCH_SHARE)
+    return chosen
 
 
 def _oom_fallback(cfg: TrainConfig) -> TrainConfig | None:
@@ -267,8 +322,11 @@ class Objective:
         """The trial's TrainConfig: the space's suggestion on top of the overrides."""
         from med_core.config import TrainConfig
 
+        overrides = dict(self.overrides)
+        if SEED_ATTR in trial.user_attrs:  # a repeat of the best with a new seed
+            overrides["seed"] = int(trial.user_attrs[SEED_ATTR])
         with timed("suggest", trial.number):
-            return self.space.suggest(trial, base=TrainConfig.from_flat(self.overrides))
+            return self.space.suggest(trial, base=TrainConfig.from_flat(overrides))
 
     def train(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
@@ -276,9 +334,10 @@ class Objective:
         """Trains ``cfg`` for ``trial``; raises ``optuna.TrialPruned`` when pruned.
 
         With holdout selection the value is the best validation metric, reported to the
-        pruner after every epoch. With cross-validated selection every fold trains in
-        turn, the value is the mean of the folds' best metrics, and the pruner hears one
-        report per fold (step = folds done), so it can stop a weak configuration early.
+        pruner after every epoch (not for a seed repeat, :mod:`medauto.bagging`). With
+        cross-validated selection every fold trains in turn, the value is the mean of the
+        folds' best metrics, and the pruner hears one report per fold (step = folds
+        done), so it can stop a weak configuration early.
         """
         n = trial.number
         with timed("trial_attrs", n):
@@ -292,7 +351,8 @@ class Objective:
             return self._train_folds(trial, cfg, extra, **trainer_kwargs)
         keeper = KeepBestWeights() if self.members_root is not None else None
         trainer, history, pruning = self._fit(
-            trial, cfg, self.dataset, per_epoch_pruning=True, extra=extra, keeper=keeper,
+            trial, cfg, self.dataset, per_epoch_pruning=BAGGED_FROM_ATTR not in trial.user_attrs,
+            extra=extra, keeper=keeper,
             **trainer_kwargs,
         )
         self._record(trial, trainer, history)
@@ -319,12 +379,10 @@ class Objective:
     ) -> TrainConfig:
         """``cfg``, or ``cfg`` with fewer epochs when one epoch says it cannot fit the cap."""
         from med_core.config import TrainConfig
-        from med_core.training import Trainer
 
         if self.trial_cap_s is None or cfg.epochs <= 1 or "dist" in trainer_kwargs:
             return cfg  # (a DDP group's ranks would time the epoch differently)
         cap = self.trial_cap_s / self.selection.folds
-        probe = _EpochProbe()
         data = self.dataset
         if self.selection.mode == "cv":  # a fold's size, not train's
             from med_core.data import cross_validation_folds
@@ -332,19 +390,19 @@ class Objective:
             _, data = next(iter(cross_validation_folds(data, self.selection.folds,
                                                        seed=self.selection.seed)))
         with timed("epoch_probe", trial.number):
-            trainer = Trainer(cfg, dataset=data, device=self.device, callbacks=[probe],
-                              progress=False, **trainer_kwargs)
-            trainer.fit()
-            trainer.close()
-        if probe.first_s is None or probe.projected(cfg.epochs) <= cap:
+            timing = probe_epochs(cfg, data, self.device, **trainer_kwargs)
+        if timing is None:
             return cfg
-        epochs = fit_epochs(cfg.epochs, probe.first_s, probe.epoch_s or probe.first_s, cap)
+        first_s, epoch_s = timing
+        if first_s + (cfg.epochs - 1) * epoch_s <= cap:
+            return cfg
+        epochs = fit_epochs(cfg.epochs, first_s, epoch_s, cap)
         trial.set_user_attr("epochs_fitted", {
-            "from": cfg.epochs, "to": epochs, "first_epoch_s": round(probe.first_s, 3),
-            "epoch_s": round(probe.epoch_s or probe.first_s, 3), "cap_s": round(cap, 3)})
+            "from": cfg.epochs, "to": epochs, "first_epoch_s": round(first_s, 3),
+            "epoch_s": round(epoch_s, 3), "cap_s": round(cap, 3)})
         _logger.info("trial %d: %d epochs (%.1f s, then %.2f s each) would exceed the %.0f s "
-                     "cap; training %d", trial.number, cfg.epochs, probe.first_s,
-                     probe.epoch_s or probe.first_s, cap, epochs)
+                     "cap; training %d", trial.number, cfg.epochs, first_s, epoch_s, cap,
+                     epochs)
         return TrainConfig.from_flat({"epochs": epochs}, base=cfg)
 
     def _fit(

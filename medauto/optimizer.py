@@ -297,36 +297,42 @@ class AutoMLOptimizer:
         return "minimize" if self.metric.endswith("loss") else "maximize"
 
     def _open(self, dataset: MedicalDataset) -> tuple[optuna.Study, SearchSpace, str]:
-        from medauto.algorithms import make_pruner
         from medauto.algorithms import make_sampler
+        from medauto.algorithms import make_search_pruner
 
         # Everything that can be checked is checked before the storage is touched, so a
         # typo leaves no empty database or half-made study behind.
         from medauto.fingerprint import fingerprint_dataset
         from medauto.fingerprint import resolve_selection
         from medauto.fingerprint import resolve_space
+        from medauto.objective import budgeted_selection
         from medauto.storage import default_storage_url
         from medauto.storage import open_storage
         from medauto.study import StudySettings
         from medauto.study import open_study
+        from medauto.study import stored_selection
 
         self._validate()
         device = resolve_device(self.device)
         self.fingerprint_ = fp = fingerprint_dataset(dataset)
         space = resolve_space(self.space, fp, device)
-        self.selection_ = selection = resolve_selection(self.selection, fp)
-        _logger.info("data: %s; selection on %s", fp.describe(), selection.describe())
+        selection = resolve_selection(self.selection, fp)
         grid = space.grid() if self.sampler == "grid" else None
         sampler = functools.partial(make_sampler, self.sampler, self.sampler_kwargs, grid=grid)
-        sampler(seed=self.seed)  # validated before the storage is touched
-        cv = selection.mode == "cv"  # the pruner's resource is then folds, not epochs
-        pruner = make_pruner(
-            self.pruner,
-            self.pruner_kwargs,
-            min_epochs=1 if cv else space.min_epochs,
-            max_epochs=selection.folds if cv else space.max_epochs,
-            reduction_factor=None if cv else space.reduction_factor,
-        )
+        sampler(seed=self.seed)  # validated before the storage is touched, as is the pruner
+        make_search_pruner(self.pruner, self.pruner_kwargs, space, selection)
+        storage = open_storage(self.storage or default_storage_url(self.run_dir),
+                               self.storage_settings)
+        name = self.study_name or f"{Path(str(self.data)).stem}-{space.name}"
+        stored = stored_selection(storage, name)
+        if self.selection == "auto" and stored is not None:  # a resumed study scores alike
+            selection = resolve_selection(stored, fp)
+        elif self.selection == "auto" and self.budget_plan_ is not None:
+            selection = budgeted_selection(selection, space, dataset, device,
+                                           self.budget_plan_.trial_cap_s)
+        self.selection_ = selection
+        _logger.info("data: %s; selection on %s", fp.describe(), selection.describe())
+        pruner = make_search_pruner(self.pruner, self.pruner_kwargs, space, selection)
         settings = StudySettings(
             space=space.to_dict(),
             fingerprint=space.fingerprint(),
@@ -336,9 +342,6 @@ class AutoMLOptimizer:
             n_trials=self._target(),
             selection=selection.mode,
         )
-        url = self.storage or default_storage_url(self.run_dir)
-        storage = open_storage(url, self.storage_settings)
-        name = self.study_name or f"{Path(str(self.data)).stem}-{space.name}"
         study = open_study(name, storage, settings, sampler=sampler, pruner=pruner, seed=self.seed)
         if self.portfolio and space.portfolio and not study.get_trials(deepcopy=False):
             for entry in space.portfolio:
@@ -467,7 +470,7 @@ class AutoMLOptimizer:
                 target=self._target(),
                 timeout=timeout,
                 device=device,
-                on_trial_end=tracker.end_trial,
+                on_trial_end=self._trial_end_hook(tracker, plan),
                 progress=progress,
                 max_failures=self.max_failures,
             )
@@ -485,6 +488,27 @@ class AutoMLOptimizer:
                 device=device,
             )
         return result
+
+    def _trial_end_hook(
+        self, tracker: BaseTracker, plan: BudgetPlan | None
+    ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+        """The tracker's trial end; in a budgeted holdout search with a final model, then
+        :class:`~medauto.bagging.SeedBagger` (the last part of the time bags new seeds)."""
+        sel = self.selection_
+        if plan is None or not self.final_model or sel is None or sel.mode != "holdout":
+            return tracker.end_trial
+        from medauto.bagging import BAG_SHARE
+        from medauto.bagging import SeedBagger
+
+        assert self.budget_start_ is not None
+        bagger = SeedBagger(deadline=self.budget_start_ + plan.search_s,
+                            share_s=BAG_SHARE * plan.search_s)
+
+        def hook(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            tracker.end_trial(study, trial)
+            bagger(study, trial)
+
+        return hook
 
     def _result(self, study: optuna.Study, report: WorkerReport) -> OptimizationResult:
         from med_core.config import TrainConfig

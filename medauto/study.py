@@ -23,7 +23,8 @@ from medauto.logging import get_logger
 from medauto.storage import worker_id
 
 __all__ = [
-    "StudySettings", "load_existing_study", "load_settings", "open_study", "validate_study_name",
+    "StudySettings", "load_existing_study", "load_settings", "open_study", "stored_selection",
+    "validate_study_name",
 ]
 
 #: What a study name may be: it names files and folders under ``--run-dir`` (retrain,
@@ -193,6 +194,17 @@ def _create_or_resume(
     done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     _logger.info("resuming study %r (%d trials already finished)", name, done)
     return study, False
+
+
+def stored_selection(storage: optuna.storages.BaseStorage, name: str) -> str | None:
+    """The selection (``"holdout"`` or ``"cv"``) study ``name`` was created with; ``None``
+    if there is no such study, or it predates the stored selection."""
+    for summary in storage.get_all_studies():
+        if summary.study_name == name:
+            raw = summary.user_attrs.get(_ATTR)
+            sel = raw.get("selection") if isinstance(raw, dict) else None
+            return sel if sel in ("holdout", "cv") else None
+    return None
 
 
 def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:

@@ -16,6 +16,7 @@ from medauto.storage import open_storage
 from medauto.study import StudySettings
 from medauto.study import load_settings
 from medauto.study import open_study
+from medauto.study import stored_selection
 
 
 def _settings(**kw: object) -> StudySettings:
@@ -31,6 +32,15 @@ def test_create_then_resume_updates_target(tmp_path: Path) -> None:
     study = open_study("s", storage, _settings(n_trials=9))
     assert load_settings(study).n_trials == 9
     assert load_settings(optuna.load_study(study_name="s", storage=storage)).n_trials == 9
+
+
+def test_the_stored_selection_is_read_back_for_a_resume(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    assert stored_selection(storage, "s") is None  # no such study
+    open_study("s", storage, _settings(selection="holdout"))
+    open_study("old", storage, _settings())  # from before the selection was stored
+    assert stored_selection(storage, "s") == "holdout"
+    assert stored_selection(storage, "old") is None
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""A budgeted trial times two epochs, then trains the epochs that fit its cap (never twice)."""
+"""A budgeted trial times two epochs, then trains the epochs that fit its cap (never twice);
+a budget keeps k-fold selection only when its folds can each train a useful fit."""
 
 from __future__ import annotations
 
@@ -65,3 +66,28 @@ def test_a_trial_over_its_cap_trains_fewer_epochs_with_a_whole_schedule(
     assert fitted["from"] == 6 and fitted["to"] == 1
     assert fits == [2, 1]
     assert trial.user_attrs["config"]["epochs"] == 1 and trial.user_attrs["epochs_run"] == 1
+
+
+PORTFOLIO_SPACE = SearchSpace.from_dict({
+    **{k: v for k, v in SPACE.to_dict().items() if k in ("name", "spatial_dims", "fixed")},
+    "params": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+    "portfolio": [{"name": "first", "params": {"optim.lr": 3e-3}}],
+})
+
+
+@pytest.mark.parametrize(("cap", "mode"), [(1e-3, "holdout"), (1e6, "cv")])
+def test_cross_validation_is_kept_only_when_the_cap_pays_for_its_folds(
+    medmnist_dir: Path, tmp_path: Path, fits: list[int], cap: float, mode: str
+) -> None:
+    from medauto.fingerprint import Selection
+    from medauto.objective import budgeted_selection
+
+    src = cut_medmnist(medmnist_dir / "breastmnist.npz", tmp_path / "b.npz", 40,
+                       both_classes=True)
+    cv = Selection("cv", folds=3)
+    chosen = budgeted_selection(cv, PORTFOLIO_SPACE, load_dataset(src), "cpu", cap)
+    assert chosen.mode == mode
+    assert fits == [2]  # one two-epoch probe of the first portfolio entry, on one fold
+    assert budgeted_selection(Selection(), PORTFOLIO_SPACE, load_dataset(src), "cpu",
+                              1e-3) == Selection()  # holdout: nothing to decide, no probe
+    assert fits == [2]
