@@ -36,6 +36,7 @@ from medauto.members import consistent
 from medauto.members import load_candidates
 from medauto.model_file import atomic_write_bytes
 from medauto.model_file import nan_to_none
+from medauto.preprocessing import Preprocessing
 from medauto.scoring import METRICS
 from medauto.scoring import split_metrics
 
@@ -259,12 +260,8 @@ def build_final(
     threshold = fit_threshold(y, ens) if binary else None
     t_single = fit_threshold(y, single) if binary else None
     out = Path(out_dir) if out_dir is not None else final_dir(run_dir, study.study_name)
-    input_spec = {
-        "spatial_dims": info.spatial_dims, "in_chans": info.in_chans,
-        "image_size": list(info.image_size), "dtype": "uint8",
-        "layout": "NCHW" if info.spatial_dims == 2 else "NCDHW",
-        "normalisation": "(x / 255 - 0.5) / 0.5, then each member's resize (img_size)",
-    }
+    input_spec = Preprocessing(spatial_dims=info.spatial_dims, in_chans=info.in_chans,
+                               stored_size=info.image_size, model_size=None).to_dict()
     common = {"task": info.task, "class_names": list(info.class_names),
               "input_spec": input_spec}
     meta = {"study": study.study_name, "dataset": info.name, "selection": cands[0].kind}

@@ -68,6 +68,7 @@ from medauto.model_file import atomic_write_bytes
 from medauto.model_file import load_model
 from medauto.model_file import nan_to_none
 from medauto.model_file import save_model
+from medauto.preprocessing import Preprocessing
 from medauto.scoring import METRICS
 from medauto.scoring import eval_loader
 from medauto.scoring import predict_scores
@@ -765,7 +766,9 @@ def _train_and_test(
     }
     if use_tta != cfg.tta:  # the saved config predicts as the model was evaluated
         cfg = type(cfg).from_flat({"tta": use_tta}, base=cfg)
-    save_model(out / rel, trainer.model, cfg, **meta)
+    prep = Preprocessing(spatial_dims=info.spatial_dims, in_chans=info.in_chans,
+                         stored_size=info.image_size, model_size=meta["img_size"])
+    save_model(out / rel, trainer.model, cfg, preprocessing=prep, **meta)
     card = {**meta, "config": cfg.to_dict(), "train_seconds": seconds}
     atomic_write_bytes(out / f"models/{name}/model.json",
                         (json.dumps(nan_to_none(card), indent=2) + "\n").encode())
