@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,9 @@ def _main(*argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def searched(micro_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real trial on 32/32/32 BreastMNIST images; its final predictor."""
+def search_run(micro_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One real trial on 32/32/32 BreastMNIST images: the run folder and the search's
+    stdout."""
     from cli_helpers import MICRO_SPACE
 
     root = tmp_path_factory.mktemp("predict")
@@ -45,7 +47,30 @@ def searched(micro_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--run-dir", str(root / "runs"), "--device", "cpu", "--no-progress", "--no-tracking",
         "--pruner", "none", "-q")
     assert code == 0, out + err
-    return root / "runs"
+    return root / "runs", out
+
+
+@pytest.fixture(scope="module")
+def searched(search_run: tuple[Path, str]) -> Path:
+    """The run folder of :func:`search_run` (its final predictor)."""
+    return search_run[0]
+
+
+def test_the_search_ends_with_honest_test_results(search_run: tuple[Path, str]) -> None:
+    run_dir, out = search_run
+    final = json.loads((run_dir / "final" / STUDY / "final.json").read_text())
+    ev = final["evaluation"]
+    assert [c["class"] for c in ev["per_class"]] == ["malignant", "normal, benign"]
+    for c in ev["per_class"]:
+        assert f"{c['class']} (n={c['n']}): sensitivity" in out
+    lo, hi = ev["ci"]["auc"]
+    assert f"auc={final['test']['auc']:.4f} [{lo:.3f}, {hi:.3f}]" in out
+    assert "WARNING: the test split (32 images) is too small" in out
+    # the one-class warning is there exactly when the model predicts (nearly) one class
+    predicted = np.sum(final["confusion"], axis=0)
+    one_class = predicted.max() >= 0.95 * predicted.sum()
+    assert ("WARNING: the final model predicts class" in out) == one_class
+    assert (run_dir / "final" / STUDY / "roc.png").is_file()
 
 
 @pytest.fixture(scope="module")
