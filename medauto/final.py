@@ -270,7 +270,7 @@ def build_final(
     out = Path(out_dir) if out_dir is not None else final_dir(run_dir, study.study_name)
     input_spec = Preprocessing(spatial_dims=info.spatial_dims, in_chans=info.in_chans,
                                stored_size=info.image_size, model_size=None).to_dict()
-    common = {"task": info.task, "class_names": list(info.class_names),
+    common: dict[str, Any] = {"task": info.task, "class_names": list(info.class_names),
               "input_spec": input_spec}
     meta = {"study": study.study_name, "dataset": info.name, "selection": cands[0].kind}
     predictor = Predictor.create(out / "predictor", members=_members(cands, counts),

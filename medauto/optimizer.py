@@ -492,7 +492,7 @@ class AutoMLOptimizer:
         partial = final.partial if final is not None else {}
         best = study.trials[partial["trial"]] if partial else best_trial(study)
         return OptimizationResult(
-            study=study, best_value=float(partial["value"] if partial else best.value),
+            study=study, best_value=float(partial["value"] if partial else best.value),  # type: ignore[arg-type]
             best_config=TrainConfig.from_dict(best.user_attrs[CONFIG_ATTR]),
             best_trial_number=best.number, report=report, final=final,
         )

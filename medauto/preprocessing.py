@@ -74,14 +74,15 @@ class Preprocessing:
         model_size: The model's input size; the loader resizes the stored images to it
             (2-D: torchvision antialiased bilinear; 3-D: trilinear). ``None`` in an
             ensemble's record: each member resizes to its own (its model file says).
-        normalisation: ``(x / scale - mean) / std`` (:data:`NORMALISATION`).
+        normalisation: ``(x / scale - mean) / std`` (:data:`NORMALISATION`; ``None`` →
+            that one, the only one medauto's loaders apply).
     """
 
     spatial_dims: int
     in_chans: int
     stored_size: tuple[int, ...]
     model_size: tuple[int, ...] | None
-    normalisation: Mapping[str, float] = None  # type: ignore[assignment]
+    normalisation: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -111,7 +112,7 @@ class Preprocessing:
             "model_size": None if self.model_size is None else list(self.model_size),
             "dtype": "uint8", "layout": "NCHW" if self.spatial_dims == 2 else "NCDHW",
             "channels": _CHANNELS.get(self.in_chans, f"{self.in_chans} channels"),
-            "resize": "bilinear", "normalisation": dict(self.normalisation),
+            "resize": "bilinear", "normalisation": dict(self.normalisation or NORMALISATION),
         }
 
     @classmethod
