@@ -135,17 +135,19 @@ class Preprocessing:
     @classmethod
     def from_legacy(cls, meta: Mapping[str, Any]) -> Preprocessing:
         """The documented default of a model file without a record: ``in_chans``,
-        ``spatial_dims`` (default 2) and ``img_size`` from the file; the stored size is
-        the model size.
+        ``spatial_dims`` (default: the length of ``img_size``, else 2) and ``img_size`` from
+        the file; the stored size is the model size.
 
         Raises:
             PreprocessingError: the file names no ``img_size``.
         """
-        dims = int(meta.get("spatial_dims", 2))
-        if meta.get("img_size") is None:
+        raw = meta.get("img_size")
+        if raw is None:
             raise PreprocessingError("the model file records neither its preprocessing nor "
                                      "its 'img_size'; medauto cannot prepare images for it")
-        size = _size(meta["img_size"], dims, "img_size")
+        dims = int(meta.get("spatial_dims") or (len(raw) if isinstance(raw, (list, tuple))
+                                                else 2))
+        size = _size(raw, dims, "img_size")
         return cls(spatial_dims=dims, in_chans=int(meta["in_chans"]), stored_size=size,
                    model_size=size)
 

@@ -232,3 +232,16 @@ def test_bad_inputs_get_one_clear_line(
     code, _, err = _main("predict", str(tmp_path / "ok.png"), "--study", "nope",
                          "--run-dir", str(searched))
     assert code == 1 and "no study named 'nope'" in err
+
+
+def test_volumes_keep_their_shape_and_old_3d_files_get_their_dims(tmp_path: Path) -> None:
+    prep = Preprocessing.from_legacy({"in_chans": 1, "img_size": [16, 16, 16]})
+    assert prep.spatial_dims == 3 and prep.stored_size == (16, 16, 16)
+    vols = np.arange(2 * 16**3, dtype=np.uint8).reshape(2, 16, 16, 16)
+    np.savez(tmp_path / "v.npz", test_images=vols, test_labels=np.array([[0], [1]]))
+    inputs = load_inputs([tmp_path / "v.npz"], prep, class_names=["a", "b"])
+    assert inputs.pixels.shape == (2, 1, 16, 16, 16) and inputs.labels == [0, 1]
+    assert np.array_equal(inputs.pixels[:, 0], vols)
+    Image.fromarray(vols[0, 0]).save(tmp_path / "slice.png")
+    with pytest.raises(ValueError, match="a 3-D model takes volumes from an .npz split"):
+        load_inputs([tmp_path / "slice.png"], prep, class_names=["a", "b"])
