@@ -9,8 +9,8 @@ The service side of ``medauto predict`` (and usable from Python):
   decodes them), folders of them, CSV manifests (column ``path``, optional ``label``) or a
   split of an ``.npz`` file, and brings every image to the model's stored form with the
   preprocessing recorded in the model (:mod:`medauto.preprocessing`);
-* :func:`predict_table` scores them and returns one row per image: its name, its label
-  when known, one probability column per class and the predicted class name;
+* :func:`predict_table` turns the predictor's scores into one row per image: its name, its
+  label when known, one probability column per class and the predicted class name;
   :func:`write_csv` writes it atomically.
 
 Example:
@@ -229,21 +229,19 @@ def probability_columns(class_names: Sequence[str]) -> list[str]:
     return [f"p_{c}" for c in class_names]
 
 
-def predict_table(
-    predictor: Predictor, inputs: PredictInputs, *, device: str = "cpu", batch_size: int = 256
-) -> pd.DataFrame:
+def predict_table(predictor: Predictor, inputs: PredictInputs, scores: np.ndarray) -> pd.DataFrame:
     """One row per image: ``name``, ``label`` (when the inputs had labels), one
     probability column per class (:func:`probability_columns`) and ``predicted`` (the
     class name; multi-label: the names at ``p >= 0.5``, joined by ``;``).
 
-    Binary probabilities include the predictor's fitted threshold (folded in as a logit
-    shift), so ``predicted`` is the class whose probability is at least 0.5.
+    ``scores`` are ``predictor.scores(inputs.pixels)``. Binary probabilities include the
+    predictor's fitted threshold (folded in as a logit shift), so ``predicted`` is the
+    class whose probability is at least 0.5.
     """
     import numpy as np
     import pandas as pd
 
     names = predictor.class_names
-    scores = predictor.scores(inputs.pixels, device=device, batch_size=batch_size)
     proba, decided = predictor.probabilities(scores), predictor.decide(scores)
     frame = pd.DataFrame({"name": inputs.names})
     if inputs.labels:

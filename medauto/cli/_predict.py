@@ -27,7 +27,9 @@ class PredictCommand(Command):
     and .npz files (MedMNIST layout; --split picks the split). Every image is prepared as
     training prepared it (the preprocessing recorded in the model: channels, resize,
     normalisation). The CSV has one row per image: name, label (if given), one p_<class>
-    column per class and the predicted class.
+    column per class and the predicted class. With labels (manifest, .npz) the metrics of
+    the labelled images are printed with their 95 % intervals, per-class sensitivity and
+    specificity, and warnings.
 
     Example: medauto predict --study breastmnist-fast scan1.png scans/ --output preds.csv
     """
@@ -74,12 +76,22 @@ class PredictCommand(Command):
         prep = predictor.preprocessing
         inputs = load_inputs(args.inputs, prep, class_names=predictor.class_names,
                              split=args.split)
-        frame = predict_table(predictor, inputs, device=device, batch_size=args.batch_size)
+        scores = predictor.scores(inputs.pixels, device=device, batch_size=args.batch_size)
+        frame = predict_table(predictor, inputs, scores)
         out = write_csv(frame, args.output)
         counts = frame["predicted"].value_counts().to_dict()
         print(f"model: {predictor.folder} ({len(predictor.members)} member(s), "
               f"{predictor.task}); preprocessing: {prep.describe()}")
         print(f"predicted {len(frame)} image(s): "
               + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        labelled = [i for i, v in enumerate(inputs.labels) if v is not None]
+        if labelled and predictor.task != "multi-label":  # labelled inputs: honest numbers
+            from medauto.evaluation import evaluate_test
+
+            ev = evaluate_test(predictor.task, [inputs.labels[i] for i in labelled],
+                               scores[labelled], predictor.class_names, what="the model")
+            print(f"labelled inputs ({len(labelled)} of {len(frame)}):")
+            for line in ev.lines():
+                print(f"  {line}")
         print(f"predictions: {Path(out)}")
         return 0

@@ -138,8 +138,9 @@ def test_folder_manifest_and_npz_inputs_agree(
     for name, src in (("folder", tmp_path / "scans"), ("manifest", manifest),
                       ("npz", micro_dir / "breastmnist.npz")):
         out = tmp_path / f"{name}.csv"
-        code, _, err = _main("predict", str(src), "--model", folder, "--output", str(out))
+        code, printed, err = _main("predict", str(src), "--model", folder, "--output", str(out))
         assert code == 0, err
+        assert ("per class: malignant (n=" in printed) == (name != "folder"), name
         results[name] = _read(out)
     assert len(results["npz"]) == len(images)
     npz = results["npz"][:8]
