@@ -35,12 +35,14 @@ def _main(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def search_run(micro_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """One real trial on 32/32/32 BreastMNIST images: the run folder and the search's
-    stdout."""
+    """One real one-epoch trial on 32/32/32 BreastMNIST images: the run folder and the
+    search's stdout."""
     from cli_helpers import MICRO_SPACE
 
     root = tmp_path_factory.mktemp("predict")
-    (root / "micro.yaml").write_text(MICRO_SPACE)
+    one_epoch = MICRO_SPACE.replace("max_epochs: 2", "max_epochs: 1")
+    assert one_epoch != MICRO_SPACE
+    (root / "micro.yaml").write_text(one_epoch)
     code, out, err = _main(
         "search", "--data", "breastmnist", "--data-dir", str(micro_dir), "--space",
         str(root / "micro.yaml"), "--trials", "1", "--selection", "holdout", "--study", STUDY,

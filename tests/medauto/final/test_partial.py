@@ -75,8 +75,8 @@ def test_a_study_whose_trials_were_all_pruned_ends_with_a_model(
     assert code == 0, out + err
     storage = open_storage(f"sqlite:///{tmp_path / 'runs/medauto.db'}")
     study = optuna.load_study(study_name="s", storage=storage)
-    study.add_trial(_pruned(0.003, {1: 0.55}))
-    study.add_trial(_pruned(0.005, {1: 0.62, 2: 0.58}))  # the best partial trial
+    study.add_trial(_pruned(0.003, {1: 0.55, 2: 0.6}))
+    study.add_trial(_pruned(0.005, {1: 0.62}))  # the best partial trial, pruned at epoch 1
     assert best_partial_trial(study).number == 1  # type: ignore[union-attr]
     # the target (2 finished trials) is met: no trial trains, the final model is built
     code, out, err = _main("search", *common, "--no-progress")
@@ -84,7 +84,8 @@ def test_a_study_whose_trials_were_all_pruned_ends_with_a_model(
     assert "best trial: 1 (mobilenet_v3_small) - PARTIAL" in out
     assert "WARNING: no trial completed: the final model is the best partial trial 1 " in out
     final = json.loads((tmp_path / "runs/final/s" / FINAL_FILE).read_text())
-    assert final["partial"]["trial"] == 1 and final["partial"]["epochs"] == 2
+    # trained again for the 1 epoch it had trained, not its configured 2
+    assert final["partial"]["trial"] == 1 and final["partial"]["epochs"] == 1
     assert final["partial"]["value"] == pytest.approx(0.62)
     assert [m["trial"] for m in final["members"]] == [1] and final["n_test"] == 32
     assert final["warnings"][0].startswith("no trial completed")
