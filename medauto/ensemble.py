@@ -41,8 +41,12 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from medauto.exceptions import MedautoError
+from medauto.model_file import ModelFileError
 from medauto.model_file import atomic_write_bytes
+from medauto.model_file import load_model
 from medauto.model_file import nan_to_none
+from medauto.preprocessing import Preprocessing
+from medauto.preprocessing import PreprocessingError
 from medauto.scoring import split_metrics
 
 if TYPE_CHECKING:
@@ -224,8 +228,14 @@ class Predictor:
 
     @property
     def input_spec(self) -> dict[str, Any]:
-        """What images the predictor takes: dims, channels, size, dtype and normalisation."""
+        """What images the predictor takes: dims, channels, size, dtype and normalisation
+        (:meth:`medauto.preprocessing.Preprocessing.to_dict`'s form)."""
         return dict(self.spec["input"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How raw images become the predictor's input (:mod:`medauto.preprocessing`)."""
+        return Preprocessing.from_dict(self.spec["input"])
 
     def size_bytes(self) -> int:
         """Bytes of the member model files."""
@@ -301,6 +311,34 @@ class Predictor:
         missing = [m.file for m in pred.members if not (pred.folder / m.file).is_file()]
         if missing:
             raise PredictorError(f"{str(path)!r}: member file(s) missing: {missing}")
+        try:
+            pred.preprocessing  # noqa: B018 - checked once, here
+        except PreprocessingError as e:
+            raise PredictorError(f"{str(path)!r}: {e}") from None
+        return pred
+
+    @classmethod
+    def from_model_file(cls, path: str | os.PathLike[str]) -> Predictor:
+        """A one-member predictor over a model file (:func:`medauto.model_file.save_model`),
+        uncalibrated, with the file's preprocessing: a single model predicts through the
+        same code as an ensemble. Nothing is written.
+
+        Raises:
+            ModelFileError: the file cannot be loaded, or names no task or classes.
+        """
+        p = Path(path)
+        lm = load_model(p)
+        missing = [k for k in ("task", "class_names") if k not in lm.meta]
+        if missing:
+            raise ModelFileError(f"{str(p)!r} records no {missing}; it cannot predict labels")
+        member = Member(p.name, 1.0, int(lm.meta.get("trial", -1)),
+                        int(lm.meta.get("fold", 0)), lm.config.model.backbone)
+        spec = {"kind": _KIND, "format_version": _VERSION, "task": lm.meta["task"],
+                "class_names": list(lm.meta["class_names"]),
+                "input": lm.preprocessing.to_dict(), "calibration": {"threshold": None},
+                "members": [member.to_dict()], "source": "model file"}
+        pred = cls(p.parent, spec)
+        pred._loaded[f"{p.name}@cpu"] = lm
         return pred
 
     # --------------------------------------------------------------------- prediction
@@ -320,7 +358,6 @@ class Predictor:
         import numpy as np
 
         from med_core.data import Split
-        from medauto.model_file import load_model
         from medauto.scoring import eval_loader
         from medauto.scoring import predict_scores
 
@@ -355,23 +392,27 @@ class Predictor:
             avg = 1 / (1 + np.exp(-(np.log(p / (1 - p)) - shift)))
         return avg
 
-    def predict_proba(self, images: np.ndarray, **kwargs: Any) -> np.ndarray:
-        """Class probabilities ``(N, C)`` (scikit-learn's convention)."""
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """:meth:`scores` → class probabilities ``(N, C)`` (binary: both columns)."""
         import numpy as np
 
-        s = self.scores(images, **kwargs)
-        return np.stack([1 - s, s], axis=1) if self.task == "binary" else s
+        return np.stack([1 - scores, scores], axis=1) if self.task == "binary" else scores
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """:meth:`scores` → class indices ``(N,)`` (multi-label: 0/1 ``(N, L)`` at 0.5)."""
+        import numpy as np
+
+        if self.task in ("binary", "multi-label"):
+            return (scores >= 0.5).astype(np.int64)
+        return np.argmax(scores, axis=1)
+
+    def predict_proba(self, images: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """Class probabilities ``(N, C)`` (scikit-learn's convention)."""
+        return self.probabilities(self.scores(images, **kwargs))
 
     def predict(self, images: np.ndarray, **kwargs: Any) -> np.ndarray:
         """Class indices ``(N,)`` (multi-label: 0/1 ``(N, L)`` at 0.5)."""
-        import numpy as np
-
-        s = self.scores(images, **kwargs)
-        if self.task == "binary":
-            return (s >= 0.5).astype(np.int64)
-        if self.task == "multi-label":
-            return (s >= 0.5).astype(np.int64)
-        return np.argmax(s, axis=1)
+        return self.decide(self.scores(images, **kwargs))
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, **kwargs: Any) -> dict[str, float]:
         """MedMNIST metrics of the predictor on ``(images, labels)``."""

@@ -11,6 +11,12 @@ choose. Outputs, under ``<run_dir>/final/<study>/``::
     predictor/       the Predictor (predictor.json + members/*.pt)
     best_single/     the best single candidate as a Predictor (the comparison row)
     test_scores.npz  y and the ensemble's test scores
+    roc.png          the ensemble's test ROC curve
+
+The test numbers come with their honest context (:mod:`medauto.evaluation`): per-class
+sensitivity and specificity, balanced accuracy, the confusion matrix, bootstrap 95 %
+intervals and loud warnings when the model predicts one class or the test split is too
+small.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from medauto.ensemble import Member
 from medauto.ensemble import Predictor
 from medauto.ensemble import fit_threshold
 from medauto.ensemble import greedy_selection
+from medauto.evaluation import HonestEvaluation
+from medauto.evaluation import evaluate_test
+from medauto.evaluation import roc_png
 from medauto.exceptions import MedautoError
 from medauto.logging import get_logger
 from medauto.members import Candidate
@@ -36,6 +45,9 @@ from medauto.members import consistent
 from medauto.members import load_candidates
 from medauto.model_file import atomic_write_bytes
 from medauto.model_file import nan_to_none
+from medauto.partial import best_partial_trial
+from medauto.partial import train_partial
+from medauto.preprocessing import Preprocessing
 from medauto.scoring import METRICS
 from medauto.scoring import split_metrics
 
@@ -85,13 +97,20 @@ class FinalResult:
         test: The ensemble's test metrics (the one look at the test split).
         test_single: The best single candidate's test metrics, for comparison.
         confusion: The ensemble's test confusion matrix (rows: true class).
+        evaluation: The ensemble's honest test results
+            (:meth:`medauto.evaluation.HonestEvaluation.to_dict`).
+        roc: Its test ROC curve PNG (relative to ``final.json``; empty: not drawn).
         n_test: Test samples.
         size_bytes: Model bytes: ``ensemble``, ``single``.
         latency_ms: Milliseconds per image at batch 32 on ``device``: ``ensemble``, ``single``.
         device: Where latency was measured.
         predictor: The predictor folder (relative to ``final.json``).
         created_at: ISO time.
-        warnings: What makes the numbers mean less (e.g. the model predicts one class).
+        warnings: What makes the numbers mean less: the model predicts one class, the
+            test split is too small (:mod:`medauto.evaluation`), no trial completed.
+        partial: Set when no trial completed and the final model is the best partial
+            trial, trained again (:mod:`medauto.partial`): ``trial``, ``state``, ``value``,
+            ``epochs``, ``note``; empty otherwise.
     """
 
     study: str
@@ -106,6 +125,8 @@ class FinalResult:
     test: dict[str, float] = field(default_factory=dict)
     test_single: dict[str, float] = field(default_factory=dict)
     confusion: list[list[int]] = field(default_factory=list)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    roc: str = ""
     n_test: int = 0
     size_bytes: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
@@ -113,6 +134,7 @@ class FinalResult:
     predictor: str = "predictor"
     created_at: str = ""
     warnings: list[str] = field(default_factory=list)
+    partial: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN → ``None``)."""
@@ -142,12 +164,14 @@ class FinalResult:
 
         used = ", ".join(f"trial {m['trial']} {m['backbone']} x{m['weight']:.2f}"
                          for m in self.members)
+        honest = HonestEvaluation.from_dict(self.evaluation).lines() if self.evaluation else []
         return "\n".join([
             f"final model: ensemble of {len(self.members)} trial(s) ({used}), chosen on "
             f"{'out-of-fold' if self.selection == 'oof' else 'validation'} predictions "
             f"of {len(self.candidates)} candidate(s)",
             f"  test (n={self.n_test}, once): ensemble {fmt(self.test)}",
             f"                      best single trial {fmt(self.test_single)}",
+            *(f"  ensemble {line}" for line in honest if not line.startswith("WARNING")),
             f"  size {self.size_bytes.get('ensemble', 0) / 1e6:.1f} MB vs "
             f"{self.size_bytes.get('single', 0) / 1e6:.1f} MB; latency "
             f"{self.latency_ms.get('ensemble', math.nan):.2f} vs "
@@ -190,31 +214,6 @@ def _latency(pred: Predictor, images: np.ndarray, device: str) -> float:
     return (time.perf_counter() - t0) * 1000 / max(1, len(batch))
 
 
-def _one_class_warnings(confusion: list[list[int]], share: float = 0.95) -> list[str]:
-    """A warning when the predictions on test fall (nearly) all in one class."""
-    if not confusion:
-        return []
-    predicted = [sum(row[j] for row in confusion) for j in range(len(confusion))]
-    total = sum(predicted)
-    top = max(range(len(predicted)), key=predicted.__getitem__)
-    if total and predicted[top] >= share * total:
-        return [f"the final model predicts class {top} for {predicted[top]} of {total} test "
-                f"images: it has learned little beyond the class balance (more budget, or "
-                f"see docs/search_quality.md)"]
-    return []
-
-
-def _confusion(task: str, y: np.ndarray, s: np.ndarray, n_classes: int) -> list[list[int]]:
-    import numpy as np
-    from sklearn.metrics import confusion_matrix
-
-    if task == "multi-label":
-        return []
-    pred = (s >= 0.5).astype(np.int64) if task == "binary" else np.argmax(s, axis=1)
-    cm = confusion_matrix(np.asarray(y).reshape(-1), pred, labels=list(range(n_classes)))
-    return [[int(v) for v in row] for row in cm]
-
-
 def build_final(
     study: optuna.Study,
     dataset: MedicalDataset,
@@ -238,17 +237,27 @@ def build_final(
         device: Where the test predictions and latencies run.
         out_dir: Output folder (default :func:`final_dir`).
 
+    Without a completed candidate, the best partial (pruned) trial is trained again and
+    becomes the final model (:mod:`medauto.partial`); the result says so.
+
     Raises:
-        MedautoError: no completed trial left members (e.g. all were pruned or failed).
+        MedautoError: no completed trial left members and no pruned trial reported a value
+            (e.g. all failed).
     """
     import numpy as np
 
     cands = consistent(load_candidates(study, run_dir, limit=max_candidates))
+    partial: dict[str, Any] = {}
     if not cands:
-        raise MedautoError(
-            f"study {study.study_name!r} has no completed trial with saved models to build "
-            "the final model from (see `medauto status` for why trials stopped)"
-        )
+        trial = best_partial_trial(study)
+        if trial is None:
+            raise MedautoError(
+                f"study {study.study_name!r} has no completed trial with saved models and no "
+                "pruned trial that reported a value to build the final model from (see "
+                "`medauto status` for why trials stopped)"
+            )
+        cand, partial = train_partial(study, trial, dataset, run_dir=run_dir, device=device)
+        cands = [cand]
     info = dataset.info
     y = cands[0].y
     counts = greedy_selection([c.score for c in cands], y, task=info.task, metric=metric,
@@ -259,13 +268,9 @@ def build_final(
     threshold = fit_threshold(y, ens) if binary else None
     t_single = fit_threshold(y, single) if binary else None
     out = Path(out_dir) if out_dir is not None else final_dir(run_dir, study.study_name)
-    input_spec = {
-        "spatial_dims": info.spatial_dims, "in_chans": info.in_chans,
-        "image_size": list(info.image_size), "dtype": "uint8",
-        "layout": "NCHW" if info.spatial_dims == 2 else "NCDHW",
-        "normalisation": "(x / 255 - 0.5) / 0.5, then each member's resize (img_size)",
-    }
-    common = {"task": info.task, "class_names": list(info.class_names),
+    input_spec = Preprocessing(spatial_dims=info.spatial_dims, in_chans=info.in_chans,
+                               stored_size=info.image_size, model_size=None).to_dict()
+    common: dict[str, Any] = {"task": info.task, "class_names": list(info.class_names),
               "input_spec": input_spec}
     meta = {"study": study.study_name, "dataset": info.name, "selection": cands[0].kind}
     predictor = Predictor.create(out / "predictor", members=_members(cands, counts),
@@ -284,7 +289,7 @@ def build_final(
             "best_single": _calibrated(info.task, y, single, t_single),
         },
         threshold=threshold, device=device, predictor="predictor",
-        created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), partial=partial,
     )
     _logger.info("ensemble of %d trial(s) from %d candidate(s): selection %s %.4f "
                  "(best single %.4f)", len(result.members), len(cands), metric,
@@ -298,14 +303,21 @@ def build_final(
         scores = predictor.scores(test.images, device=device)
         result.test = split_metrics(info.task, test.labels, scores)
         result.test_single = best.evaluate(test.images, test.labels, device=device)
-        result.confusion = _confusion(info.task, test.labels, scores, info.num_classes)
+        ev = evaluate_test(info.task, test.labels, scores, info.class_names,
+                           what="the final model")
+        result.evaluation, result.confusion = ev.to_dict(), ev.confusion
+        atomic_write_bytes(out / "roc.png", roc_png(info.task, test.labels, scores,
+                                                    info.class_names))
+        result.roc = "roc.png"
         result.n_test = len(test)
         result.latency_ms = {"ensemble": _latency(predictor, test.images, device),
                              "single": _latency(best, test.images, device)}
         np.savez(out / "test_scores.npz", y=test.labels, ensemble=scores)
-        result.warnings = _one_class_warnings(result.confusion)
+        result.warnings = ev.warnings
         for w in result.warnings:
             _logger.warning("%s", w)
+    if partial:
+        result.warnings.insert(0, partial["note"])
     result.size_bytes = {"ensemble": predictor.size_bytes(), "single": best.size_bytes()}
     result.save(out / FINAL_FILE)
     return result

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from medauto.exceptions import MedautoError
+from medauto.preprocessing import PREPROCESSING_KEY
+from medauto.preprocessing import Preprocessing
+from medauto.preprocessing import PreprocessingError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -75,14 +78,23 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 
 def save_model(
-    path: str | os.PathLike[str], model: nn.Module, cfg: TrainConfig, **meta: Any
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    cfg: TrainConfig,
+    *,
+    preprocessing: Preprocessing | None = None,
+    **meta: Any,
 ) -> Path:
-    """Writes weights + config as a plain dict that loads with ``weights_only=True``.
+    """Writes weights + config + preprocessing as a plain dict that loads with
+    ``weights_only=True``.
 
     Args:
         path: Destination (``.pt``); parents are created, the write is atomic.
         model: The classifier; its ``state_dict`` is copied to CPU.
         cfg: Its TrainConfig (stored as a nested dict).
+        preprocessing: How raw images become its input (:mod:`medauto.preprocessing`);
+            ``None`` → :meth:`~medauto.preprocessing.Preprocessing.from_legacy` of ``meta``
+            (the stored size taken to be ``img_size``).
         **meta: Primitive metadata: ``task``, ``num_classes``, ``in_chans``, ``img_size``
             (needed by :func:`load_model`), plus anything JSON-like (trial, seed, test...).
 
@@ -93,12 +105,14 @@ def save_model(
 
     import torch
 
+    prep = preprocessing if preprocessing is not None else Preprocessing.from_legacy(meta)
     state = {
         "format_version": MODEL_FORMAT_VERSION,
         "kind": MODEL_KIND,
         "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
         "config": cfg.to_dict(),
         **nan_to_none(meta),
+        PREPROCESSING_KEY: prep.to_dict(),
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -109,18 +123,22 @@ def save_model(
 
 @dataclass
 class LoadedModel:
-    """What :func:`load_model` returns: the classifier (eval mode), its config and metadata."""
+    """What :func:`load_model` returns: the classifier (eval mode), its config, metadata
+    and preprocessing (from the file, or the documented default of a file without one)."""
 
     model: nn.Module
     config: TrainConfig
     meta: dict[str, Any]
+    preprocessing: Preprocessing
 
 
 def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedModel:
     """Rebuilds a classifier from a :func:`save_model` file (``torch.load(weights_only=True)``).
 
     A file holding anything but tensors and primitive containers (e.g. a crafted pickle
-    with ``__reduce__``) is refused, never executed.
+    with ``__reduce__``) is refused, never executed. A file without a preprocessing
+    record (written before it existed) gets
+    :meth:`~medauto.preprocessing.Preprocessing.from_legacy`.
 
     Raises:
         ModelFileError: missing, corrupt, unsafe or foreign file, or weights that do not fit.
@@ -152,6 +170,11 @@ def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedMo
         raise ModelFileError(f"{str(p)!r} is incomplete: it has no {missing} (written by an "
                              "interrupted or foreign save)")
     cfg = TrainConfig.from_dict(state["config"])
+    try:
+        raw = state.get(PREPROCESSING_KEY)
+        prep = Preprocessing.from_dict(raw) if raw is not None else Preprocessing.from_legacy(state)
+    except PreprocessingError as e:
+        raise ModelFileError(f"{str(p)!r}: {e}") from e
     img_size = state.get("img_size")
     model = build_classifier(
         cfg.model,
@@ -164,5 +187,5 @@ def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedMo
     except (RuntimeError, KeyError) as e:
         raise ModelFileError(f"{str(p)!r}: weights do not fit {cfg.model.backbone!r}: {e}") from e
     model.to(device).eval()
-    meta = {k: v for k, v in state.items() if k not in ("model", "config")}
-    return LoadedModel(model=model, config=cfg, meta=meta)
+    meta = {k: v for k, v in state.items() if k not in ("model", "config", PREPROCESSING_KEY)}
+    return LoadedModel(model=model, config=cfg, meta=meta, preprocessing=prep)

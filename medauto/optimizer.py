@@ -478,16 +478,13 @@ class AutoMLOptimizer:
             progress.close()
             done = report is not None and report.stop_reason == "target reached"
             tracker.end_study(study, finished=done)
-        result = self._result(study, report)
-        if self.final_model:
+        if self.final_model:  # no completed trial: built from the best partial one
             from medauto.final import build_final
             from medauto.final import selection_metric
 
-            self.final_ = result.final = build_final(
-                study, dataset, run_dir=self.run_dir, metric=selection_metric(self.metric),
-                device=device,
-            )
-        return result
+            self.final_ = build_final(study, dataset, run_dir=self.run_dir, device=device,
+                                      metric=selection_metric(self.metric))
+        return self._result(study, report, self.final_ if self.final_model else None)
 
     def _trial_end_hook(
         self, tracker: BaseTracker, plan: BudgetPlan | None
@@ -510,18 +507,18 @@ class AutoMLOptimizer:
 
         return hook
 
-    def _result(self, study: optuna.Study, report: WorkerReport) -> OptimizationResult:
+    def _result(self, study: optuna.Study, report: WorkerReport,
+                final: FinalResult | None = None) -> OptimizationResult:
         from med_core.config import TrainConfig
         from medauto.results import CONFIG_ATTR
         from medauto.results import best_trial
 
-        best = best_trial(study)  # foreign trials are passed over
+        partial = final.partial if final is not None else {}
+        best = study.trials[partial["trial"]] if partial else best_trial(study)
         return OptimizationResult(
-            study=study,
-            best_value=float(best.value),  # type: ignore[arg-type]
+            study=study, best_value=float(partial["value"] if partial else best.value),  # type: ignore[arg-type]
             best_config=TrainConfig.from_dict(best.user_attrs[CONFIG_ATTR]),
-            best_trial_number=best.number,
-            report=report,
+            best_trial_number=best.number, report=report, final=final,
         )
 
     # -- results ---------------------------------------------------------------------------

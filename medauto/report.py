@@ -33,6 +33,8 @@ from typing import Any
 
 from medauto.logging import get_logger
 from medauto.report_gallery import gallery_blocks
+from medauto.report_honest import final_honest_blocks
+from medauto.report_honest import retrain_honest_blocks
 
 if TYPE_CHECKING:
     import optuna
@@ -556,6 +558,7 @@ def write_report(
 
     if final is not None and Path(final).is_file():
         blocks += _final_blocks(Path(final))
+        blocks += final_honest_blocks(Path(final), images)
 
     blocks.append(("h2", "Test metrics vs. published MedMNIST v2 baselines"))
     if result is None:
@@ -563,6 +566,7 @@ def write_report(
                             f"{study.study_name}` to evaluate on the test split."))
     else:
         blocks += _test_blocks(result, result.dataset or str(settings.get("data", "")))
+        blocks += retrain_honest_blocks(result, images)
         blocks += gallery_blocks(result, images)
 
     blocks += [("h2", "Pruning statistics"), *_pruning_blocks(pruning_statistics(study))]

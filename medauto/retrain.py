@@ -61,6 +61,9 @@ from typing import Any
 
 from med_core.training.callbacks import Callback
 from med_core.training.callbacks import KeepBestWeights
+from medauto.evaluation import HonestEvaluation
+from medauto.evaluation import evaluate_test
+from medauto.evaluation import roc_png
 from medauto.exceptions import MedautoError
 from medauto.logging import get_logger
 from medauto.model_file import MODEL_KIND
@@ -68,6 +71,7 @@ from medauto.model_file import atomic_write_bytes
 from medauto.model_file import load_model
 from medauto.model_file import nan_to_none
 from medauto.model_file import save_model
+from medauto.preprocessing import Preprocessing
 from medauto.scoring import METRICS
 from medauto.scoring import eval_loader
 from medauto.scoring import predict_scores
@@ -199,7 +203,9 @@ class RetrainResult:
     for one seed). With ``ensemble > 1`` each seed's numbers are those of the ensemble
     (of its first ``ensemble_used`` members). ``tta`` is the mode asked for (``"trial"``,
     ``"on"``, ``"off"``, ``"auto"``); ``val_selection`` maps each candidate ensemble size
-    to its mean validation AUC when ``ensemble_select="val"``.
+    to its mean validation AUC when ``ensemble_select="val"``. ``evaluation`` is the first
+    seed's final model's honest test results (:class:`medauto.evaluation.HonestEvaluation`;
+    its ROC curve is ``roc.png``).
     """
 
     study: str
@@ -223,6 +229,7 @@ class RetrainResult:
     per_seed: list[SeedResult] = field(default_factory=list)
     test_mean: dict[str, float] = field(default_factory=dict)
     test_std: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
     quantization: QuantizationResult | None = None
     mlflow: dict[str, Any] | None = None
     out_dir: str = ""
@@ -683,6 +690,16 @@ def retrain(
     result.n_test = int(len(y_ref))
     result.test_mean, result.test_std = _aggregate(result.per_seed)
     np.savez(out / "predictions.npz", y_true=y_ref, **scores)
+    # the honest view of the first seed's final model (the one report and predict use)
+    used = members_of[seed_list[0]][: result.ensemble_used]
+    final_scores = scores[used[0] if len(used) == 1 else f"ensemble-seed{seed_list[0]}"]
+    ev = evaluate_test(result.task, y_ref, final_scores, ds.info.class_names,
+                       what=f"the retrained model (seed {seed_list[0]})")
+    result.evaluation = ev.to_dict()
+    atomic_write_bytes(out / "roc.png", roc_png(result.task, y_ref, final_scores,
+                                                ds.info.class_names))
+    for w in ev.warnings:
+        _logger.warning("%s", w)
 
     if quantize is not None:
         first = result.models[0]  # the best trial, first seed
@@ -765,7 +782,9 @@ def _train_and_test(
     }
     if use_tta != cfg.tta:  # the saved config predicts as the model was evaluated
         cfg = type(cfg).from_flat({"tta": use_tta}, base=cfg)
-    save_model(out / rel, trainer.model, cfg, **meta)
+    prep = Preprocessing(spatial_dims=info.spatial_dims, in_chans=info.in_chans,
+                         stored_size=info.image_size, model_size=meta["img_size"])
+    save_model(out / rel, trainer.model, cfg, preprocessing=prep, **meta)
     card = {**meta, "config": cfg.to_dict(), "train_seconds": seconds}
     atomic_write_bytes(out / f"models/{name}/model.json",
                         (json.dumps(nan_to_none(card), indent=2) + "\n").encode())
@@ -848,6 +867,9 @@ def _log_to_mlflow(
                    if math.isfinite(v)]
         metrics += [Metric(f"test_{k}_std", v, now, 0) for k, v in result.test_std.items()
                     if math.isfinite(v)]
+        if result.evaluation:
+            flat = HonestEvaluation.from_dict(result.evaluation).flat_metrics("test_")
+            metrics += [Metric(k, v, now, 0) for k, v in flat.items()]
         q = result.quantization
         if q is not None and q.error is None:
             metrics += [Metric("int8_test_acc", q.int8_test["acc"], now, 0),
@@ -858,6 +880,8 @@ def _log_to_mlflow(
                          tags=[RunTag("medauto.n_test", str(result.n_test))])
         client.log_artifact(run_id, str(out / "retrain.json"))
         client.log_artifact(run_id, str(out / "predictions.npz"))
+        if (out / "roc.png").is_file():
+            client.log_artifact(run_id, str(out / "roc.png"))
         model_ids = []
         for m in result.models:
             lm = client.create_logged_model(

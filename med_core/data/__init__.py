@@ -11,8 +11,10 @@ device. See ``docs/data.md``.
 from __future__ import annotations
 
 from med_core.data._folder import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from med_core.data._folder import conform_image as conform_image
 from med_core.data._folder import load_csv_manifest as load_csv_manifest
 from med_core.data._folder import load_image_folder as load_image_folder
+from med_core.data._folder import read_image as read_image
 from med_core.data._info import SPLITS as SPLITS
 from med_core.data._info import TASKS as TASKS
 from med_core.data._info import DatasetInfo as DatasetInfo
@@ -48,6 +50,7 @@ __all__ = [
     "TaskType",
     "build_augment",
     "build_loader",
+    "conform_image",
     "cross_validation_folds",
     "default_data_dir",
     "epoch_indices",
@@ -56,6 +59,7 @@ __all__ = [
     "load_dataset",
     "load_image_folder",
     "mix_batch",
+    "read_image",
     "resolve_policy",
     "stratified_split",
 ]

@@ -19,7 +19,9 @@ from med_core.data._splits import stratified_split
 from med_core.data._validate import validate_split
 from med_core.exceptions import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "load_csv_manifest", "load_image_folder"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "conform_image", "load_csv_manifest", "load_image_folder", "read_image",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,8 +53,15 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def _decode(path: Path) -> np.ndarray:
-    """One file → ``(H, W)`` (grey) or ``(H, W, 3)`` (colour) uint8."""
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """One image file → ``(H, W)`` (grey) or ``(H, W, 3)`` (colour) uint8, as training
+    decodes it: 8-bit grey and colour as stored, 16-bit/float grey and DICOM min-max scaled
+    per image to 0..255.
+
+    Raises:
+        DataError: an unreadable or corrupt file (named), or a multi-frame DICOM.
+    """
+    path = Path(path)
     try:
         if path.suffix.lower() in _DICOM_EXTENSIONS:
             import pydicom
@@ -76,12 +85,27 @@ def _decode(path: Path) -> np.ndarray:
         raise DataError(f"cannot read image file {str(path)!r}: {type(e).__name__}: {e}") from e
 
 
-def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def conform_image(a: np.ndarray, *, in_chans: int, size: tuple[int, int]) -> np.ndarray:
+    """A decoded image (:func:`read_image`) → ``(in_chans, H, W)`` uint8 at ``size``, the
+    way image folders and CSV manifests are stacked for training.
+
+    Channels: grey → RGB replicates the grey plane; RGB → grey is PIL's ``"L"`` conversion
+    (ITU-R 601-2 luma). Resampling: PIL bilinear.
+
+    Raises:
+        DataError: ``in_chans`` is neither 1 nor 3.
+    """
     from PIL import Image
 
-    if a.shape[:2] == size:
-        return a
-    return np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    if in_chans not in (1, 3):
+        raise DataError(f"in_chans must be 1 or 3 for 2-D images, got {in_chans!r}")
+    if in_chans == 3 and a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    elif in_chans == 1 and a.ndim == 3:
+        a = np.asarray(Image.fromarray(a).convert("L"))
+    if a.shape[:2] != tuple(size):
+        a = np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
 
 
 def _stack(paths: Sequence[Path], img_size: int | None) -> np.ndarray:
@@ -91,7 +115,7 @@ def _stack(paths: Sequence[Path], img_size: int | None) -> np.ndarray:
     replicated to 3 channels). Target size: ``(img_size, img_size)`` when given, else the
     most common ``(H, W)`` (ties: the larger area). Resampling: PIL bilinear.
     """
-    decoded = [_decode(p) for p in paths]
+    decoded = [read_image(p) for p in paths]
     colour = any(a.ndim == 3 for a in decoded)
     if img_size is not None:
         size = (img_size, img_size)
@@ -106,10 +130,7 @@ def _stack(paths: Sequence[Path], img_size: int | None) -> np.ndarray:
             )
     out = np.empty((len(decoded), 3 if colour else 1, *size), np.uint8)
     for i, a in enumerate(decoded):
-        if colour and a.ndim == 2:
-            a = np.repeat(a[..., None], 3, axis=-1)
-        a = _resize(a, size)
-        out[i] = a.transpose(2, 0, 1) if colour else a[None]
+        out[i] = conform_image(a, in_chans=3 if colour else 1, size=size)
     return out
 
 

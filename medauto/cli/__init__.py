@@ -1,9 +1,10 @@
 """The ``medauto`` command line: ``search``, ``create-study``, ``worker``, ``status``,
-``best``, ``train``, ``dashboard``, ``retrain``, ``report``, ``export``.
+``best``, ``train``, ``dashboard``, ``retrain``, ``report``, ``export``, ``explain``,
+``predict``.
 
 One private module per command group (``_search``, ``_workers``, ``_inspect``, ``_train``,
-``_dashboard``, ``_results``), the option groups they share (``_options``), where a study
-lives (``_store``) and the one "next:" hint (``_hints``).
+``_dashboard``, ``_results``, ``_explain``, ``_predict``), the option groups they share
+(``_options``), where a study lives (``_store``) and the one "next:" hint (``_hints``).
 
 ``main(argv)`` returns the exit code: 0 on success, 1 for a ``MedautoError`` or a med_core
 error (bad data, config, device or backbone; one line, passwords redacted), 2 for a usage

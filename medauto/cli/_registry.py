@@ -7,6 +7,7 @@ from medauto.cli._dashboard import DashboardCommand
 from medauto.cli._explain import ExplainCommand
 from medauto.cli._inspect import BestCommand
 from medauto.cli._inspect import StatusCommand
+from medauto.cli._predict import PredictCommand
 from medauto.cli._results import ExportCommand
 from medauto.cli._results import ReportCommand
 from medauto.cli._results import RetrainCommand
@@ -21,5 +22,5 @@ COMMANDS: dict[str, type[Command]] = {
     c.name: c
     for c in (SearchCommand, CreateStudyCommand, WorkerCommand, StatusCommand, BestCommand,
               TrainCommand, DashboardCommand, RetrainCommand, ReportCommand, ExportCommand,
-              ExplainCommand)
+              ExplainCommand, PredictCommand)
 }

@@ -21,6 +21,7 @@ from medauto.cli._options import checked_device
 from medauto.cli._options import tracking_of
 from medauto.cli._store import StoreRef
 from medauto.cli._store import load_study
+from medauto.evaluation import HonestEvaluation
 from medauto.exceptions import CLIUsageError
 from medauto.exceptions import MedautoError
 from medauto.storage import redact_url
@@ -154,6 +155,11 @@ def print_retrain_summary(result: RetrainResult) -> None:
           f"({result.tta}); n_test: {result.n_test}")
     print(f"test AUC: {_fmt(m['auc'], s['auc'])}")
     print(f"test ACC: {_fmt(m['acc'], s['acc'])}")
+    if "balanced_acc" in m:
+        print(f"test balanced ACC: {_fmt(m['balanced_acc'], s.get('balanced_acc'))}")
+    if result.evaluation:  # the first seed's final model, with its intervals and warnings
+        for line in HonestEvaluation.from_dict(result.evaluation).lines():
+            print(line if line.startswith("WARNING") else f"seed {result.seeds[0]} {line}")
 
 
 class ReportCommand(Command):

@@ -31,7 +31,9 @@ def print_search_result(result: OptimizationResult, ref: StoreRef) -> None:
     study = result.study
     print(f"study: {study.study_name}")
     print(f"best value ({load_settings(study).metric}): {result.best_value:.4f}")
-    print(f"best trial: {result.best_trial_number} ({result.best_config.model.backbone})")
+    partial = result.final is not None and result.final.partial
+    print(f"best trial: {result.best_trial_number} ({result.best_config.model.backbone})"
+          + (" - PARTIAL: no trial completed; see the WARNING below" if partial else ""))
     print(next_hint(ref, study.study_name, ["status", "best > best.yaml"]))
 
 

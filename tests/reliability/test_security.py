@@ -324,7 +324,7 @@ def test_every_command_keeps_storage_and_tracking_passwords_secret(
     mlflow_template: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """create-study, search, worker, status, best, retrain, report and export, with the
+    """create-study, search, worker, status, best, retrain, report, export and predict, with the
     storage password in ``$MEDAUTO_STORAGE`` (and once in ``--storage``) and a tracking
     password in ``$MEDAUTO_TRACKING_URI``: no output, log record or written file holds
     either password."""
@@ -350,6 +350,7 @@ def test_every_command_keeps_storage_and_tracking_passwords_secret(
          *where],
         ["report", *where],
         ["export", "--no-parity-check", *where],
+        ["predict", str(micro_data_dir / "breastmnist.npz"), *where],
     ]
     for argv in commands:
         tracking = "http://u:" + tracking_secret + "@127.0.0.1:9/"  # nothing listens there

@@ -124,11 +124,11 @@ def test_a_predictor_refuses_wrong_images_and_broken_folders(
 
 
 def test_a_final_model_that_predicts_one_class_is_flagged() -> None:
+    from medauto.evaluation import one_class_warning
     from medauto.final import FinalResult
-    from medauto.final import _one_class_warnings
 
-    flagged = _one_class_warnings([[0, 42], [0, 114]])
+    flagged = one_class_warning([[0, 42], [0, 114]], "the final model")
     assert flagged and "predicts class 1 for 156 of 156 test images" in flagged[0]
-    assert _one_class_warnings([[30, 12], [10, 104]]) == []
+    assert one_class_warning([[30, 12], [10, 104]]) == []
     result = FinalResult(study="s", warnings=flagged)
     assert "WARNING: the final model predicts class 1" in result.summary()

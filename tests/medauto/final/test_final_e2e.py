@@ -113,9 +113,24 @@ def test_cross_validated_search_ends_with_a_tested_ensemble(guarded: Any) -> Non
     assert board["ensemble_weight"].sum() == pytest.approx(1.0)
     from medauto.report import write_report
 
-    md = write_report(result.study, out_dir=run_dir / "report",
-                      final=out / FINAL_FILE).markdown.read_text()
+    paths = write_report(result.study, out_dir=run_dir / "report", final=out / FINAL_FILE)
+    md = paths.markdown.read_text()
     assert "## Final model" in md and f"| ensemble | {final.test['auc']:.3f} |" in md
+    # honest results: per-class rates, intervals, the confusion matrix and the ROC curve
+    ev = final.evaluation
+    assert [c["n"] for c in ev["per_class"]] == np.bincount(labels.reshape(-1)).tolist()
+    assert ev["metrics"]["auc"] == pytest.approx(final.test["auc"])
+    assert ev["confusion"] == final.confusion and sum(map(sum, final.confusion)) == 40
+    lo, hi = ev["ci"]["auc"]
+    assert lo <= final.test["auc"] <= hi
+    assert any("too small" in w for w in final.warnings)  # 40 test images
+    assert (out / final.roc).read_bytes()[:4] == b"\x89PNG"
+    summary = final.summary()
+    assert "95 % CI from 1000 bootstrap resamples" in summary and "sensitivity" in summary
+    assert "### Final model: honest test results" in md and "![" in md
+    assert "| true \\ predicted | malignant | normal, benign |" in md
+    assert (run_dir / "report" / "final_roc.png").is_file()
+    assert "WARNING: the test split (40 images) is too small" in md
 
 
 def test_holdout_selection_keeps_one_model_per_trial(guarded: Any) -> None:

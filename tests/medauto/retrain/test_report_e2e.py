@@ -85,6 +85,21 @@ def test_html_is_self_contained_and_markdown_links_pngs(
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
     gallery = len(list(folder.glob("gallery-*.png")))
-    assert len(srcs) == 2 + gallery
+    assert len(srcs) == 3 + gallery  # history, importances, the retrained model's ROC
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in page and "<link" not in page  # nothing fetched when opened
+
+
+def test_report_shows_the_honest_test_results(report: tuple[str, str, Retrained]) -> None:
+    md, page, retrained = report
+    ev = retrained.result.evaluation
+    assert "### Retrained model (seed 0): honest test results" in md
+    lo, hi = ev["ci"]["auc"]
+    assert f"| auc | {ev['metrics']['auc']:.3f} | [{lo:.3f}, {hi:.3f}] |" in md
+    for c in ev["per_class"]:
+        rates = f"{c['sensitivity']:.3f} | {c['specificity']:.3f}"
+        assert f"| {c['class']} | {c['n']} | {rates} |" in md
+    assert "| true \\ predicted | malignant | normal, benign |" in md
+    assert "](retrain_roc.png)" in md and "1000 bootstrap resamples" in page
+    for w in ev["warnings"]:
+        assert f"WARNING: {w}" in md

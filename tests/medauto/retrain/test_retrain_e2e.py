@@ -251,3 +251,33 @@ def test_bad_requests_fail_before_training(
 def test_no_test_metric_is_nan(retrained: Retrained) -> None:
     result = retrained.result
     assert all(math.isfinite(v) for v in result.test_mean.values())
+
+
+def test_retrain_reports_honest_test_results(searched: Searched, retrained: Retrained) -> None:
+    """Balanced accuracy, per-class sensitivity/specificity, CIs, confusion matrix and ROC
+    of the first seed's final model (the top-2 ensemble), on stdout, in retrain.json and in
+    the MLflow run; a model that calls every case one class would say so."""
+    from mlflow import MlflowClient
+
+    from medauto.evaluation import evaluate_test
+
+    result = retrained.result
+    ev = result.evaluation
+    with np.load(retrained.out_dir / "predictions.npz") as z:
+        y, s = z["y_true"], z["ensemble-seed0"]
+    again = evaluate_test(result.task, y, s, ["malignant", "normal, benign"],
+                          what="the retrained model (seed 0)")
+    assert ev == again.to_dict()
+    assert ev["metrics"]["auc"] == pytest.approx(result.per_seed[0].test["auc"])
+    assert sum(map(sum, ev["confusion"])) == result.n_test == 48
+    out = retrained.stdout
+    assert f"test balanced ACC: {result.test_mean['balanced_acc']:.4f}" in out
+    assert "seed 0 per class: malignant (n=" in out and "specificity" in out
+    assert "WARNING: the test split (48 images) is too small" in out  # 48 < 30 per class
+    assert (retrained.out_dir / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    client = MlflowClient(tracking_uri=f"sqlite:///{searched.run_dir / 'mlflow.db'}")
+    run = client.get_run(result.mlflow["run_id"])
+    assert run.data.metrics["test_auc_ci_low"] == pytest.approx(ev["ci"]["auc"][0])
+    assert run.data.metrics["test_sensitivity_malignant"] == pytest.approx(
+        ev["per_class"][0]["sensitivity"])
+    assert "roc.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
