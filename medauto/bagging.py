@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -32,7 +33,15 @@ from medauto.exceptions import MedautoError
 from medauto.logging import get_logger
 from medauto.results import best_trial
 
-__all__ = ["BAGGED_FROM_ATTR", "BAG_SHARE", "MAX_SEEDS", "SEED_ATTR", "SeedBagger"]
+if TYPE_CHECKING:
+    from medauto.budget import BudgetPlan
+    from medauto.fingerprint import Selection
+
+TrialEnd = Callable[[optuna.Study, FrozenTrial], None]
+
+__all__ = [
+    "BAGGED_FROM_ATTR", "BAG_SHARE", "MAX_SEEDS", "SEED_ATTR", "SeedBagger", "with_seed_bagging",
+]
 
 _logger = get_logger(__name__)
 
@@ -88,3 +97,22 @@ class SeedBagger:
             _logger.info("seed bagging: %d more seed(s) of trial %d (%s, %.0f s each) in the "
                          "last %.0f s", n, best.number, best.user_attrs.get("backbone", "?"),
                          took, self.deadline - now)
+
+
+def with_seed_bagging(
+    end_trial: TrialEnd, *, start: float | None, plan: BudgetPlan | None,
+    selection: Selection | None, final_model: bool,
+) -> TrialEnd:
+    """``end_trial``, followed by a :class:`SeedBagger` when the search is budgeted
+    (``plan``, started at monotonic ``start``), scored on the validation split, and ends
+    with a final model; otherwise ``end_trial`` itself."""
+    if plan is None or start is None or not final_model or selection is None \
+            or selection.mode != "holdout":
+        return end_trial
+    bagger = SeedBagger(deadline=start + plan.search_s, share_s=BAG_SHARE * plan.search_s)
+
+    def hook(study: optuna.Study, trial: FrozenTrial) -> None:
+        end_trial(study, trial)
+        bagger(study, trial)
+
+    return hook

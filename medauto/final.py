@@ -268,8 +268,7 @@ def build_final(
     threshold = fit_threshold(y, ens) if binary else None
     t_single = fit_threshold(y, single) if binary else None
     out = Path(out_dir) if out_dir is not None else final_dir(run_dir, study.study_name)
-    input_spec = Preprocessing(spatial_dims=info.spatial_dims, in_chans=info.in_chans,
-                               stored_size=info.image_size, model_size=None).to_dict()
+    input_spec = Preprocessing.for_dataset(info).to_dict()
     common: dict[str, Any] = {"task": info.task, "class_names": list(info.class_names),
               "input_spec": input_spec}
     meta = {"study": study.study_name, "dataset": info.name, "selection": cands[0].kind}

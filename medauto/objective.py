@@ -36,6 +36,7 @@ from medauto.members import MEMBERS_ATTR
 from medauto.members import member_dir
 from medauto.members import model_path
 from medauto.members import save_selection_scores
+from medauto.preprocessing import Preprocessing
 from medauto.pruning import PruningCallback
 
 if TYPE_CHECKING:
@@ -289,6 +290,7 @@ class Objective:
         self.trial_cap_s = trial_cap_s
 
         self.last_epochs_run = 0
+        self._timings: dict[tuple[Any, ...], tuple[float, float]] = {}
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         cfg = self.suggest(trial)
@@ -389,10 +391,17 @@ class Objective:
 
             _, data = next(iter(cross_validation_folds(data, self.selection.folds,
                                                        seed=self.selection.seed)))
-        with timed("epoch_probe", trial.number):
-            timing = probe_epochs(cfg, data, self.device, **trainer_kwargs)
+        # What sets an epoch's time; a configuration timed before (a seed repeat, or the
+        # same network at another learning rate) is not probed again.
+        key = (cfg.model.backbone, cfg.model.checkpoint_segments, cfg.batch_size,
+               cfg.data.img_size, cfg.amp_dtype, cfg.channels_last, cfg.compile)
+        timing = self._timings.get(key)
+        if timing is None:
+            with timed("epoch_probe", trial.number):
+                timing = probe_epochs(cfg, data, self.device, **trainer_kwargs)
         if timing is None:
             return cfg
+        self._timings[key] = timing
         first_s, epoch_s = timing
         if first_s + (cfg.epochs - 1) * epoch_s <= cap:
             return cfg
@@ -516,11 +525,13 @@ class Objective:
         from medauto.model_file import save_model
 
         info = self.dataset.info
+        size = cfg.data.img_size or list(info.image_size)
         save_model(
             model_path(folder, index), trainer.model, cfg, task=info.task,
             num_classes=info.num_classes, in_chans=info.in_chans,
-            spatial_dims=info.spatial_dims, img_size=cfg.data.img_size or list(info.image_size),
+            spatial_dims=info.spatial_dims, img_size=size,
             class_names=list(info.class_names), dataset=info.name, fold=index,
+            preprocessing=Preprocessing.for_dataset(info, size),
         )
 
 

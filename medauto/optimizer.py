@@ -437,6 +437,7 @@ class AutoMLOptimizer:
         """Opens the study and runs the worker loop; ``wrap`` adapts the objective (DDP)."""
         from medauto._progress import SearchProgress
         from medauto._worker import run_worker
+        from medauto.bagging import with_seed_bagging
         from medauto.tracking import make_tracker
 
         self.budget_plan_ = plan = self._plan()  # a bad budget fails before anything runs
@@ -470,7 +471,9 @@ class AutoMLOptimizer:
                 target=self._target(),
                 timeout=timeout,
                 device=device,
-                on_trial_end=self._trial_end_hook(tracker, plan),
+                on_trial_end=with_seed_bagging(tracker.end_trial, start=self.budget_start_,
+                                               plan=plan, selection=self.selection_,
+                                               final_model=self.final_model),
                 progress=progress,
                 max_failures=self.max_failures,
             )
@@ -485,27 +488,6 @@ class AutoMLOptimizer:
             self.final_ = build_final(study, dataset, run_dir=self.run_dir, device=device,
                                       metric=selection_metric(self.metric))
         return self._result(study, report, self.final_ if self.final_model else None)
-
-    def _trial_end_hook(
-        self, tracker: BaseTracker, plan: BudgetPlan | None
-    ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-        """The tracker's trial end; in a budgeted holdout search with a final model, then
-        :class:`~medauto.bagging.SeedBagger` (the last part of the time bags new seeds)."""
-        sel = self.selection_
-        if plan is None or not self.final_model or sel is None or sel.mode != "holdout":
-            return tracker.end_trial
-        from medauto.bagging import BAG_SHARE
-        from medauto.bagging import SeedBagger
-
-        assert self.budget_start_ is not None
-        bagger = SeedBagger(deadline=self.budget_start_ + plan.search_s,
-                            share_s=BAG_SHARE * plan.search_s)
-
-        def hook(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            tracker.end_trial(study, trial)
-            bagger(study, trial)
-
-        return hook
 
     def _result(self, study: optuna.Study, report: WorkerReport,
                 final: FinalResult | None = None) -> OptimizationResult:

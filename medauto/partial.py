@@ -111,14 +111,11 @@ def train_partial(
         folder = member_dir(run_dir, study.study_name, trial.number)
         path = model_path(folder, 0)
         size = cfg.data.img_size or list(info.image_size)
-        model_size = (size,) * info.spatial_dims if isinstance(size, int) else tuple(size)
         save_model(path, trainer.model, cfg, task=info.task, num_classes=info.num_classes,
                    in_chans=info.in_chans, spatial_dims=info.spatial_dims, img_size=size,
                    class_names=list(info.class_names), dataset=info.name, fold=0,
                    trial=trial.number, partial=True,
-                   preprocessing=Preprocessing(spatial_dims=info.spatial_dims,
-                                               in_chans=info.in_chans,
-                                               stored_size=info.image_size, model_size=model_size))
+                   preprocessing=Preprocessing.for_dataset(info, size))
         save_selection_scores(folder, y=y, score=score, kind="val")
     finally:
         trainer.close()

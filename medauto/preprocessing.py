@@ -36,6 +36,8 @@ from medauto.exceptions import MedautoError
 if TYPE_CHECKING:
     import numpy as np
 
+    from med_core.data import DatasetInfo
+
 __all__ = ["NORMALISATION", "PREPROCESSING_KEY", "Preprocessing", "PreprocessingError"]
 
 #: The model-file key of the record (``input`` in ``predictor.json`` holds the same dict).
@@ -131,6 +133,15 @@ class Preprocessing:
         return cls(spatial_dims=int(d["spatial_dims"]), in_chans=int(d["in_chans"]),
                    stored_size=d["image_size"], model_size=d.get("model_size"),
                    normalisation=norm if isinstance(norm, Mapping) else None)
+
+    @classmethod
+    def for_dataset(cls, info: DatasetInfo, model_size: Any = None) -> Preprocessing:
+        """The record of a model trained on a dataset with ``info`` at ``model_size``
+        (``None`` for an ensemble, whose members each resize to their own)."""
+        size = None if model_size is None else _size(model_size, info.spatial_dims,
+                                                     "model_size")
+        return cls(spatial_dims=info.spatial_dims, in_chans=info.in_chans,
+                   stored_size=tuple(info.image_size), model_size=size)
 
     @classmethod
     def from_legacy(cls, meta: Mapping[str, Any]) -> Preprocessing:

@@ -782,9 +782,8 @@ def _train_and_test(
     }
     if use_tta != cfg.tta:  # the saved config predicts as the model was evaluated
         cfg = type(cfg).from_flat({"tta": use_tta}, base=cfg)
-    prep = Preprocessing(spatial_dims=info.spatial_dims, in_chans=info.in_chans,
-                         stored_size=info.image_size, model_size=meta["img_size"])
-    save_model(out / rel, trainer.model, cfg, preprocessing=prep, **meta)
+    save_model(out / rel, trainer.model, cfg,
+               preprocessing=Preprocessing.for_dataset(info, meta["img_size"]), **meta)
     card = {**meta, "config": cfg.to_dict(), "train_seconds": seconds}
     atomic_write_bytes(out / f"models/{name}/model.json",
                         (json.dumps(nan_to_none(card), indent=2) + "\n").encode())

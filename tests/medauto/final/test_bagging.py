@@ -70,3 +70,21 @@ def test_a_repeat_trains_its_seed_and_is_never_pruned(medmnist_dir: Path, tmp_pa
     repeat, plain = study.trials
     assert repeat.state == TrialState.COMPLETE and repeat.user_attrs["config"]["seed"] == 7
     assert plain.state == TrialState.PRUNED and plain.user_attrs["config"]["seed"] == 0
+
+
+def test_only_a_budgeted_holdout_search_with_a_final_model_bags() -> None:
+    from medauto.bagging import with_seed_bagging
+    from medauto.budget import plan_budget
+    from medauto.fingerprint import Selection
+
+    def end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
+
+    plan = plan_budget("2m", seeds=1, ensemble=1)
+    holdout, cv = Selection(), Selection("cv", folds=5)
+    assert with_seed_bagging(end, start=0.0, plan=None, selection=holdout,
+                             final_model=True) is end
+    assert with_seed_bagging(end, start=0.0, plan=plan, selection=cv, final_model=True) is end
+    assert with_seed_bagging(end, start=0.0, plan=plan, selection=holdout,
+                             final_model=False) is end
+    assert with_seed_bagging(end, start=0.0, plan=plan, selection=holdout,
+                             final_model=True) is not end

@@ -91,3 +91,15 @@ def test_cross_validation_is_kept_only_when_the_cap_pays_for_its_folds(
     assert budgeted_selection(Selection(), PORTFOLIO_SPACE, load_dataset(src), "cpu",
                               1e-3) == Selection()  # holdout: nothing to decide, no probe
     assert fits == [2]
+
+
+def test_a_configuration_timed_once_is_not_probed_again(
+    medmnist_dir: Path, tmp_path: Path, fits: list[int]
+) -> None:
+    src = cut_medmnist(medmnist_dir / "breastmnist.npz", tmp_path / "b.npz", 32,
+                       both_classes=True)
+    objective = Objective(SPACE, dataset=load_dataset(src), device="cpu",
+                          overrides={"data.dataset": str(src)}, trial_cap_s=1e6)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=2)  # same network, another learning rate
+    assert fits == [2, 6, 6]
