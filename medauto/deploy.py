@@ -117,8 +117,8 @@ def _model_scores(model: Any, cfg: TrainConfig, task: str, dims: int,
 
     def scores(images: np.ndarray) -> np.ndarray:
         split = Split(images, np.zeros(len(images), np.int64))
-        loader = eval_loader(split, cfg, spatial_dims=dims, batch_size=max(1, len(images)),
-                             device=device)
+        loader = eval_loader(split, cfg, spatial_dims=dims,
+                             batch_size=min(max(1, len(images)), 256), device=device)
         return predict_scores(model, loader, task=task, tta=cfg.tta)[1]
 
     return scores
