@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from distill_helpers import STUDY
 from distill_helpers import Searched
 from distill_helpers import run_cli
 
@@ -15,6 +16,7 @@ from medauto.distill import DistillError
 from medauto.distill import DistillResult
 from medauto.distill import distill
 from medauto.distill import student_dir
+from medauto.final import final_dir
 from medauto.model_file import load_model
 from medauto.scoring import eval_loader
 from medauto.scoring import predict_scores
@@ -79,3 +81,22 @@ def test_a_student_of_other_classes_is_refused_with_a_clear_error(
     with pytest.raises(DistillError, match=r"got 'r3d_18' \(a 3-D backbone\)"):
         distill(study, run_dir=searched.run_dir, student="r3d_18", tracking=False,
                 data_dir=searched.data_dir, out_dir=tmp_path / "out")
+
+
+def test_the_ensemble_teacher_is_the_predictor_on_the_students_batches(
+    searched: Searched,
+) -> None:
+    """At the members' own size the teacher's probabilities are ``predict_proba``'s (the
+    predictor's weights, TTA and binary threshold), from the normalised batch."""
+    import torch
+
+    from med_core.data import build_loader
+    from medauto.distill import EnsembleTeacher
+    from medauto.ensemble import Predictor
+
+    pred = Predictor.load(final_dir(searched.run_dir, STUDY) / "predictor")
+    ds = load_dataset("breastmnist", data_dir=searched.data_dir)
+    x, _ = next(iter(build_loader(ds.val, batch_size=48, train=False)))
+    got = EnsembleTeacher(pred)(x)
+    want = torch.from_numpy(pred.predict_proba(ds.val.images)).float()
+    assert pred.threshold is not None and torch.allclose(got, want, atol=1e-5)
