@@ -39,6 +39,7 @@ __all__ = [
     "SCHEDULERS",
     "AugmentConfig",
     "DataConfig",
+    "DistillConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
@@ -281,6 +282,25 @@ class OptimConfig(_ConfigBase):
     step_size: int = _rule(_positive_int, 30)
     gamma: float = _rule(_in_range(0.0, 1.0), 0.1)
     grad_clip: float | None = _rule(_optional(_positive), None)
+
+
+@dataclass(frozen=True)
+class DistillConfig(_ConfigBase):
+    """Knowledge distillation of a student from a teacher's soft targets (Hinton et al.).
+
+    The loss is ``alpha * T**2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, y)``
+    with both distributions softened by the temperature ``T`` (see
+    :mod:`med_core.training.distill`). It is not part of :class:`TrainConfig`: the same
+    student config trains with or without a teacher.
+
+    Args:
+        temperature: The softening temperature ``T`` (``1`` = the plain probabilities).
+        alpha: The weight of the distillation term; ``1`` ignores the labels, ``0`` the
+            teacher.
+    """
+
+    temperature: float = _rule(_in_range(0.05, 100.0), 4.0)
+    alpha: float = _rule(_in_range(0.0, 1.0), 0.7)
 
 
 @dataclass(frozen=True)

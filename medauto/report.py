@@ -4,7 +4,7 @@ Sections: the study and its best trial (params and full config), the optimizatio
 history and parameter importances (Optuna's fANOVA evaluator, plotted with matplotlib),
 the test metrics of ``medauto retrain`` next to the published MedMNIST v2 baselines for the
 dataset (:mod:`medauto.baselines`, with the citation), pruning statistics (epochs trained
-vs. the epochs a search without pruning would have trained) and the quantization table.
+vs. the epochs a search without pruning would have trained), quantization and deployment.
 
 ``report.md`` references the PNGs written next to it; ``report.html`` embeds them as
 base64, so it is one file that can be mailed or attached to a ticket. Both are rendered
@@ -448,6 +448,19 @@ def _final_blocks(path: Path) -> list[Block]:
     return out
 
 
+def _deploy_blocks(folder: Path) -> list[Block]:
+    """The deployment table (``deploy.json`` of :mod:`medauto.deploy`), when measured."""
+    from medauto.deploy import DEPLOY_FILE
+    from medauto.deploy import deploy_table
+    from medauto.deploy import load_rows
+
+    if not (folder / DEPLOY_FILE).is_file():
+        return []
+    return [("h2", "Deployment"), ("table", *deploy_table(load_rows(folder / DEPLOY_FILE))),
+            ("p", "End to end (uint8 images in, scores out), median ms per call; see "
+                  "docs/benchmarks/deploy.md for how it is measured.")]
+
+
 def _pruning_blocks(st: PruningStats) -> list[Block]:
     blocks: list[Block] = [("table", ["", "value"], [
         ["trials counted (complete / pruned / failed)",
@@ -559,6 +572,7 @@ def write_report(
     if final is not None and Path(final).is_file():
         blocks += _final_blocks(Path(final))
         blocks += final_honest_blocks(Path(final), images)
+        blocks += _deploy_blocks(Path(final).parent)
 
     blocks.append(("h2", "Test metrics vs. published MedMNIST v2 baselines"))
     if result is None:

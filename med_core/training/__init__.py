@@ -13,6 +13,7 @@ from med_core.training._distributed import DistContext as DistContext
 from med_core.training._distributed import launch as launch
 from med_core.training.callbacks import Callback as Callback
 from med_core.training.callbacks import KeepBestWeights as KeepBestWeights
+from med_core.training.distill import Distillation as Distillation
 from med_core.training.early_stopping import EarlyStopping as EarlyStopping
 from med_core.training.metrics import compute_metrics as compute_metrics
 from med_core.training.trainer import History as History
@@ -21,6 +22,7 @@ from med_core.training.trainer import Trainer as Trainer
 __all__ = [
     "Callback",
     "DistContext",
+    "Distillation",
     "EarlyStopping",
     "History",
     "KeepBestWeights",

@@ -32,6 +32,7 @@ class _FitState:
     settings: LoopSettings
     callbacks: list[Callback]
     mix_generator: torch.Generator | None
+    targets: Any = None  # the distillation's per-batch targets (train_epoch's ``targets``)
 
 
 def _mix(

@@ -103,6 +103,10 @@ class TrainStep(nn.Module):
                 logits = self.model(x)
         else:
             logits = self.model(x)
+        return self.loss(logits, target)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The batch's mean loss (:func:`training_loss`); subclasses change the objective."""
         return training_loss(logits, target, task=self.task, label_smoothing=self.label_smoothing)
 
 
@@ -186,6 +190,7 @@ def train_epoch(
     epoch: int,
     dist: DistContext,
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    targets: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
     on_window: Callable[[int, float], None] | None = None,
 ) -> tuple[float, int]:
     """Trains for one pass over ``loader``; returns (loss sum, samples) of this rank.
@@ -194,6 +199,9 @@ def train_epoch(
 
     ``loss sum`` is the sum over batches of the batch-mean loss times the batch size.
     ``mix(x, y)`` (mixup/cutmix) returns the mixed batch and soft targets.
+    ``targets(x, y, start)`` then builds the step's target from the batch the model sees
+    (after augmentation and mixing) and ``start``, the batch's offset in the epoch's
+    ``loader.indices()`` (knowledge distillation, :mod:`med_core.training.distill`).
     ``on_window(steps_done, mean_loss)`` is called after every host sync (progress bar).
 
     Raises:
@@ -203,10 +211,14 @@ def train_epoch(
     step_fn.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     window = _LossWindow(epoch, dist)
+    start = 0
     for step, (xb, yb) in enumerate(loader):
         x, y = _prepare(xb, yb, s)
         if mix is not None:
             x, y = mix(x, y)
+        if targets is not None:
+            y = targets(x, y, start)
+        start += int(x.shape[0])
         optimizer.zero_grad(set_to_none=True)
         if s.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()

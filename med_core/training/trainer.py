@@ -49,6 +49,7 @@ from med_core.training.metrics import compute_metrics
 
 if TYPE_CHECKING:
     from med_core.data import MedicalDataset
+    from med_core.training.distill import Distillation
 
 __all__ = ["History", "Trainer"]
 
@@ -82,6 +83,8 @@ class Trainer:
         dist:
             The process group (see :class:`~med_core.training.DistContext`); default a
             single process.
+        distill:
+            Train on a teacher's soft targets (:mod:`med_core.training.distill`).
 
     Example:
         >>> from med_core.config import TrainConfig
@@ -100,6 +103,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         progress: bool | None = None,
         dist: DistContext | None = None,
+        distill: Distillation | None = None,
     ) -> None:
         self.cfg = cfg
         self.dataset = dataset
@@ -108,6 +112,7 @@ class Trainer:
         self.out_dir = out_dir
         self.progress = progress
         self.dist = dist if dist is not None else DistContext()
+        self.distill = distill
         self.history: History | None = None
         self._model: nn.Module | None = None
         self._epoch = 0
@@ -257,7 +262,9 @@ class Trainer:
             from med_core.training._distributed import wrap_ddp
 
             net = wrap_ddp(model, dev)
-        train_module: nn.Module = TrainStep(net, settings)
+        train_module: nn.Module = (
+            TrainStep(net, settings) if self.distill is None else self.distill.step(net, settings)
+        )
         eval_module = model
         if cfg.compile:
             # One process on CUDA: forward + loss replay as CUDA graphs, which removes the
@@ -290,6 +297,8 @@ class Trainer:
             settings=settings,
             callbacks=callbacks,
             mix_generator=mix_gen,
+            targets=None if self.distill is None else self.distill.prepare(
+                self, train_loader, settings),
         )
 
     # ------------------------------------------------------------------ fit
@@ -403,6 +412,7 @@ class Trainer:
                 epoch=epoch,
                 dist=dist,
                 mix=mix,
+                targets=state.targets,
                 on_window=on_window,
             )
             loss_sum, count = dist.all_reduce_sum([local_sum, local_count])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from medauto.cli._command import Command
 from medauto.cli._dashboard import DashboardCommand
+from medauto.cli._distill import DistillCommand
 from medauto.cli._explain import ExplainCommand
 from medauto.cli._inspect import BestCommand
 from medauto.cli._inspect import StatusCommand
@@ -21,6 +22,6 @@ __all__ = ["COMMANDS"]
 COMMANDS: dict[str, type[Command]] = {
     c.name: c
     for c in (SearchCommand, CreateStudyCommand, WorkerCommand, StatusCommand, BestCommand,
-              TrainCommand, DashboardCommand, RetrainCommand, ReportCommand, ExportCommand,
-              ExplainCommand, PredictCommand)
+              TrainCommand, DashboardCommand, RetrainCommand, DistillCommand, ReportCommand,
+              ExportCommand, ExplainCommand, PredictCommand)
 }

@@ -11,8 +11,9 @@ import optuna
 import pytest
 from cli_helpers import Run
 
-READ_COMMANDS = [["status"], ["best"], ["retrain", "--device", "cpu"], ["report"],
-                 ["export", "--study", "s"], ["dashboard"]]
+READ_COMMANDS = [["status"], ["best"], ["retrain", "--device", "cpu"],
+                 ["distill", "--device", "cpu"], ["report"], ["export", "--study", "s"],
+                 ["dashboard"]]
 
 
 @pytest.mark.parametrize("argv", READ_COMMANDS, ids=lambda a: a[0])
