@@ -248,6 +248,8 @@ class BudgetCallback(Callback):
         now = time.monotonic()
         if epoch == 0:
             self._first_epoch_end = now
+        if trainer.stop_requested is not None:
+            return  # an earlier callback stops this fit already (pruned, or re-timed)
         elapsed = now - self._start
         why, reason = None, "budget"
         # after the first (warm-up) epoch, its length says little about the next one

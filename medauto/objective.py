@@ -126,15 +126,19 @@ class _FitTimer:
 
 
 class _EpochProbe(_Callback):
-    """Times the first two epochs of a fit, then always stops it.
+    """Times the first two epochs of a fit; stops it there if it would not fit ``cap_s``.
 
     The first epoch carries one-off set-up (model build, kernel selection), so a fit of
-    ``E`` epochs projects to ``first + (E - 1) * second`` (:func:`probe_epochs`).
+    ``E`` epochs projects to ``first + (E - 1) * second``. With ``cap_s=None`` (a pure
+    probe, :func:`probe_epochs`) the fit always stops after two epochs; with a cap it runs
+    on when the projection fits, so a trial that fits pays nothing for being timed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cap_s: float | None = None) -> None:
+        self.cap_s = cap_s
         self.first_s: float | None = None
         self.epoch_s: float | None = None
+        self.over = False
         self._mark = 0.0
 
     def on_fit_start(self, trainer: Any) -> None:
@@ -144,11 +148,20 @@ class _EpochProbe(_Callback):
         now = time.monotonic()
         if epoch == 0:
             self.first_s = now - self._mark
-        else:
+        elif epoch == 1:
             self.epoch_s = now - self._mark
         self._mark = now
-        if epoch >= 1 or trainer.cfg.epochs <= 2:
+        if self.cap_s is None:
+            if epoch >= 1 or trainer.cfg.epochs <= 2:
+                trainer.request_stop(PROBED)
+        elif epoch == 1 and self.projected(trainer.cfg.epochs) > self.cap_s:
+            self.over = True
             trainer.request_stop(PROBED)
+
+    def projected(self, epochs: int) -> float:
+        """Seconds a fit of ``epochs`` epochs would take, from the timings so far."""
+        first = self.first_s or 0.0
+        return first + (epochs - 1) * (self.epoch_s if self.epoch_s is not None else first)
 
 
 def fit_epochs(epochs: int, first_s: float, epoch_s: float, cap_s: float) -> int:
@@ -344,19 +357,26 @@ class Objective:
         n = trial.number
         with timed("trial_attrs", n):
             trial.set_user_attr("backbone", cfg.model.backbone)
-        cfg = self._fit_to_budget(trial, cfg, **trainer_kwargs)
         with timed("trial_attrs", n):
             trial.set_user_attr("config", cfg.to_dict())
+        cfg, probe = self._budget_check(trial, cfg, **trainer_kwargs)
         with timed("tracking_trial_start", n):
             extra = list(self.callbacks(trial, cfg)) if self.callbacks else []
         if self.selection.mode == "cv":
-            return self._train_folds(trial, cfg, extra, **trainer_kwargs)
+            return self._train_folds(trial, cfg, extra, probe, **trainer_kwargs)
+        prune = BAGGED_FROM_ATTR not in trial.user_attrs
         keeper = KeepBestWeights() if self.members_root is not None else None
         trainer, history, pruning = self._fit(
-            trial, cfg, self.dataset, per_epoch_pruning=BAGGED_FROM_ATTR not in trial.user_attrs,
-            extra=extra, keeper=keeper,
-            **trainer_kwargs,
+            trial, cfg, self.dataset, per_epoch_pruning=prune, keeper=keeper,
+            extra=[probe, *extra] if probe else extra, **trainer_kwargs,
         )
+        fitted = self._refit_if_over(trial, cfg, probe, trainer)
+        if fitted is not None:  # the first two epochs said: fewer epochs, a whole schedule
+            cfg, keeper = fitted, KeepBestWeights() if keeper is not None else None
+            trainer, history, pruning = self._fit(
+                trial, cfg, self.dataset, per_epoch_pruning=prune, keeper=keeper,
+                extra=extra, **trainer_kwargs,
+            )
         self._record(trial, trainer, history)
         # The stop reason, not the callback, says "pruned": on a DDP group only rank 0's
         # callback decides, and the trainer hands its reason to every rank.
@@ -376,35 +396,34 @@ class Objective:
         return best
 
     # ------------------------------------------------------------------------- helpers
-    def _fit_to_budget(
+    def _timing_key(self, cfg: TrainConfig) -> tuple[Any, ...]:
+        """What sets an epoch's time: a configuration timed before (a seed repeat, the same
+        network at another learning rate) is not timed again."""
+        return (cfg.model.backbone, cfg.model.checkpoint_segments, cfg.batch_size,
+                cfg.data.img_size, cfg.amp_dtype, cfg.channels_last, cfg.compile,
+                self.selection.folds)
+
+    def _budget_check(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
-    ) -> TrainConfig:
-        """``cfg``, or ``cfg`` with fewer epochs when one epoch says it cannot fit the cap."""
-        from med_core.config import TrainConfig
-
-        if self.trial_cap_s is None or cfg.epochs <= 1 or "dist" in trainer_kwargs:
-            return cfg  # (a DDP group's ranks would time the epoch differently)
+    ) -> tuple[TrainConfig, _EpochProbe | None]:
+        """``cfg`` fitted to the trial cap from a known timing, or ``cfg`` and a probe for
+        its first fit (:meth:`_refit_if_over`); ``None`` when there is nothing to check."""
+        if self.trial_cap_s is None or cfg.epochs <= 2 or "dist" in trainer_kwargs:
+            return cfg, None  # (a DDP group's ranks would time the epoch differently)
         cap = self.trial_cap_s / self.selection.folds
-        data = self.dataset
-        if self.selection.mode == "cv":  # a fold's size, not train's
-            from med_core.data import cross_validation_folds
-
-            _, data = next(iter(cross_validation_folds(data, self.selection.folds,
-                                                       seed=self.selection.seed)))
-        # What sets an epoch's time; a configuration timed before (a seed repeat, or the
-        # same network at another learning rate) is not probed again.
-        key = (cfg.model.backbone, cfg.model.checkpoint_segments, cfg.batch_size,
-               cfg.data.img_size, cfg.amp_dtype, cfg.channels_last, cfg.compile)
-        timing = self._timings.get(key)
+        timing = self._timings.get(self._timing_key(cfg))
         if timing is None:
-            with timed("epoch_probe", trial.number):
-                timing = probe_epochs(cfg, data, self.device, **trainer_kwargs)
-        if timing is None:
-            return cfg
-        self._timings[key] = timing
+            return cfg, _EpochProbe(cap)
         first_s, epoch_s = timing
         if first_s + (cfg.epochs - 1) * epoch_s <= cap:
-            return cfg
+            return cfg, None
+        return self._fitted(trial, cfg, first_s, epoch_s, cap), None
+
+    def _fitted(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, first_s: float,
+                epoch_s: float, cap: float) -> TrainConfig:
+        """``cfg`` with the epochs that fit ``cap`` (recorded as ``epochs_fitted``)."""
+        from med_core.config import TrainConfig
+
         epochs = fit_epochs(cfg.epochs, first_s, epoch_s, cap)
         trial.set_user_attr("epochs_fitted", {
             "from": cfg.epochs, "to": epochs, "first_epoch_s": round(first_s, 3),
@@ -412,7 +431,25 @@ class Objective:
         _logger.info("trial %d: %d epochs (%.1f s, then %.2f s each) would exceed the %.0f s "
                      "cap; training %d", trial.number, cfg.epochs, first_s, epoch_s, cap,
                      epochs)
-        return TrainConfig.from_flat({"epochs": epochs}, base=cfg)
+        fitted = TrainConfig.from_flat({"epochs": epochs}, base=cfg)
+        trial.set_user_attr("config", fitted.to_dict())
+        return fitted
+
+    def _refit_if_over(
+        self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, probe: _EpochProbe | None,
+        trainer: Trainer,
+    ) -> TrainConfig | None:
+        """After a first fit timed by ``probe``: the fitted ``cfg`` to train again when the
+        probe stopped it (the configured epochs would not fit the cap), else ``None``."""
+        if probe is None or probe.first_s is None:
+            return None
+        self._timings[self._timing_key(cfg)] = (probe.first_s, probe.epoch_s or probe.first_s)
+        if not probe.over:
+            return None
+        trainer.close()
+        assert probe.cap_s is not None
+        return self._fitted(trial, cfg, probe.first_s, probe.epoch_s or probe.first_s,
+                            probe.cap_s)
 
     def _fit(
         self,
@@ -469,7 +506,7 @@ class Objective:
 
     def _train_folds(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, extra: list[Any],
-        **trainer_kwargs: Any,
+        probe: _EpochProbe | None, **trainer_kwargs: Any,
     ) -> float:
         """Cross-validated selection: k fits, out-of-fold scores, one report per fold."""
         import numpy as np
@@ -484,10 +521,18 @@ class Objective:
         folds = cross_validation_folds(self.dataset, k, seed=self.selection.seed)
         for j, (val_idx, fold_ds) in enumerate(folds):
             keeper = KeepBestWeights()
+            timed_fit = probe if j == 0 else None  # the first fold times the epochs
             trainer, history, _ = self._fit(
-                trial, cfg, fold_ds, per_epoch_pruning=False, extra=extra, keeper=keeper,
-                **trainer_kwargs,
+                trial, cfg, fold_ds, per_epoch_pruning=False, keeper=keeper,
+                extra=[timed_fit, *extra] if timed_fit else extra, **trainer_kwargs,
             )
+            fitted = self._refit_if_over(trial, cfg, timed_fit, trainer)
+            if fitted is not None:
+                cfg, keeper = fitted, KeepBestWeights()
+                trainer, history, _ = self._fit(
+                    trial, cfg, fold_ds, per_epoch_pruning=False, extra=extra, keeper=keeper,
+                    **trainer_kwargs,
+                )
             if j == 0:
                 self._record(trial, trainer, history)
             if history.stop_reason == "callback:pruned":  # the search's time is spent

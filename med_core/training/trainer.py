@@ -145,6 +145,11 @@ class Trainer:
         """The device this rank trains on."""
         return self.dist.device(self.device)
 
+    @property
+    def stop_requested(self) -> str | None:
+        """The reason of this epoch's stop request, if a callback made one."""
+        return self._stop_request
+
     def request_stop(self, reason: str) -> None:
         """Asks fit() to stop after the current epoch (callbacks call this).
 

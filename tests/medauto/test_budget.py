@@ -57,6 +57,7 @@ def test_plan_rejects_bad_settings(kwargs: dict[str, float]) -> None:
 class _FakeTrainer:
     def __init__(self, epochs: int = 10) -> None:
         self.stopped: str | None = None
+        self.stop_requested: str | None = None  # no other callback asked to stop
         self.cfg = type("Cfg", (), {"epochs": epochs})()
 
     def request_stop(self, reason: str) -> None:

@@ -1,4 +1,5 @@
-"""A budgeted trial times two epochs, then trains the epochs that fit its cap (never twice);
+"""A budgeted trial times its first two epochs; if the configured epochs would not fit its
+cap it trains again with the epochs that do (a whole schedule), else it just goes on;
 a budget keeps k-fold selection only when its folds can each train a useful fit."""
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ def _run(medmnist_dir: Path, tmp_path: Path, cap: float) -> optuna.trial.FrozenT
     return study.trials[0]
 
 
-def test_a_trial_that_fits_its_cap_trains_once_after_a_two_epoch_probe(
+def test_a_trial_that_fits_its_cap_is_timed_in_its_own_fit_and_trains_once(
     medmnist_dir: Path, tmp_path: Path, fits: list[int]
 ) -> None:
     trial = _run(medmnist_dir, tmp_path, cap=1e6)
-    assert fits == [2, 6]  # the probe stops after two epochs; the trial trains all six
+    assert fits == [6]  # timed by its first two epochs, then on to all six: no extra fit
     assert "epochs_fitted" not in trial.user_attrs
     assert trial.user_attrs["config"]["epochs"] == 6
 
@@ -64,7 +65,7 @@ def test_a_trial_over_its_cap_trains_fewer_epochs_with_a_whole_schedule(
     trial = _run(medmnist_dir, tmp_path, cap=1e-3)
     fitted = trial.user_attrs["epochs_fitted"]
     assert fitted["from"] == 6 and fitted["to"] == 1
-    assert fits == [2, 1]
+    assert fits == [2, 1]  # two timed epochs said "too long"; again with one, whole
     assert trial.user_attrs["config"]["epochs"] == 1 and trial.user_attrs["epochs_run"] == 1
 
 
@@ -102,4 +103,4 @@ def test_a_configuration_timed_once_is_not_probed_again(
                           overrides={"data.dataset": str(src)}, trial_cap_s=1e6)
     study = optuna.create_study(direction="maximize")
     study.optimize(objective, n_trials=2)  # same network, another learning rate
-    assert fits == [2, 6, 6]
+    assert fits == [6, 6]
