@@ -45,6 +45,11 @@ class FollowerTrial:
     def __init__(self, number: int) -> None:
         self.number = number
 
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        """None on followers: rank 0 reads the trial's attributes (its config is broadcast)."""
+        return {}
+
     def set_user_attr(self, key: str, value: Any) -> None:
         """Only rank 0 records attributes."""
 
