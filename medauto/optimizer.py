@@ -29,7 +29,6 @@ import functools
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -540,24 +539,21 @@ class AutoMLOptimizer:
         return self.predictor().evaluate(images, labels, **kwargs)
 
     def retrain(
-        self,
-        *,
-        ensemble: int | None = None,
-        seeds: Sequence[int] | None = None,
-        train_on_val: bool = False,
-        quantize: str | None = None,
-        out_dir: str | Path | None = None,
-        **kwargs: Any,
+        self, *, out_dir: str | Path | None = None, progress: bool = False, **options: Any
     ) -> RetrainResult:
         """Retrains the best trial (or the top ``ensemble``) and evaluates it once on test.
 
-        A thin call into :func:`medauto.retrain.retrain` (``kwargs``: ``weights``, ``tta``,
-        ``ensemble_select``, ``calibration_batches``, ``latency_*``, ``progress``); works
-        after :meth:`optimize` or, given ``study_name``, on an existing study. After a
-        budgeted :meth:`optimize`, ``seeds``/``ensemble`` default to the budget's
+        A thin call into :func:`medauto.retrain.retrain`; ``options`` are fields of
+        :class:`medauto.retrain.RetrainOptions` (``ensemble``, ``seeds``, ``tta``, ...).
+        Works after :meth:`optimize` or, given ``study_name``, on an existing study. After
+        a budgeted :meth:`optimize`, ``seeds``/``ensemble`` default to the budget's
         (``range(budget_seeds)``, ``budget_ensemble``) and training ends by the budget's
-        deadline (start + total - slack); otherwise to ``(0,)`` and 1.
+        deadline (start + total - slack); otherwise to :class:`RetrainOptions`' defaults.
+
+        Raises:
+            MedautoError: no study yet, or an option is unknown or breaks its rule.
         """
+        from medauto.retrain import RetrainOptions
         from medauto.retrain import retrain
         from medauto.storage import default_storage_url
         from medauto.storage import open_storage
@@ -571,25 +567,20 @@ class AutoMLOptimizer:
 
             study = load_existing_study(self.study_name, open_storage(url, self.storage_settings))
         plan, start = self.budget_plan_, self.budget_start_
-        budgeted = plan is not None and start is not None
-        if seeds is None:
-            seeds = tuple(range(plan.seeds)) if budgeted else (0,)  # type: ignore[union-attr]
-        if ensemble is None:
-            ensemble = plan.ensemble if budgeted else 1  # type: ignore[union-attr]
-        if budgeted and "deadline" not in kwargs:
-            kwargs["deadline"] = start + plan.total_s - plan.slack_s  # type: ignore[operator,union-attr]
+        deadline = None
+        if plan is not None and start is not None:
+            options = {"seeds": tuple(range(plan.seeds)), "ensemble": plan.ensemble, **options}
+            deadline = start + plan.total_s - plan.slack_s
         return retrain(
             study,
-            ensemble=ensemble,
-            seeds=seeds,
-            train_on_val=train_on_val,
-            quantize=quantize,
+            RetrainOptions().updated(**options),
+            deadline=deadline,
             out_dir=out_dir,
             device=resolve_device(self.device),
             data_dir=self.data_dir,
             run_dir=self.run_dir,
             tracking=self.tracking,
-            **kwargs,
+            progress=progress,
         )
 
     def _study(self) -> optuna.Study:

@@ -23,7 +23,12 @@ from medauto.logging import get_logger
 from medauto.storage import worker_id
 
 __all__ = [
-    "StudySettings", "load_existing_study", "load_settings", "open_study", "validate_study_name",
+    "StudySettings",
+    "load_existing_study",
+    "load_settings",
+    "load_settings_dict",
+    "open_study",
+    "validate_study_name",
 ]
 
 #: What a study name may be: it names files and folders under ``--run-dir`` (retrain,
@@ -91,6 +96,13 @@ class StudySettings:
             "n_trials": self.n_trials,
             "selection": self.selection,
         }
+
+
+def load_settings_dict(study: optuna.Study) -> dict[str, Any]:
+    """The study's stored settings as a plain dict; ``{}`` for a study medauto did not create
+    (for readers that only show what is there, e.g. the metric name)."""
+    raw = study.user_attrs.get(_ATTR)
+    return dict(raw) if isinstance(raw, dict) else {}
 
 
 def load_settings(study: optuna.Study) -> StudySettings:

@@ -8,21 +8,29 @@ per-epoch metrics are logged as they happen.
 
 Tracking must never stop a search: if the tracking server cannot be reached or an MLflow
 call fails, the tracker warns once and turns itself off for this process.
+
+The retrain's run and its logged models (:func:`log_retrain`) go to the same experiment,
+as a child of the study's parent run. This module is the one place medauto talks to MLflow.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 import urllib.parse
 from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
 from med_core.training.callbacks import Callback
+from medauto._worker import record_phase
+from medauto._worker import timed
 from medauto.logging import get_logger
+from medauto.model_file import MODEL_KIND
 from medauto.storage import redact_url
 
 if TYPE_CHECKING:
@@ -30,6 +38,7 @@ if TYPE_CHECKING:
 
     from med_core.config import TrainConfig
     from med_core.training import Trainer
+    from medauto.retrain.results import RetrainResult
 
 __all__ = [
     "PARENT_RUN_ATTR",
@@ -37,7 +46,9 @@ __all__ = [
     "MlflowTracker",
     "NullTracker",
     "default_tracking_uri",
+    "log_retrain",
     "make_tracker",
+    "tracking_uri",
 ]
 
 _logger = get_logger(__name__)
@@ -48,6 +59,46 @@ _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 def default_tracking_uri(run_dir: str | Path) -> str:
     """The zero-setup MLflow store: ``sqlite:///<run_dir>/mlflow.db``."""
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def _artifact_location(run_dir: str | Path) -> str:
+    """Where new experiments keep their artifacts: ``run_dir/mlartifacts`` (a URI)."""
+    return (Path(run_dir).resolve() / "mlartifacts").as_uri()
+
+
+def _unreachable(uri: str, timeout: float) -> OSError | None:
+    """The connection error of an HTTP(S) tracking server that does not answer, else ``None``
+    (a database or file store is always "reachable": its errors come from MLflow calls)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout):
+            return None
+    except OSError as e:
+        return e
+
+
+def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
+    """The id of the experiment ``name``, created (with ``artifact_location``) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    return str(client.create_experiment(name, artifact_location=artifact_location))
+
+
+def tracking_uri(tracking: bool | str | BaseTracker | None, run_dir: str | Path) -> str | None:
+    """The MLflow URI a ``tracking`` argument means (``None``: tracking is off).
+
+    ``None``/``True`` → :func:`default_tracking_uri`; a string → itself; an
+    :class:`MlflowTracker` → its URI; ``False`` or another tracker → ``None``.
+    """
+    if isinstance(tracking, MlflowTracker):
+        return tracking.tracking_uri
+    if isinstance(tracking, BaseTracker) or tracking is False:
+        return None
+    return default_tracking_uri(run_dir) if tracking in (None, True) else str(tracking)
 
 
 class BaseTracker:
@@ -144,24 +195,17 @@ class MlflowTracker(BaseTracker):
             )
 
     def _reachable(self) -> bool:
-        parsed = urllib.parse.urlparse(self.tracking_uri)
-        if parsed.scheme not in ("http", "https"):
+        error = _unreachable(self.tracking_uri, self.reach_timeout)
+        if error is None:
             return True
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            with socket.create_connection((parsed.hostname or "", port), self.reach_timeout):
-                return True
-        except OSError as e:
-            self.enabled = False
-            _logger.warning(
-                "MLflow tracking server %s is unreachable (%s); tracking is off, the search "
-                "goes on", redact_url(self.tracking_uri), e,
-            )
-            return False
+        self.enabled = False
+        _logger.warning(
+            "MLflow tracking server %s is unreachable (%s); tracking is off, the search "
+            "goes on", redact_url(self.tracking_uri), error,
+        )
+        return False
 
     def start_study(self, study: optuna.Study) -> None:
-        from medauto._worker import timed
-
         with timed("tracking_start_study"):
             self._start_study(study)
 
@@ -169,12 +213,8 @@ class MlflowTracker(BaseTracker):
         if not self._reachable():
             return
         with self._guard("create the experiment and parent run"):
-            name = self.experiment or study.study_name
-            exp = self.client.get_experiment_by_name(name)
-            self.experiment_id = (
-                exp.experiment_id
-                if exp is not None
-                else self.client.create_experiment(name, artifact_location=self.artifact_location)
+            self.experiment_id = _experiment_id(
+                self.client, self.experiment or study.study_name, self.artifact_location
             )
             parent = study.user_attrs.get(PARENT_RUN_ATTR)
             if parent is None:
@@ -244,8 +284,6 @@ class MlflowTracker(BaseTracker):
     def end_study(self, study: optuna.Study, *, finished: bool) -> None:
         if self.parent_run_id is None or not self.enabled:
             return
-        from medauto._worker import timed
-
         with timed("tracking_end_study"), self._guard("close the study run"):
             status = "FINISHED" if finished else "KILLED"
             self.client.set_terminated(self.parent_run_id, status=status)
@@ -258,8 +296,6 @@ def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path)
     on (``medauto._worker.TIMING_ENV``) it records a ``study_opened`` point: the optimizer
     calls it right after opening the study.
     """
-    from medauto._worker import record_phase
-
     now = time.time()
     record_phase("study_opened", now, now)
     if isinstance(tracking, BaseTracker):
@@ -267,5 +303,96 @@ def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path)
     if tracking is False:
         return NullTracker()
     uri = default_tracking_uri(run_dir) if tracking in (None, True) else str(tracking)
-    artifacts = (Path(run_dir).resolve() / "mlartifacts").as_uri()
-    return MlflowTracker(uri, artifact_location=artifacts)
+    return MlflowTracker(uri, artifact_location=_artifact_location(run_dir))
+
+
+def _parent_and_experiment(
+    client: Any, study: optuna.Study, uri: str, run_dir: Path
+) -> tuple[str | None, str]:
+    """The study's parent run (``None`` if it is not in this store) and its experiment
+    (the study's experiment, created if missing, when there is no parent here)."""
+    parent = study.user_attrs.get(PARENT_RUN_ATTR)
+    if parent is not None:
+        try:
+            return parent, str(client.get_run(parent).info.experiment_id)
+        except Exception:  # noqa: BLE001 - the search logged elsewhere: no parent here
+            _logger.warning("the study's MLflow parent run %s is not in %s; logging the "
+                            "retrain run without a parent", parent, redact_url(uri))
+    return None, _experiment_id(client, study.study_name, _artifact_location(run_dir))
+
+
+def log_retrain(
+    study: optuna.Study, result: RetrainResult, out: Path, uri: str, *, run_dir: Path,
+    files: Sequence[Path] = (),
+) -> dict[str, Any] | None:
+    """Logs a ``retrain`` run (child of the study's parent run) and one logged model per file.
+
+    Args:
+        study: The retrained study.
+        result: What the retrain measured (``result.models`` name the files under ``out``).
+        out: The retrain folder (``result.models[i].path`` are relative to it).
+        uri: The MLflow tracking URI.
+        run_dir: The search's run folder (a new experiment's artifacts go under it).
+        files: Files logged as artifacts of the run (the results file, the predictions).
+
+    Returns:
+        ``tracking_uri`` (redacted), ``experiment_id``, ``run_id``, ``parent_run_id`` and
+        ``model_ids``; ``None`` when anything failed. Never raises: a failure is logged at
+        WARNING.
+    """
+    error = _unreachable(uri, 3.0)
+    if error is not None:
+        _logger.warning("MLflow tracking server %s is unreachable (%s); retrain results are "
+                        "only in %s", redact_url(uri), error, out)
+        return None
+    try:
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+        from mlflow.entities import Param
+        from mlflow.entities import RunTag
+
+        client = MlflowClient(tracking_uri=uri)
+        parent, experiment_id = _parent_and_experiment(client, study, uri, run_dir)
+        tags = {"medauto.role": "retrain", "medauto.study": study.study_name,
+                "medauto.trials": ",".join(map(str, result.trials))}
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent
+        run = client.create_run(experiment_id, run_name="retrain", tags=tags)
+        run_id = run.info.run_id
+        params = {"ensemble": result.ensemble, "seeds": ",".join(map(str, result.seeds)),
+                  "train_on_val": result.train_on_val, "weights": result.weights,
+                  "device": result.device, "trials": ",".join(map(str, result.trials)),
+                  "quantize": result.quantization.method if result.quantization else "none"}
+        now = int(time.time() * 1000)
+        values = {f"test_{k}_mean": v for k, v in result.test_mean.items()}
+        values |= {f"test_{k}_std": v for k, v in result.test_std.items()}
+        q = result.quantization
+        if q is not None and q.error is None:
+            values |= {"int8_test_acc": q.int8_test["acc"], "int8_test_auc": q.int8_test["auc"],
+                       "int8_size_ratio": q.size_ratio}
+        client.log_batch(
+            run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items() if math.isfinite(v)],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag("medauto.n_test", str(result.n_test))],
+        )
+        for path in files:
+            client.log_artifact(run_id, str(path))
+        model_ids = []
+        for m in result.models:
+            lm = client.create_logged_model(
+                experiment_id, name=m.name, source_run_id=run_id,
+                params={"trial": str(m.trial), "seed": str(m.seed), "backbone": m.backbone,
+                        "weights": m.weights},
+                tags={"medauto.study": study.study_name, "medauto.format": MODEL_KIND},
+                model_type="medauto-classifier",
+            )
+            client.log_model_artifacts(lm.model_id, str((out / m.path).parent))
+            client.finalize_logged_model(lm.model_id, "READY")
+            model_ids.append(lm.model_id)
+        client.set_terminated(run_id, status="FINISHED")
+    except Exception as e:  # noqa: BLE001 - tracking must never fail a finished retrain
+        _logger.warning("MLflow logging of the retrain results failed (%s: %s); the results "
+                        "are in %s", type(e).__name__, redact_url(str(e))[:300], out)
+        return None
+    return {"tracking_uri": redact_url(uri), "experiment_id": experiment_id, "run_id": run_id,
+            "parent_run_id": parent, "model_ids": model_ids}

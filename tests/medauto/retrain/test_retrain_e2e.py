@@ -21,6 +21,7 @@ from retrain_helpers import run_cli
 
 from med_core.models import build_classifier
 from med_core.training import compute_metrics
+from medauto.exceptions import MedautoError
 
 pytestmark = pytest.mark.slow
 
@@ -120,10 +121,11 @@ def test_top_k_trials_in_value_order_full_budget_best_val_weights(
 def test_train_on_val_trains_on_train_plus_val_and_keeps_the_last_epoch(
     searched: Searched, tmp_path: Path
 ) -> None:
+    from medauto.retrain import RetrainOptions
     from medauto.retrain import retrain
 
-    result = retrain(searched.study(), train_on_val=True, device="cpu", tracking=False,
-                     run_dir=searched.run_dir, out_dir=tmp_path / "tov")
+    result = retrain(searched.study(), RetrainOptions(train_on_val=True), device="cpu",
+                     tracking=False, run_dir=searched.run_dir, out_dir=tmp_path / "tov")
     (m,) = result.models
     assert result.train_on_val and result.weights == m.weights == "last"
     assert m.epoch == m.epochs_run - 1
@@ -197,20 +199,20 @@ def test_retrain_is_logged_to_mlflow_under_the_study_parent_run(
 def test_unreachable_or_broken_tracking_never_fails_retrain(
     retrained: Retrained, searched: Searched, tmp_path: Path
 ) -> None:
-    from medauto.retrain import _log_to_mlflow
+    from medauto.tracking import log_retrain
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("medauto.retrain")
+    logger = logging.getLogger("medauto.tracking")
     logger.addHandler(handler)
     study = searched.study()
     (tmp_path / "a-file").write_text("not a folder")
     try:
         for uri in ("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"):
             records.clear()
-            out = _log_to_mlflow(study, retrained.result, retrained.out_dir, uri,
-                                 run_dir=tmp_path)
+            out = log_retrain(study, retrained.result, retrained.out_dir, uri,
+                              run_dir=tmp_path)
             assert out is None  # no exception, no ids
             assert len(records) == 1 and "MLflow" in records[0].getMessage(), uri
     finally:
@@ -251,3 +253,19 @@ def test_bad_requests_fail_before_training(
 def test_no_test_metric_is_nan(retrained: Retrained) -> None:
     result = retrained.result
     assert all(math.isfinite(v) for v in result.test_mean.values())
+
+
+def test_optimizer_retrain_takes_retrain_options_by_name(
+    searched: Searched, tmp_path: Path
+) -> None:
+    from medauto import AutoMLOptimizer
+
+    opt = AutoMLOptimizer("breastmnist", study_name=STUDY, run_dir=searched.run_dir,
+                          device="cpu", tracking=False, data_dir=searched.data_dir)
+    with pytest.raises(MedautoError, match=r"unknown retrain option\(s\) \['seed'\]"):
+        opt.retrain(seed=(1,), out_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    result = opt.retrain(seeds=(3,), tta="on", out_dir=tmp_path / "opt")
+    (m,) = result.models
+    assert result.seeds == [3] and result.tta == "on" and m.tta is True
+    assert torch.load(tmp_path / "opt" / m.path, weights_only=True)["config"]["tta"] is True
