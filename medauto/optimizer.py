@@ -36,6 +36,8 @@ from typing import Any
 
 from med_core.device import resolve_device
 from medauto.exceptions import MedautoError
+from medauto.keys import CONFIG_ATTR
+from medauto.keys import PORTFOLIO_ATTR
 from medauto.logging import get_logger
 
 if TYPE_CHECKING:
@@ -341,7 +343,7 @@ class AutoMLOptimizer:
         study = open_study(name, storage, settings, sampler=sampler, pruner=pruner, seed=self.seed)
         if self.portfolio and space.portfolio and not study.get_trials(deepcopy=False):
             for entry in space.portfolio:
-                study.enqueue_trial(dict(entry.params), user_attrs={"portfolio": entry.name},
+                study.enqueue_trial(dict(entry.params), user_attrs={PORTFOLIO_ATTR: entry.name},
                                     skip_if_exists=True)
             _logger.info("portfolio: %d configuration(s) enqueued first (%s)",
                          len(space.portfolio), ", ".join(e.name for e in space.portfolio))
@@ -487,7 +489,6 @@ class AutoMLOptimizer:
 
     def _result(self, study: optuna.Study, report: WorkerReport) -> OptimizationResult:
         from med_core.config import TrainConfig
-        from medauto.results import CONFIG_ATTR
         from medauto.results import best_trial
 
         best = best_trial(study)  # foreign trials are passed over

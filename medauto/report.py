@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from medauto.keys import CONFIG_ATTR
+from medauto.keys import EPOCHS_RUN_ATTR
+from medauto.keys import SETTINGS_ATTR
 from medauto.logging import get_logger
 from medauto.report_gallery import gallery_blocks
 
@@ -80,7 +83,7 @@ class PruningStats:
 
 
 def _epochs_run(t: optuna.trial.FrozenTrial) -> int:
-    n = t.user_attrs.get("epochs_run")
+    n = t.user_attrs.get(EPOCHS_RUN_ATTR)
     return int(n) if isinstance(n, int) else len(t.intermediate_values)
 
 
@@ -95,7 +98,7 @@ def pruning_statistics(study: optuna.Study) -> PruningStats:
         if t.state not in counted:
             continue
         done = _epochs_run(t)
-        cfg = t.user_attrs.get("config")
+        cfg = t.user_attrs.get(CONFIG_ATTR)
         full = cfg.get("epochs") if isinstance(cfg, dict) else None
         if not isinstance(full, int):
             unknown += 1
@@ -346,7 +349,7 @@ def _study_blocks(study: optuna.Study, settings: dict[str, Any]) -> list[Block]:
     if best.params:
         blocks.append(("table", ["parameter", "value"],
                        [[k, _param(v)] for k, v in sorted(best.params.items())]))
-    cfg = best.user_attrs.get("config")
+    cfg = best.user_attrs.get(CONFIG_ATTR)
     if isinstance(cfg, dict):
         try:
             text = TrainConfig.from_dict(cfg).to_yaml()
@@ -530,7 +533,7 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = RetrainResult.load(retrain) if isinstance(retrain, (str, Path)) else retrain
-    settings = study.user_attrs.get("medauto:settings", {})
+    settings = study.user_attrs.get(SETTINGS_ATTR, {})
     settings = settings if isinstance(settings, dict) else {}
     title = title or f"medauto report: {study.study_name}"
     images: dict[str, bytes] = {}

@@ -29,6 +29,12 @@ from typing import Any
 from med_core.training.callbacks import Callback
 from medauto._worker import record_phase
 from medauto._worker import timed
+from medauto.keys import BEST_EPOCH_ATTR
+from medauto.keys import DEVICE_ATTR
+from medauto.keys import MLFLOW_RUN_ATTR
+from medauto.keys import PARENT_RUN_ATTR
+from medauto.keys import PRUNED_AT_EPOCH_ATTR
+from medauto.keys import REASON_ATTR
 from medauto.logging import get_logger
 from medauto.model_file import MODEL_KIND
 from medauto.storage import redact_url
@@ -41,7 +47,6 @@ if TYPE_CHECKING:
     from medauto.retrain.results import RetrainResult
 
 __all__ = [
-    "PARENT_RUN_ATTR",
     "BaseTracker",
     "MlflowTracker",
     "NullTracker",
@@ -52,7 +57,6 @@ __all__ = [
 ]
 
 _logger = get_logger(__name__)
-PARENT_RUN_ATTR = "medauto:mlflow_parent_run_id"
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
@@ -251,7 +255,7 @@ class MlflowTracker(BaseTracker):
             for i in range(0, len(params), 90):  # MLflow caps params per batch at 100
                 self.client.log_batch(run_id, params=params[i : i + 90])
             self._runs[number] = run_id
-            trial.set_user_attr("mlflow_run_id", run_id)
+            trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
             return _TrialRun(self, run_id)
         return None
 
@@ -262,7 +266,7 @@ class MlflowTracker(BaseTracker):
             return
         run_id = self._runs.pop(trial.number, None)
         if run_id is None:
-            orphan = trial.user_attrs.get("mlflow_run_id")
+            orphan = trial.user_attrs.get(MLFLOW_RUN_ATTR)
             if not orphan or not trial.state.is_finished():
                 return
             with self._guard("look up an orphan trial run"):
@@ -273,7 +277,7 @@ class MlflowTracker(BaseTracker):
         from mlflow.entities import RunTag
 
         tags = [RunTag("medauto.state", trial.state.name.lower())]
-        for key in ("reason", "pruned_at_epoch", "device", "best_epoch"):
+        for key in (REASON_ATTR, PRUNED_AT_EPOCH_ATTR, DEVICE_ATTR, BEST_EPOCH_ATTR):
             if key in trial.user_attrs:
                 tags.append(RunTag(f"medauto.{key}", str(trial.user_attrs[key])[:5000]))
         with self._guard("close the trial run"):

@@ -22,6 +22,7 @@ from med_core.data import load_dataset
 from med_core.device import resolve_device
 from medauto import __version__
 from medauto.exceptions import MedautoError
+from medauto.keys import CONFIG_ATTR
 from medauto.logging import get_logger
 from medauto.results import ranked_trials
 from medauto.retrain._train import ModelJob
@@ -157,7 +158,7 @@ def retrain(
     for seed in opts.seeds:
         members = []
         for trial in selected:
-            base = TrainConfig.from_dict(trial.user_attrs["config"])
+            base = TrainConfig.from_dict(trial.user_attrs[CONFIG_ATTR])
             flat: dict[str, Any] = {"seed": seed, "data.train_on_val": opts.train_on_val}
             if data_dir is not None:
                 flat["data.data_dir"] = os.fspath(data_dir)

@@ -20,7 +20,7 @@ from medauto.ensemble import Predictor
 from medauto.final import FINAL_FILE
 from medauto.final import FinalResult
 from medauto.final import final_dir
-from medauto.members import MEMBERS_ATTR
+from medauto.keys import MEMBERS_ATTR
 from medauto.space import SearchSpace
 
 TINY = {

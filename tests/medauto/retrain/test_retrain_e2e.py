@@ -173,7 +173,7 @@ def test_retrain_is_logged_to_mlflow_under_the_study_parent_run(
 ) -> None:
     from mlflow import MlflowClient
 
-    from medauto.tracking import PARENT_RUN_ATTR
+    from medauto.keys import PARENT_RUN_ATTR
 
     result = retrained.result
     assert result.mlflow is not None
