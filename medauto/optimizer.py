@@ -479,12 +479,14 @@ class AutoMLOptimizer:
         result = self._result(study, report)
         if self.final_model:
             from medauto.final import build_final
+            from medauto.final import final_dir
             from medauto.final import selection_metric
 
             self.final_ = result.final = build_final(
                 study, dataset, run_dir=self.run_dir, metric=selection_metric(self.metric),
                 device=device,
             )
+            tracker.log_final(study, result.final, final_dir(self.run_dir, study.study_name))
         return result
 
     def _result(self, study: optuna.Study, report: WorkerReport) -> OptimizationResult:

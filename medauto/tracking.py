@@ -9,26 +9,43 @@ per-epoch metrics are logged as they happen.
 Tracking must never stop a search: if the tracking server cannot be reached or an MLflow
 call fails, the tracker warns once and turns itself off for this process.
 
-The retrain's run and its logged models (:func:`log_retrain`) go to the same experiment,
-as a child of the study's parent run. This module is the one place medauto talks to MLflow.
+The retrain's run and the final model's run, each with its MLflow *logged models*
+(:func:`log_retrain`, :meth:`MlflowTracker.log_final`), go to the same experiment as
+children of the study's parent run. Each logged model is a ``python_function`` model
+(loader module :mod:`medauto.serving`), linked to its run as an output and carrying its
+test metrics, so ``mlflow.pyfunc.load_model("models:/<id>")`` and ``mlflow models serve``
+take it as it is. Experiments medauto creates are tagged as classic model-training
+experiments (MLflow 3 opens an untagged one in its GenAI/traces view), and where
+``psutil`` is installed each trial's run also gets MLflow's system metrics (CPU, memory,
+disk, network, GPU).
+
+This module is the one place medauto talks to MLflow.
 """
 
 from __future__ import annotations
 
 import math
 import socket
+import tempfile
 import time
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+import torch
+
 from med_core.training.callbacks import Callback
+from medauto import __version__
 from medauto._worker import record_phase
 from medauto._worker import timed
+from medauto.final import FINAL_FILE
+from medauto.final import FinalResult
 from medauto.keys import BEST_EPOCH_ATTR
 from medauto.keys import DEVICE_ATTR
 from medauto.keys import MLFLOW_RUN_ATTR
@@ -37,6 +54,7 @@ from medauto.keys import PRUNED_AT_EPOCH_ATTR
 from medauto.keys import REASON_ATTR
 from medauto.logging import get_logger
 from medauto.model_file import MODEL_KIND
+from medauto.serving import ServedModel
 from medauto.storage import redact_url
 
 if TYPE_CHECKING:
@@ -58,6 +76,14 @@ __all__ = [
 
 _logger = get_logger(__name__)
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+#: MLflow 3's experiment tag that picks the UI: this value opens the classic training view
+#: (runs, metrics, models); an untagged experiment may open as GenAI (traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_EXPERIMENT_KIND = "custom_model_development"
+#: Seconds between two system-metrics samples of a trial run (MLflow's default is 10).
+SYSTEM_METRICS_INTERVAL_S = 5.0
+#: ``model_type`` of every model medauto logs.
+MODEL_TYPE = "medauto-classifier"
 
 
 def default_tracking_uri(run_dir: str | Path) -> str:
@@ -85,11 +111,71 @@ def _unreachable(uri: str, timeout: float) -> OSError | None:
 
 
 def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
-    """The id of the experiment ``name``, created (with ``artifact_location``) if missing."""
+    """The id of the experiment ``name``, created (with ``artifact_location``) if missing;
+    an experiment without a kind is tagged as a classic training one."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return str(exp.experiment_id)
-    return str(client.create_experiment(name, artifact_location=artifact_location))
+    if exp is None:
+        return str(client.create_experiment(
+            name, artifact_location=artifact_location,
+            tags={EXPERIMENT_KIND_TAG: CLASSIC_EXPERIMENT_KIND},
+        ))
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_EXPERIMENT_KIND)
+    return str(exp.experiment_id)
+
+
+def _system_metrics(run_id: str, uri: str) -> Any:
+    """MLflow's system-metrics monitor, started on ``run_id``; ``None`` without ``psutil``."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:  # MLflow's CPU/disk/network monitors need psutil
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                   tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def _log_pyfunc_model(
+    client: Any, experiment_id: str, run_id: str, folder: Path, *, name: str,
+    params: dict[str, str], tags: dict[str, str], metrics: dict[str, float],
+) -> str:
+    """Logs ``folder`` (a model folder or a predictor folder) as a pyfunc logged model of
+    ``run_id``: an output of the run, with ``metrics`` linked to it. Returns its id."""
+    import numpy as np
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.entities import Metric
+    from mlflow.models import ModelSignature
+    from mlflow.pyfunc import save_model
+    from mlflow.types import Schema
+    from mlflow.types import TensorSpec
+
+    served = ServedModel(folder)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8),
+                                  (-1, served.in_chans, *(-1,) * served.spatial_dims))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, served.n_outputs))]),
+    )
+    lm = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
+                                    params=params, tags=tags, model_type=MODEL_TYPE)
+    client.log_outputs(run_id, [LoggedModelOutput(lm.model_id, 0)])
+    with tempfile.TemporaryDirectory(prefix="medauto-mlflow-") as tmp:
+        path = Path(tmp) / "model"
+        with warnings.catch_warnings():  # the signature stands in for an input example
+            warnings.filterwarnings("ignore", message=".*input example.*")
+            save_model(str(path), loader_module="medauto.serving", data_path=str(folder),
+                       signature=signature, pip_requirements=_requirements())
+        client.log_model_artifacts(lm.model_id, str(path))
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=lm.model_id)
+                                      for k, v in metrics.items() if math.isfinite(v)])
+    client.finalize_logged_model(lm.model_id, "READY")
+    return str(lm.model_id)
+
+
+def _requirements() -> list[str]:
+    """What a served model needs: medauto (with med_core) and the torch it was saved with."""
+    return [f"medauto=={__version__}", f"torch=={torch.__version__.split('+')[0]}"]
 
 
 def tracking_uri(tracking: bool | str | BaseTracker | None, run_dir: str | Path) -> str | None:
@@ -120,6 +206,10 @@ class BaseTracker:
 
     def end_study(self, study: optuna.Study, *, finished: bool) -> None:
         """Called when this process stops working on the study (``finished``: target met)."""
+
+    def log_final(self, study: optuna.Study, final: FinalResult, folder: Path) -> None:
+        """Called with the final model once it is built and tested (``folder``: its
+        :func:`medauto.final.final_dir`)."""
 
 
 class NullTracker(BaseTracker):
@@ -173,6 +263,7 @@ class MlflowTracker(BaseTracker):
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._runs: dict[int, str] = {}
+        self._monitors: dict[int, Any] = {}
 
     @property
     def client(self) -> Any:
@@ -256,12 +347,18 @@ class MlflowTracker(BaseTracker):
                 self.client.log_batch(run_id, params=params[i : i + 90])
             self._runs[number] = run_id
             trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
+            monitor = _system_metrics(run_id, self.tracking_uri)
+            if monitor is not None:
+                self._monitors[number] = monitor
             return _TrialRun(self, run_id)
         return None
 
     def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Closes the trial's run: one this process started, or an orphan — the run of a
         trial whose worker died (the heartbeat failed it), still RUNNING in MLflow."""
+        monitor = self._monitors.pop(trial.number, None)
+        if monitor is not None:
+            monitor.finish()  # flushes its last samples into the run
         if not self.enabled:
             return
         run_id = self._runs.pop(trial.number, None)
@@ -293,6 +390,26 @@ class MlflowTracker(BaseTracker):
             self.client.set_terminated(self.parent_run_id, status=status)
 
 
+    def log_final(self, study: optuna.Study, final: FinalResult, folder: Path) -> None:
+        """Logs a ``final`` run (child of the study's parent run) with the final predictor
+        as a pyfunc logged model, and ``final.json``. Never raises (see :func:`log_retrain`)."""
+        if not self.enabled:
+            return
+        metrics = {f"test_{k}": float(v) for k, v in final.test.items()}
+        members = ",".join(str(m["trial"]) for m in final.members)
+        models = [_ModelToLog("final", folder / final.predictor, {"trials": members}, metrics)]
+        logged = _log_results_run(
+            study, self.tracking_uri, self.artifact_location, role="final",
+            params={"selection": final.selection, "metric": final.metric,
+                    "threshold": final.threshold, "device": final.device},
+            metrics=metrics, tags={"medauto.n_test": str(final.n_test)},
+            files=[folder / FINAL_FILE], models=models, out=folder,
+        )
+        if logged is not None:
+            _logger.info("final model logged to MLflow: run %s, models %s", logged["run_id"],
+                         ", ".join(logged["model_ids"]))
+
+
 def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path) -> BaseTracker:
     """``None``/``True`` → MLflow in ``run_dir``; ``False`` → none; a URI → MLflow there.
 
@@ -311,7 +428,7 @@ def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path)
 
 
 def _parent_and_experiment(
-    client: Any, study: optuna.Study, uri: str, run_dir: Path
+    client: Any, study: optuna.Study, uri: str, artifact_location: str | None
 ) -> tuple[str | None, str]:
     """The study's parent run (``None`` if it is not in this store) and its experiment
     (the study's experiment, created if missing, when there is no parent here)."""
@@ -321,15 +438,74 @@ def _parent_and_experiment(
             return parent, str(client.get_run(parent).info.experiment_id)
         except Exception:  # noqa: BLE001 - the search logged elsewhere: no parent here
             _logger.warning("the study's MLflow parent run %s is not in %s; logging the "
-                            "retrain run without a parent", parent, redact_url(uri))
-    return None, _experiment_id(client, study.study_name, _artifact_location(run_dir))
+                            "results run without a parent", parent, redact_url(uri))
+    return None, _experiment_id(client, study.study_name, artifact_location)
+
+
+@dataclass(frozen=True)
+class _ModelToLog:
+    """One logged model of a results run: its folder, name, params and test metrics."""
+
+    name: str
+    folder: Path
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def _log_results_run(
+    study: optuna.Study, uri: str, artifact_location: str | None, *, role: str,
+    params: dict[str, Any],
+    metrics: dict[str, float], tags: dict[str, str], files: Sequence[Path],
+    models: Sequence[_ModelToLog], out: Path,
+) -> dict[str, Any] | None:
+    """A ``role`` run (child of the study's parent run) with its params, metrics, files and
+    pyfunc logged models. Never raises: a failure is logged at WARNING, ``None`` returned."""
+    error = _unreachable(uri, 3.0)
+    if error is not None:
+        _logger.warning("MLflow tracking server %s is unreachable (%s); the %s results are "
+                        "only in %s", redact_url(uri), error, role, out)
+        return None
+    try:
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+        from mlflow.entities import Param
+        from mlflow.entities import RunTag
+
+        client = MlflowClient(tracking_uri=uri)
+        parent, experiment_id = _parent_and_experiment(client, study, uri, artifact_location)
+        run_tags = {"medauto.role": role, "medauto.study": study.study_name}
+        if parent is not None:
+            run_tags["mlflow.parentRunId"] = parent
+        run_id = client.create_run(experiment_id, run_name=role, tags=run_tags).info.run_id
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        for path in files:
+            client.log_artifact(run_id, str(path))
+        model_tags = {"medauto.study": study.study_name, "medauto.format": MODEL_KIND}
+        model_ids = [
+            _log_pyfunc_model(client, experiment_id, run_id, m.folder, name=m.name,
+                              params=m.params, tags=model_tags, metrics=m.metrics)
+            for m in models
+        ]
+        client.set_terminated(run_id, status="FINISHED")
+    except Exception as e:  # noqa: BLE001 - tracking must never fail finished results
+        _logger.warning("MLflow logging of the %s results failed (%s: %s); the results are "
+                        "in %s", role, type(e).__name__, redact_url(str(e))[:300], out)
+        return None
+    return {"tracking_uri": redact_url(uri), "experiment_id": experiment_id, "run_id": run_id,
+            "parent_run_id": parent, "model_ids": model_ids}
 
 
 def log_retrain(
     study: optuna.Study, result: RetrainResult, out: Path, uri: str, *, run_dir: Path,
     files: Sequence[Path] = (),
 ) -> dict[str, Any] | None:
-    """Logs a ``retrain`` run (child of the study's parent run) and one logged model per file.
+    """Logs a ``retrain`` run (child of the study's parent run) and one pyfunc logged model
+    per retrained model (its folder: ``model.pt``, ``model.json``, the int8 copy).
 
     Args:
         study: The retrained study.
@@ -344,59 +520,26 @@ def log_retrain(
         ``model_ids``; ``None`` when anything failed. Never raises: a failure is logged at
         WARNING.
     """
-    error = _unreachable(uri, 3.0)
-    if error is not None:
-        _logger.warning("MLflow tracking server %s is unreachable (%s); retrain results are "
-                        "only in %s", redact_url(uri), error, out)
-        return None
-    try:
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
-        from mlflow.entities import Param
-        from mlflow.entities import RunTag
-
-        client = MlflowClient(tracking_uri=uri)
-        parent, experiment_id = _parent_and_experiment(client, study, uri, run_dir)
-        tags = {"medauto.role": "retrain", "medauto.study": study.study_name,
-                "medauto.trials": ",".join(map(str, result.trials))}
-        if parent is not None:
-            tags["mlflow.parentRunId"] = parent
-        run = client.create_run(experiment_id, run_name="retrain", tags=tags)
-        run_id = run.info.run_id
-        params = {"ensemble": result.ensemble, "seeds": ",".join(map(str, result.seeds)),
-                  "train_on_val": result.train_on_val, "weights": result.weights,
-                  "device": result.device, "trials": ",".join(map(str, result.trials)),
-                  "quantize": result.quantization.method if result.quantization else "none"}
-        now = int(time.time() * 1000)
-        values = {f"test_{k}_mean": v for k, v in result.test_mean.items()}
-        values |= {f"test_{k}_std": v for k, v in result.test_std.items()}
-        q = result.quantization
-        if q is not None and q.error is None:
-            values |= {"int8_test_acc": q.int8_test["acc"], "int8_test_auc": q.int8_test["auc"],
-                       "int8_size_ratio": q.size_ratio}
-        client.log_batch(
-            run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items() if math.isfinite(v)],
-            params=[Param(k, str(v)) for k, v in params.items()],
-            tags=[RunTag("medauto.n_test", str(result.n_test))],
-        )
-        for path in files:
-            client.log_artifact(run_id, str(path))
-        model_ids = []
-        for m in result.models:
-            lm = client.create_logged_model(
-                experiment_id, name=m.name, source_run_id=run_id,
-                params={"trial": str(m.trial), "seed": str(m.seed), "backbone": m.backbone,
-                        "weights": m.weights},
-                tags={"medauto.study": study.study_name, "medauto.format": MODEL_KIND},
-                model_type="medauto-classifier",
-            )
-            client.log_model_artifacts(lm.model_id, str((out / m.path).parent))
-            client.finalize_logged_model(lm.model_id, "READY")
-            model_ids.append(lm.model_id)
-        client.set_terminated(run_id, status="FINISHED")
-    except Exception as e:  # noqa: BLE001 - tracking must never fail a finished retrain
-        _logger.warning("MLflow logging of the retrain results failed (%s: %s); the results "
-                        "are in %s", type(e).__name__, redact_url(str(e))[:300], out)
-        return None
-    return {"tracking_uri": redact_url(uri), "experiment_id": experiment_id, "run_id": run_id,
-            "parent_run_id": parent, "model_ids": model_ids}
+    params = {"ensemble": result.ensemble, "seeds": ",".join(map(str, result.seeds)),
+              "train_on_val": result.train_on_val, "weights": result.weights,
+              "device": result.device, "trials": ",".join(map(str, result.trials)),
+              "quantize": result.quantization.method if result.quantization else "none"}
+    metrics = {f"test_{k}_mean": v for k, v in result.test_mean.items()}
+    metrics |= {f"test_{k}_std": v for k, v in result.test_std.items()}
+    q = result.quantization
+    if q is not None and q.error is None:
+        metrics |= {"int8_test_acc": q.int8_test["acc"], "int8_test_auc": q.int8_test["auc"],
+                    "int8_size_ratio": q.size_ratio}
+    models = [
+        _ModelToLog(m.name, (out / m.path).parent,
+                    {"trial": str(m.trial), "seed": str(m.seed), "backbone": m.backbone,
+                     "weights": m.weights},
+                    {f"test_{k}": v for k, v in m.test.items()})
+        for m in result.models
+    ]
+    return _log_results_run(
+        study, uri, _artifact_location(run_dir), role="retrain", params=params, metrics=metrics,
+        tags={"medauto.trials": ",".join(map(str, result.trials)),
+              "medauto.n_test": str(result.n_test)},
+        files=files, models=models, out=out,
+    )

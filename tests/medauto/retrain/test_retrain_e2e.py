@@ -172,6 +172,7 @@ def test_retrain_is_logged_to_mlflow_under_the_study_parent_run(
     searched: Searched, retrained: Retrained
 ) -> None:
     from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
 
     from medauto.keys import PARENT_RUN_ATTR
 
@@ -188,12 +189,42 @@ def test_retrain_is_logged_to_mlflow_under_the_study_parent_run(
         "retrain.json", "predictions.npz"}
     ids = result.mlflow["model_ids"]
     assert len(ids) == len(result.models)
+    # each logged model is an output of the retrain run (the run's "Logged models" tab)
+    assert sorted(o.model_id for o in run.outputs.model_outputs) == sorted(ids)
     for mid, m in zip(ids, result.models, strict=True):
         lm = client.get_logged_model(mid)
         assert lm.name == m.name and lm.source_run_id == run.info.run_id
+        assert lm.status == LoggedModelStatus.READY
+        assert {x.key: x.value for x in lm.metrics}["test_auc"] == pytest.approx(m.test["auc"])
         files = {a.path for a in client.list_logged_model_artifacts(mid)}
-        assert {"model.pt", "model.json"} <= files
-    assert "model.int8.pt2" in {a.path for a in client.list_logged_model_artifacts(ids[0])}
+        assert {"MLmodel", "requirements.txt"} <= files  # an MLflow model, not loose files
+        data = {a.path for a in client.list_logged_model_artifacts(mid, f"data/{m.name}")}
+        assert {f"data/{m.name}/model.pt", f"data/{m.name}/model.json"} <= data
+    int8 = client.list_logged_model_artifacts(ids[0], f"data/{result.models[0].name}")
+    assert f"data/{result.models[0].name}/model.int8.pt2" in {a.path for a in int8}
+    # the study's experiment opens in MLflow 3's classic training view, not GenAI/traces
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_logged_model_loads_as_pyfunc_and_predicts_like_the_model_file(
+    searched: Searched, retrained: Retrained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{searched.run_dir / 'mlflow.db'}")
+    result = retrained.result
+    m = result.models[0]
+    served = mlflow.pyfunc.load_model(f"models:/{result.mlflow['model_ids'][0]}")
+    with np.load(searched.data_dir / "breastmnist.npz") as d:
+        images = d["test_images"][:, None]  # uint8 (N, 1, 28, 28), what a client sends
+    probs = served.predict(images)
+    assert probs.shape == (len(images), 2) and probs.dtype == np.float32
+    with np.load(retrained.out_dir / "predictions.npz") as npz:
+        assert np.abs(probs[:, 1] - npz[m.name]).max() < 1e-5
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    with pytest.raises(Exception, match="shape"):  # the tensor signature refuses 3D input
+        served.predict(images[:, :, None])
 
 
 def test_unreachable_or_broken_tracking_never_fails_retrain(
