@@ -1,7 +1,8 @@
 """A self-contained Markdown + HTML report of a study (``medauto report``).
 
 Sections: the study and its best trial (params and full config), the optimization
-history and parameter importances (Optuna's fANOVA evaluator, plotted with matplotlib),
+history and parameter importances (:func:`medauto.importance.param_importances`, the
+values optuna-dashboard shows, plotted with matplotlib),
 the test metrics of ``medauto retrain`` next to the published MedMNIST v2 baselines for the
 dataset (:mod:`medauto.baselines`, with the citation), pruning statistics (epochs trained
 vs. the epochs a search without pruning would have trained) and the quantization table.
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from medauto.importance import EVALUATOR_NAME
+from medauto.importance import param_importances
 from medauto.keys import CONFIG_ATTR
 from medauto.keys import EPOCHS_RUN_ATTR
 from medauto.keys import SETTINGS_ATTR
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = [
     "PruningStats",
     "ReportPaths",
-    "param_importances",
     "pruning_statistics",
     "write_report",
 ]
@@ -120,48 +122,6 @@ def pruning_statistics(study: optuna.Study) -> PruningStats:
     )
 
 
-def param_importances(study: optuna.Study) -> tuple[dict[str, float], str]:
-    """Parameter importances (fANOVA, seed 0) over the completed trials, and a note.
-
-    Optuna evaluates only parameters present in every completed trial; conditional ones
-    (e.g. ``momentum`` only for SGD) are left out and named in the note. With fewer than
-    two completed trials, or no parameter that varies, the dict is empty and the note
-    says why; this never raises.
-    """
-    from optuna.importance import FanovaImportanceEvaluator
-    from optuna.importance import get_param_importances
-    from optuna.trial import TrialState
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 2:
-        return {}, (
-            f"Parameter importances need at least 2 completed trials; this study has "
-            f"{len(complete)}."
-        )
-    names = [set(t.params) for t in complete]
-    common = names[0].intersection(*names[1:])
-    conditional = sorted(set().union(*names) - common)
-    note = (
-        "Conditional parameters (not in every completed trial) are not evaluated: "
-        + ", ".join(conditional) + "."
-        if conditional else ""
-    )
-    # A parameter with one value in every completed trial explains nothing, yet fANOVA
-    # would normalise it to importance 1.0: evaluate only the ones that vary.
-    varying = sorted(p for p in common
-                     if len({repr(t.params[p]) for t in complete}) > 1)
-    if not varying:
-        return {}, ("No parameter varies across the completed trials, so there is nothing "
-                    f"to attribute. {note}").strip()
-    try:
-        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0),
-                                    params=varying)
-    except (RuntimeError, ValueError, ZeroDivisionError) as e:
-        _logger.info("parameter importances unavailable: %s", e)
-        return {}, f"Parameter importances are not available: {e}. {note}".strip()
-    return {k: float(v) for k, v in imp.items()}, note
-
-
 # --------------------------------------------------------------------------- figures
 def _figure(width: float = 6.4, height: float = 3.6) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -218,7 +178,7 @@ def _importance_png(imp: dict[str, float]) -> bytes:
     fig = _figure(6.4, 0.6 + 0.35 * len(items))
     ax = fig.add_subplot()
     ax.barh([k for k, _ in items], [v for _, v in items], color="tab:green")
-    ax.set_xlabel("importance (fANOVA)")
+    ax.set_xlabel(f"importance ({EVALUATOR_NAME})")
     ax.set_title("Parameter importances")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
