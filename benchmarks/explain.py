@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, case in enumerate(cases):
             dataset, _, backbone = case.partition(":")
             if args.model:
-                from medauto.retrain import load_model
+                from medauto.model_file import load_model
 
                 model = load_model(args.model[k], device=args.device).model
                 info: dict[str, Any] = {"file": str(args.model[k])}

@@ -57,7 +57,7 @@ _C = TypeVar("_C", bound="_ConfigBase")
 
 def _check(ok: bool, key: str, rule: str, value: object) -> None:
     if not ok:
-        raise ConfigError(f"{key}: must be {rule}, got {value!r}")
+        raise ConfigError(key=key, rule=rule, value=value)
 
 
 def _in_range(lo: float, hi: float) -> Callable[[str, Any], None]:
@@ -131,7 +131,7 @@ class _ConfigBase:
     def from_dict(cls: type[_C], data: Mapping[str, Any], *, _prefix: str = "") -> _C:
         """Builds the config from a (nested) mapping; unknown keys raise :class:`ConfigError`."""
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{_prefix.rstrip('.') or 'config'}: must be a mapping, got {data!r}")
+            raise ConfigError(key=_prefix.rstrip(".") or "config", rule="a mapping", value=data)
         known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -150,7 +150,7 @@ class _ConfigBase:
         try:
             return cls(**kwargs)
         except ConfigError as e:
-            raise ConfigError(f"{_prefix}{e}") from None
+            raise e.nested_in(_prefix) from None
 
     def to_dict(self) -> dict[str, Any]:
         """A nested dict of plain Python values (YAML- and JSON-safe)."""
@@ -362,10 +362,12 @@ class TrainConfig(_ConfigBase):
             node = nested
             for p in parts[:-1]:
                 if not isinstance(node.get(p), dict):
-                    raise ConfigError(f"unknown config key {dotted!r}")
+                    raise ConfigError(f"unknown config key {dotted!r}", key=dotted,
+                                      rule="a TrainConfig key", value=dotted)
                 node = node[p]
             if parts[-1] not in node or isinstance(node[parts[-1]], dict):
-                raise ConfigError(f"unknown config key {dotted!r}")
+                raise ConfigError(f"unknown config key {dotted!r}", key=dotted,
+                                  rule="a TrainConfig key", value=dotted)
             node[parts[-1]] = value
         return cls.from_dict(nested)
 
@@ -403,7 +405,7 @@ class TrainConfig(_ConfigBase):
         try:
             return cls.from_dict(data or {})
         except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+            raise e.from_source(source) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:

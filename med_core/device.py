@@ -52,7 +52,7 @@ def resolve_device(device: str) -> str:
     """
     match = _FORM.match(str(device).strip())
     if match is None:
-        raise ConfigError(f"device: must be one of {DEVICE_FORMS}, got {device!r}")
+        raise ConfigError(key="device", rule=f"one of {DEVICE_FORMS}", value=device)
     name = match.group(1)
     if name == "cpu":
         return name

@@ -44,8 +44,12 @@ from optuna.trial import TrialState
 from med_core.device import is_oom as _is_oom
 from med_core.device import release_memory
 from medauto import _optuna_compat as compat
+from medauto.keys import DEVICE_ATTR
+from medauto.keys import DURATION_ATTR
+from medauto.keys import REASON_ATTR
+from medauto.keys import TRACEBACK_ATTR
+from medauto.keys import WORKER_ATTR
 from medauto.logging import get_logger
-from medauto.storage import WORKER_ATTR
 from medauto.storage import disk_full_error
 from medauto.storage import worker_id
 
@@ -284,7 +288,7 @@ def fail_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     failed = []
     for tid in compat.stale_trial_ids(storage, compat.study_id(study)):
         try:
-            storage.set_trial_user_attr(tid, "reason", LOST_REASON)
+            storage.set_trial_user_attr(tid, REASON_ATTR, LOST_REASON)
             if storage.set_trial_state_values(tid, state=TrialState.FAIL):
                 failed.append(storage.get_trial(tid))
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -401,7 +405,7 @@ def _run_loop(
             with timed("surplus_check", trial.number):
                 surplus = _is_surplus(study, trial, target)
             if surplus:
-                trial.set_user_attr("reason", "surplus")
+                trial.set_user_attr(REASON_ATTR, "surplus")
                 study.tell(trial, state=TrialState.FAIL)
                 report.add("surplus", trial.number)
                 continue
@@ -434,7 +438,7 @@ def _run_trial(
     with timed("trial_attrs", n):
         trial.set_user_attr(WORKER_ATTR, worker_id())
         if device:
-            trial.set_user_attr("device", device)
+            trial.set_user_attr(DEVICE_ATTR, device)
     t0 = time.perf_counter()
     with _Heartbeat(study, compat.trial_id(trial)):
         try:
@@ -447,15 +451,15 @@ def _run_trial(
                 raise  # run_worker turns it into one line; no later trial can succeed
             state, reason = classify_failure(exc)
             with timed("tell", n):
-                trial.set_user_attr("reason", reason)
-                trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
+                trial.set_user_attr(REASON_ATTR, reason)
+                trial.set_user_attr(DURATION_ATTR, round(time.perf_counter() - t0, 3))
                 if state == TrialState.FAIL:
                     _logger.warning(
                         "trial %d failed (%s) with params %s", n, reason, trial.params,
                         exc_info=not isinstance(exc, KeyboardInterrupt),
                     )
                     trial.set_user_attr(
-                        "traceback", "".join(traceback.format_exception(exc))[-4000:]
+                        TRACEBACK_ATTR, "".join(traceback.format_exception(exc))[-4000:]
                     )
                 study.tell(trial, state=state)
                 frozen = study.get_trials(deepcopy=False)[n]
@@ -465,7 +469,7 @@ def _run_trial(
             _release_memory(n)
             return frozen
     with timed("tell", n):
-        trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 3))
+        trial.set_user_attr(DURATION_ATTR, round(time.perf_counter() - t0, 3))
         study.tell(trial, value)
         frozen = study.get_trials(deepcopy=False)[n]
     _end_trial(study, frozen, on_trial_end)

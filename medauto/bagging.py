@@ -9,9 +9,9 @@ already bags (each trial leaves k fold models), so this applies to holdout only.
 
 :class:`SeedBagger` is the worker's ``on_trial_end`` hook. Once the search's clock passes
 ``1 - share`` of its time, it enqueues the best configuration again with new seeds
-(:data:`SEED_ATTR`), as many as the time left can train at the best trial's measured
+(the ``seed`` user attribute), as many as the time left can train at the best trial's measured
 duration, at most :data:`MAX_SEEDS`. The repeats are ordinary trials: Optuna serves
-enqueued trials first, they are not pruned (:data:`BAGGED_FROM_ATTR`), their models and
+enqueued trials first, they are not pruned (``bagged_from``), their models and
 validation predictions become ensemble candidates, and greedy selection decides their
 weight on the validation split. Time they leave over goes back to the sampler.
 
@@ -30,6 +30,9 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from medauto.exceptions import MedautoError
+from medauto.keys import BACKBONE_ATTR
+from medauto.keys import BAGGED_FROM_ATTR
+from medauto.keys import SEED_ATTR
 from medauto.logging import get_logger
 from medauto.results import best_trial
 
@@ -39,16 +42,10 @@ if TYPE_CHECKING:
 
 TrialEnd = Callable[[optuna.Study, FrozenTrial], None]
 
-__all__ = [
-    "BAGGED_FROM_ATTR", "BAG_SHARE", "MAX_SEEDS", "SEED_ATTR", "SeedBagger", "with_seed_bagging",
-]
+__all__ = ["BAG_SHARE", "MAX_SEEDS", "SeedBagger", "with_seed_bagging"]
 
 _logger = get_logger(__name__)
 
-#: User attribute of an enqueued repeat: the training seed it runs with.
-SEED_ATTR = "seed"
-#: User attribute of an enqueued repeat: the number of the trial it repeats.
-BAGGED_FROM_ATTR = "bagged_from"
 #: Share of a budgeted holdout search's time kept for seeds of its best configuration.
 BAG_SHARE = 0.3
 #: The most repeats of the best configuration.
@@ -95,7 +92,7 @@ class SeedBagger:
             self.enqueued.append(base + k)
         if n:
             _logger.info("seed bagging: %d more seed(s) of trial %d (%s, %.0f s each) in the "
-                         "last %.0f s", n, best.number, best.user_attrs.get("backbone", "?"),
+                         "last %.0f s", n, best.number, best.user_attrs.get(BACKBONE_ATTR, "?"),
                          took, self.deadline - now)
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from med_core.training.callbacks import Callback
 from medauto.exceptions import MedautoError
+from medauto.keys import BUDGET_STOP_ATTR
 
 __all__ = [
     "BudgetCallback",
@@ -267,5 +268,5 @@ class BudgetCallback(Callback):
             if elapsed + per_epoch > self.trial_cap_s and projected > self.trial_cap_s:
                 why = f"projected trial time {projected:.0f} s > cap {self.trial_cap_s:.0f} s"
         if why is not None and epoch + 1 < trainer.cfg.epochs:
-            self.trial.set_user_attr("budget_stop", f"{why} (after epoch {epoch + 1})")
+            self.trial.set_user_attr(BUDGET_STOP_ATTR, f"{why} (after epoch {epoch + 1})")
             trainer.request_stop(reason)

@@ -46,7 +46,7 @@ from medauto.logging import get_logger
 from medauto.model_file import atomic_write_bytes
 from medauto.model_file import load_model
 from medauto.model_file import nan_to_none
-from medauto.retrain import quantize_retrained
+from medauto.retrain.quantize import quantize_retrained
 from medauto.scoring import eval_loader
 from medauto.scoring import predict_scores
 from medauto.scoring import split_metrics

@@ -39,6 +39,9 @@ from medauto.evaluation import HonestEvaluation
 from medauto.evaluation import evaluate_test
 from medauto.evaluation import roc_png
 from medauto.exceptions import MedautoError
+from medauto.keys import BACKBONE_ATTR
+from medauto.keys import EPOCHS_RUN_ATTR
+from medauto.keys import PORTFOLIO_ATTR
 from medauto.logging import get_logger
 from medauto.members import Candidate
 from medauto.members import consistent
@@ -332,8 +335,8 @@ def leaderboard(study: optuna.Study, final: FinalResult | None = None) -> pd.Dat
     weights = {m["trial"]: m["weight"] for m in (final.members if final else [])}
     columns = ["trial", "value", "backbone", "portfolio", "epochs", "ensemble_weight"]
     rows = [
-        [t.number, t.value, t.user_attrs.get("backbone"), t.user_attrs.get("portfolio"),
-         t.user_attrs.get("epochs_run"), weights.get(t.number, 0.0)]
+        [t.number, t.value, t.user_attrs.get(BACKBONE_ATTR), t.user_attrs.get(PORTFOLIO_ATTR),
+         t.user_attrs.get(EPOCHS_RUN_ATTR), weights.get(t.number, 0.0)]
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ]
     frame = pd.DataFrame(rows, columns=columns)

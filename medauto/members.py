@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medauto.keys import BACKBONE_ATTR
+from medauto.keys import MEMBERS_ATTR
 from medauto.logging import get_logger
 from medauto.model_file import atomic_write_bytes
 
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = [
-    "MEMBERS_ATTR",
     "Candidate",
     "consistent",
     "load_candidates",
@@ -46,8 +47,6 @@ __all__ = [
 
 _logger = get_logger(__name__)
 
-#: Trial user attribute: the trial's member folder, relative to the run folder.
-MEMBERS_ATTR = "members"
 _SCORES = "selection.npz"
 
 
@@ -127,7 +126,7 @@ def load_candidates(
             continue
         out.append(Candidate(
             trial=t.number, value=float(t.value),  # type: ignore[arg-type]
-            backbone=str(t.user_attrs.get("backbone", "?")), models=models, y=y,
+            backbone=str(t.user_attrs.get(BACKBONE_ATTR, "?")), models=models, y=y,
             score=score, kind=kind,
         ))
         if limit is not None and len(out) >= limit:

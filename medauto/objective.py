@@ -26,13 +26,23 @@ from med_core.training.callbacks import KeepBestWeights
 from medauto._worker import TIMING_ENV
 from medauto._worker import record_phase
 from medauto._worker import timed
-from medauto.bagging import BAGGED_FROM_ATTR
-from medauto.bagging import SEED_ATTR
 from medauto.fingerprint import MIN_FOLD_EPOCH_SHARE
 from medauto.fingerprint import Selection
 from medauto.fingerprint import affordable_selection
+from medauto.keys import BACKBONE_ATTR
+from medauto.keys import BAGGED_FROM_ATTR
+from medauto.keys import BEST_EPOCH_ATTR
+from medauto.keys import CONFIG_ATTR
+from medauto.keys import EPOCHS_FITTED_ATTR
+from medauto.keys import EPOCHS_RUN_ATTR
+from medauto.keys import FOLD_VALUES_ATTR
+from medauto.keys import HISTORY_ATTR
+from medauto.keys import MEMBERS_ATTR
+from medauto.keys import OOM_RETRY_ATTR
+from medauto.keys import PRUNED_AT_EPOCH_ATTR
+from medauto.keys import PRUNED_AT_FOLD_ATTR
+from medauto.keys import SEED_ATTR
 from medauto.logging import get_logger
-from medauto.members import MEMBERS_ATTR
 from medauto.members import member_dir
 from medauto.members import model_path
 from medauto.members import save_selection_scores
@@ -330,7 +340,7 @@ class Objective:
             "trial %d ran out of memory; retrying once with gradient checkpointing on and "
             "batch_size %d", trial.number, smaller.batch_size,
         )
-        trial.set_user_attr("oom_retry", retry)
+        trial.set_user_attr(OOM_RETRY_ATTR, retry)
         return self.train(trial, smaller)
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> TrainConfig:
@@ -356,9 +366,9 @@ class Objective:
         """
         n = trial.number
         with timed("trial_attrs", n):
-            trial.set_user_attr("backbone", cfg.model.backbone)
+            trial.set_user_attr(BACKBONE_ATTR, cfg.model.backbone)
         with timed("trial_attrs", n):
-            trial.set_user_attr("config", cfg.to_dict())
+            trial.set_user_attr(CONFIG_ATTR, cfg.to_dict())
         cfg, probe = self._budget_check(trial, cfg, **trainer_kwargs)
         with timed("tracking_trial_start", n):
             extra = list(self.callbacks(trial, cfg)) if self.callbacks else []
@@ -382,7 +392,7 @@ class Objective:
         # callback decides, and the trainer hands its reason to every rank.
         if history.stop_reason == "callback:pruned":
             epoch = (pruning.pruned_at_epoch if pruning else None) or len(history.epochs)
-            trial.set_user_attr("pruned_at_epoch", epoch)
+            trial.set_user_attr(PRUNED_AT_EPOCH_ATTR, epoch)
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
         best = _finite_best(history, cfg)
         if keeper is not None and trainer.is_main_process:
@@ -425,14 +435,14 @@ class Objective:
         from med_core.config import TrainConfig
 
         epochs = fit_epochs(cfg.epochs, first_s, epoch_s, cap)
-        trial.set_user_attr("epochs_fitted", {
+        trial.set_user_attr(EPOCHS_FITTED_ATTR, {
             "from": cfg.epochs, "to": epochs, "first_epoch_s": round(first_s, 3),
             "epoch_s": round(epoch_s, 3), "cap_s": round(cap, 3)})
         _logger.info("trial %d: %d epochs (%.1f s, then %.2f s each) would exceed the %.0f s "
                      "cap; training %d", trial.number, cfg.epochs, first_s, epoch_s, cap,
                      epochs)
         fitted = TrainConfig.from_flat({"epochs": epochs}, base=cfg)
-        trial.set_user_attr("config", fitted.to_dict())
+        trial.set_user_attr(CONFIG_ATTR, fitted.to_dict())
         return fitted
 
     def _refit_if_over(
@@ -495,9 +505,9 @@ class Objective:
         """The trial's history attributes and its artifacts (learning curve, confusion)."""
         n = trial.number
         with timed("trial_attrs", n):
-            trial.set_user_attr("history", history_for_attrs(history))
-            trial.set_user_attr("epochs_run", len(history.epochs))
-            trial.set_user_attr("best_epoch", history.best_epoch)
+            trial.set_user_attr(HISTORY_ATTR, history_for_attrs(history))
+            trial.set_user_attr(EPOCHS_RUN_ATTR, len(history.epochs))
+            trial.set_user_attr(BEST_EPOCH_ATTR, history.best_epoch)
         if self.artifact_store is not None:  # never raises; every DDP rank calls it
             from medauto.artifacts import trial_artifacts
 
@@ -536,7 +546,7 @@ class Objective:
             if j == 0:
                 self._record(trial, trainer, history)
             if history.stop_reason == "callback:pruned":  # the search's time is spent
-                trial.set_user_attr("pruned_at_fold", j + 1)
+                trial.set_user_attr(PRUNED_AT_FOLD_ATTR, j + 1)
                 raise optuna.TrialPruned(f"pruned in fold {j + 1} of {k}")
             values.append(_finite_best(history, cfg))
             keeper.restore(trainer)
@@ -548,10 +558,10 @@ class Objective:
                 with timed("members", n):
                     self._save_model(folder, j, trainer, cfg)
             trainer.close()
-            trial.set_user_attr("fold_values", [float(f"{v:.6g}") for v in values])
+            trial.set_user_attr(FOLD_VALUES_ATTR, [float(f"{v:.6g}") for v in values])
             trial.report(values[-1], step=j + 1)
             if j + 1 < k and trial.should_prune():
-                trial.set_user_attr("pruned_at_fold", j + 1)
+                trial.set_user_attr(PRUNED_AT_FOLD_ATTR, j + 1)
                 raise optuna.TrialPruned(f"pruned after fold {j + 1} of {k}")
         if folder is not None and oof is not None:
             save_selection_scores(folder, y=pool_y, score=oof, kind="oof")

@@ -29,7 +29,6 @@ import functools
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +36,8 @@ from typing import Any
 
 from med_core.device import resolve_device
 from medauto.exceptions import MedautoError
+from medauto.keys import CONFIG_ATTR
+from medauto.keys import PORTFOLIO_ATTR
 from medauto.logging import get_logger
 
 if TYPE_CHECKING:
@@ -345,7 +346,7 @@ class AutoMLOptimizer:
         study = open_study(name, storage, settings, sampler=sampler, pruner=pruner, seed=self.seed)
         if self.portfolio and space.portfolio and not study.get_trials(deepcopy=False):
             for entry in space.portfolio:
-                study.enqueue_trial(dict(entry.params), user_attrs={"portfolio": entry.name},
+                study.enqueue_trial(dict(entry.params), user_attrs={PORTFOLIO_ATTR: entry.name},
                                     skip_if_exists=True)
             _logger.info("portfolio: %d configuration(s) enqueued first (%s)",
                          len(space.portfolio), ", ".join(e.name for e in space.portfolio))
@@ -483,16 +484,17 @@ class AutoMLOptimizer:
             tracker.end_study(study, finished=done)
         if self.final_model:  # no completed trial: built from the best partial one
             from medauto.final import build_final
+            from medauto.final import final_dir
             from medauto.final import selection_metric
 
             self.final_ = build_final(study, dataset, run_dir=self.run_dir, device=device,
                                       metric=selection_metric(self.metric))
+            tracker.log_final(study, self.final_, final_dir(self.run_dir, study.study_name))
         return self._result(study, report, self.final_ if self.final_model else None)
 
     def _result(self, study: optuna.Study, report: WorkerReport,
                 final: FinalResult | None = None) -> OptimizationResult:
         from med_core.config import TrainConfig
-        from medauto.results import CONFIG_ATTR
         from medauto.results import best_trial
 
         partial = final.partial if final is not None else {}
@@ -543,24 +545,21 @@ class AutoMLOptimizer:
         return self.predictor().evaluate(images, labels, **kwargs)
 
     def retrain(
-        self,
-        *,
-        ensemble: int | None = None,
-        seeds: Sequence[int] | None = None,
-        train_on_val: bool = False,
-        quantize: str | None = None,
-        out_dir: str | Path | None = None,
-        **kwargs: Any,
+        self, *, out_dir: str | Path | None = None, progress: bool = False, **options: Any
     ) -> RetrainResult:
         """Retrains the best trial (or the top ``ensemble``) and evaluates it once on test.
 
-        A thin call into :func:`medauto.retrain.retrain` (``kwargs``: ``weights``, ``tta``,
-        ``ensemble_select``, ``calibration_batches``, ``latency_*``, ``progress``); works
-        after :meth:`optimize` or, given ``study_name``, on an existing study. After a
-        budgeted :meth:`optimize`, ``seeds``/``ensemble`` default to the budget's
+        A thin call into :func:`medauto.retrain.retrain`; ``options`` are fields of
+        :class:`medauto.retrain.RetrainOptions` (``ensemble``, ``seeds``, ``tta``, ...).
+        Works after :meth:`optimize` or, given ``study_name``, on an existing study. After
+        a budgeted :meth:`optimize`, ``seeds``/``ensemble`` default to the budget's
         (``range(budget_seeds)``, ``budget_ensemble``) and training ends by the budget's
-        deadline (start + total - slack); otherwise to ``(0,)`` and 1.
+        deadline (start + total - slack); otherwise to :class:`RetrainOptions`' defaults.
+
+        Raises:
+            MedautoError: no study yet, or an option is unknown or breaks its rule.
         """
+        from medauto.retrain import RetrainOptions
         from medauto.retrain import retrain
         from medauto.storage import default_storage_url
         from medauto.storage import open_storage
@@ -574,25 +573,20 @@ class AutoMLOptimizer:
 
             study = load_existing_study(self.study_name, open_storage(url, self.storage_settings))
         plan, start = self.budget_plan_, self.budget_start_
-        budgeted = plan is not None and start is not None
-        if seeds is None:
-            seeds = tuple(range(plan.seeds)) if budgeted else (0,)  # type: ignore[union-attr]
-        if ensemble is None:
-            ensemble = plan.ensemble if budgeted else 1  # type: ignore[union-attr]
-        if budgeted and "deadline" not in kwargs:
-            kwargs["deadline"] = start + plan.total_s - plan.slack_s  # type: ignore[operator,union-attr]
+        deadline = None
+        if plan is not None and start is not None:
+            options = {"seeds": tuple(range(plan.seeds)), "ensemble": plan.ensemble, **options}
+            deadline = start + plan.total_s - plan.slack_s
         return retrain(
             study,
-            ensemble=ensemble,
-            seeds=seeds,
-            train_on_val=train_on_val,
-            quantize=quantize,
+            RetrainOptions().updated(**options),
+            deadline=deadline,
             out_dir=out_dir,
             device=resolve_device(self.device),
             data_dir=self.data_dir,
             run_dir=self.run_dir,
             tracking=self.tracking,
-            **kwargs,
+            progress=progress,
         )
 
     def _study(self) -> optuna.Study:

@@ -1,7 +1,8 @@
 """A self-contained Markdown + HTML report of a study (``medauto report``).
 
 Sections: the study and its best trial (params and full config), the optimization
-history and parameter importances (Optuna's fANOVA evaluator, plotted with matplotlib),
+history and parameter importances (:func:`medauto.importance.param_importances`, the
+values optuna-dashboard shows, plotted with matplotlib),
 the test metrics of ``medauto retrain`` next to the published MedMNIST v2 baselines for the
 dataset (:mod:`medauto.baselines`, with the citation), pruning statistics (epochs trained
 vs. the epochs a search without pruning would have trained), quantization and deployment.
@@ -31,6 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from medauto.importance import EVALUATOR_NAME
+from medauto.importance import param_importances
+from medauto.keys import CONFIG_ATTR
+from medauto.keys import EPOCHS_RUN_ATTR
+from medauto.keys import SETTINGS_ATTR
 from medauto.logging import get_logger
 from medauto.report_gallery import gallery_blocks
 from medauto.report_honest import final_honest_blocks
@@ -44,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = [
     "PruningStats",
     "ReportPaths",
-    "param_importances",
     "pruning_statistics",
     "write_report",
 ]
@@ -82,7 +87,7 @@ class PruningStats:
 
 
 def _epochs_run(t: optuna.trial.FrozenTrial) -> int:
-    n = t.user_attrs.get("epochs_run")
+    n = t.user_attrs.get(EPOCHS_RUN_ATTR)
     return int(n) if isinstance(n, int) else len(t.intermediate_values)
 
 
@@ -97,7 +102,7 @@ def pruning_statistics(study: optuna.Study) -> PruningStats:
         if t.state not in counted:
             continue
         done = _epochs_run(t)
-        cfg = t.user_attrs.get("config")
+        cfg = t.user_attrs.get(CONFIG_ATTR)
         full = cfg.get("epochs") if isinstance(cfg, dict) else None
         if not isinstance(full, int):
             unknown += 1
@@ -117,48 +122,6 @@ def pruning_statistics(study: optuna.Study) -> PruningStats:
         saved_fraction=(budget - run) / budget if budget else math.nan,
         unknown_budget=unknown,
     )
-
-
-def param_importances(study: optuna.Study) -> tuple[dict[str, float], str]:
-    """Parameter importances (fANOVA, seed 0) over the completed trials, and a note.
-
-    Optuna evaluates only parameters present in every completed trial; conditional ones
-    (e.g. ``momentum`` only for SGD) are left out and named in the note. With fewer than
-    two completed trials, or no parameter that varies, the dict is empty and the note
-    says why; this never raises.
-    """
-    from optuna.importance import FanovaImportanceEvaluator
-    from optuna.importance import get_param_importances
-    from optuna.trial import TrialState
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 2:
-        return {}, (
-            f"Parameter importances need at least 2 completed trials; this study has "
-            f"{len(complete)}."
-        )
-    names = [set(t.params) for t in complete]
-    common = names[0].intersection(*names[1:])
-    conditional = sorted(set().union(*names) - common)
-    note = (
-        "Conditional parameters (not in every completed trial) are not evaluated: "
-        + ", ".join(conditional) + "."
-        if conditional else ""
-    )
-    # A parameter with one value in every completed trial explains nothing, yet fANOVA
-    # would normalise it to importance 1.0: evaluate only the ones that vary.
-    varying = sorted(p for p in common
-                     if len({repr(t.params[p]) for t in complete}) > 1)
-    if not varying:
-        return {}, ("No parameter varies across the completed trials, so there is nothing "
-                    f"to attribute. {note}").strip()
-    try:
-        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0),
-                                    params=varying)
-    except (RuntimeError, ValueError, ZeroDivisionError) as e:
-        _logger.info("parameter importances unavailable: %s", e)
-        return {}, f"Parameter importances are not available: {e}. {note}".strip()
-    return {k: float(v) for k, v in imp.items()}, note
 
 
 # --------------------------------------------------------------------------- figures
@@ -217,7 +180,7 @@ def _importance_png(imp: dict[str, float]) -> bytes:
     fig = _figure(6.4, 0.6 + 0.35 * len(items))
     ax = fig.add_subplot()
     ax.barh([k for k, _ in items], [v for _, v in items], color="tab:green")
-    ax.set_xlabel("importance (fANOVA)")
+    ax.set_xlabel(f"importance ({EVALUATOR_NAME})")
     ax.set_title("Parameter importances")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
@@ -348,7 +311,7 @@ def _study_blocks(study: optuna.Study, settings: dict[str, Any]) -> list[Block]:
     if best.params:
         blocks.append(("table", ["parameter", "value"],
                        [[k, _param(v)] for k, v in sorted(best.params.items())]))
-    cfg = best.user_attrs.get("config")
+    cfg = best.user_attrs.get(CONFIG_ATTR)
     if isinstance(cfg, dict):
         try:
             text = TrainConfig.from_dict(cfg).to_yaml()
@@ -545,7 +508,7 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = RetrainResult.load(retrain) if isinstance(retrain, (str, Path)) else retrain
-    settings = study.user_attrs.get("medauto:settings", {})
+    settings = study.user_attrs.get(SETTINGS_ATTR, {})
     settings = settings if isinstance(settings, dict) else {}
     title = title or f"medauto report: {study.study_name}"
     images: dict[str, bytes] = {}

@@ -21,6 +21,7 @@ import numpy as np
 from med_core.exceptions import MedCoreError
 from medauto.exceptions import MedautoError
 from medauto.logging import get_logger
+from medauto.retrain.results import RESULTS_FILE
 
 if TYPE_CHECKING:
     from medauto.retrain import RetrainResult
@@ -104,7 +105,7 @@ def _blocks(result: RetrainResult, images: dict[str, bytes], method: str) -> lis
     from med_core.explain import explain
     from medauto.explain import final_model_paths
     from medauto.explain import normalised
-    from medauto.retrain import load_model
+    from medauto.model_file import load_model
 
     if result.task == "multi-label":
         return [("p", "No gallery for multi-label tasks (no single true class per image).")]
@@ -113,7 +114,7 @@ def _blocks(result: RetrainResult, images: dict[str, bytes], method: str) -> lis
     folder = Path(result.out_dir)
     y_true, scores = _final_scores(result, folder)
     picks = select_examples(y_true, scores)
-    loaded = [load_model(p) for p in final_model_paths(folder / "retrain.json")]
+    loaded = [load_model(p) for p in final_model_paths(folder / RESULTS_FILE)]
     members = [m.model for m in loaded]
     ds = load_dataset(loaded[0].config.data)  # the data retrain tested on (its data_dir)
     if len(ds.test) != len(y_true):

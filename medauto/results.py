@@ -20,19 +20,20 @@ from optuna.trial import TrialState
 
 from med_core.config import TrainConfig
 from medauto.exceptions import MedautoError
-from medauto.storage import WORKER_ATTR
+from medauto.keys import BACKBONE_ATTR
+from medauto.keys import CONFIG_ATTR
+from medauto.keys import DEVICE_ATTR
+from medauto.keys import REASON_ATTR
+from medauto.keys import SETTINGS_ATTR
+from medauto.keys import WORKER_ATTR
 
 __all__ = [
-    "CONFIG_ATTR",
     "best_config",
     "best_trial",
     "is_selectable",
     "ranked_trials",
     "status_summary",
 ]
-
-#: The user attribute holding a medauto trial's full TrainConfig (``TrainConfig.to_dict``).
-CONFIG_ATTR = "config"
 
 
 def is_selectable(trial: FrozenTrial) -> bool:
@@ -93,25 +94,25 @@ def status_summary(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
     reasons = Counter(
-        t.user_attrs.get("reason", "no reason recorded")
+        t.user_attrs.get(REASON_ATTR, "no reason recorded")
         for t in trials
         if t.state == TrialState.FAIL
     )
     pruned = Counter(
-        str(t.user_attrs["reason"])
+        str(t.user_attrs[REASON_ATTR])
         for t in trials
-        if t.state == TrialState.PRUNED and t.user_attrs.get("reason", "pruned") != "pruned"
+        if t.state == TrialState.PRUNED and t.user_attrs.get(REASON_ATTR, "pruned") != "pruned"
     )
     ranked = ranked_trials(study)
     best: dict[str, Any] | None = (
         {
             "number": ranked[0].number,
             "value": ranked[0].value,
-            "backbone": ranked[0].user_attrs.get("backbone"),
+            "backbone": ranked[0].user_attrs.get(BACKBONE_ATTR),
         }
         if ranked else None
     )
-    target = study.user_attrs.get("medauto:settings", {}).get("n_trials")
+    target = study.user_attrs.get(SETTINGS_ATTR, {}).get("n_trials")
     return {
         "study": study.study_name,
         "target": target,
@@ -121,9 +122,9 @@ def status_summary(study: optuna.Study) -> dict[str, Any]:
         "running": [
             {
                 "number": t.number,
-                "worker": t.user_attrs.get("worker"),
-                "device": t.user_attrs.get("device"),
-                "backbone": t.user_attrs.get("backbone"),
+                "worker": t.user_attrs.get(WORKER_ATTR),
+                "device": t.user_attrs.get(DEVICE_ATTR),
+                "backbone": t.user_attrs.get(BACKBONE_ATTR),
                 "epochs_reported": len(t.intermediate_values),
             }
             for t in trials

@@ -55,11 +55,12 @@ from optuna.trial import TrialState
 
 from medauto import _optuna_compat as compat
 from medauto.exceptions import StorageError
+from medauto.keys import ATTEMPT_ATTRS
+from medauto.keys import HEARTBEAT_ATTR
+from medauto.keys import WORKER_ATTR
 from medauto.logging import get_logger
 
 __all__ = [
-    "HEARTBEAT_ATTR",
-    "WORKER_ATTR",
     "HeartbeatJournalStorage",
     "HeartbeatRDBStorage",
     "StorageSettings",
@@ -71,17 +72,7 @@ __all__ = [
     "worker_id",
 ]
 
-#: Prefix of the journal backend's heartbeat keys: the study system attribute
-#: ``medauto:heartbeat:<trial id>`` holds the trial's last beat (Unix time). It is a study
-#: attribute, not a trial one, so it stays out of ``Study.trials_dataframe()`` and a
-#: retried trial (a new trial id) cannot inherit it.
 _logger = get_logger(__name__)
-HEARTBEAT_ATTR = "medauto:heartbeat"
-#: The user attribute naming the ``host:pid`` that runs a medauto trial. Set when the
-#: trial is created, so its presence marks a trial that must beat.
-WORKER_ATTR = "worker"
-#: User attributes of a failed attempt that its retry does not inherit.
-_ATTEMPT_ATTRS = ("reason", "traceback", "mlflow_run_id", "duration_s")
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 _URL_FORMS = (
     "sqlite:///path/to/study.db, postgresql://user:password@host:5432/dbname, "
@@ -418,7 +409,7 @@ def _new_trial_template(template: FrozenTrial | None) -> FrozenTrial | None:
         )
     if template.state == TrialState.WAITING and "failed_trial" in template.system_attrs:
         template = copy.deepcopy(template)
-        for key in _ATTEMPT_ATTRS:
+        for key in ATTEMPT_ATTRS:
             template.user_attrs.pop(key, None)
         template.user_attrs[WORKER_ATTR] = worker_id()
         template.system_attrs.pop(HEARTBEAT_ATTR, None)

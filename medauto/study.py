@@ -19,11 +19,17 @@ import optuna
 from medauto.algorithms import process_seed
 from medauto.exceptions import MedautoError
 from medauto.exceptions import StudyConflictError
+from medauto.keys import SETTINGS_ATTR
 from medauto.logging import get_logger
 from medauto.storage import worker_id
 
 __all__ = [
-    "StudySettings", "load_existing_study", "load_settings", "open_study", "stored_selection",
+    "StudySettings",
+    "load_existing_study",
+    "load_settings",
+    "load_settings_dict",
+    "open_study",
+    "stored_selection",
     "validate_study_name",
 ]
 
@@ -54,7 +60,6 @@ def validate_study_name(name: str) -> str:
     return name
 
 _logger = get_logger(__name__)
-_ATTR = "medauto:settings"
 
 
 @dataclass(frozen=True)
@@ -94,13 +99,20 @@ class StudySettings:
         }
 
 
+def load_settings_dict(study: optuna.Study) -> dict[str, Any]:
+    """The study's stored settings as a plain dict; ``{}`` for a study medauto did not create
+    (for readers that only show what is there, e.g. the metric name)."""
+    raw = study.user_attrs.get(SETTINGS_ATTR)
+    return dict(raw) if isinstance(raw, dict) else {}
+
+
 def load_settings(study: optuna.Study) -> StudySettings:
     """Reads the settings a medauto study was created with.
 
     Raises:
         MedautoError: the study was not created by medauto.
     """
-    raw = study.user_attrs.get(_ATTR)
+    raw = study.user_attrs.get(SETTINGS_ATTR)
     if not isinstance(raw, dict):
         raise MedautoError(
             f"study {study.study_name!r} has no medauto settings; create it with "
@@ -181,7 +193,7 @@ def _create_or_resume(
             pruner=pruner,
             direction=settings.direction,
         )
-        study.set_user_attr(_ATTR, settings.to_json())
+        study.set_user_attr(SETTINGS_ATTR, settings.to_json())
         _logger.info("created study %r", name)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
@@ -190,7 +202,7 @@ def _create_or_resume(
     stored = load_settings(study)
     _check_compatible(name, stored, settings)
     if stored.n_trials != settings.n_trials:
-        study.set_user_attr(_ATTR, settings.to_json())
+        study.set_user_attr(SETTINGS_ATTR, settings.to_json())
     done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     _logger.info("resuming study %r (%d trials already finished)", name, done)
     return study, False
@@ -201,7 +213,7 @@ def stored_selection(storage: optuna.storages.BaseStorage, name: str) -> str | N
     if there is no such study, or it predates the stored selection."""
     for summary in storage.get_all_studies():
         if summary.study_name == name:
-            raw = summary.user_attrs.get(_ATTR)
+            raw = summary.user_attrs.get(SETTINGS_ATTR)
             sel = raw.get("selection") if isinstance(raw, dict) else None
             return sel if sel in ("holdout", "cv") else None
     return None

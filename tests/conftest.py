@@ -37,6 +37,28 @@ def medmnist_dir() -> Path:
     return _medmnist_dir()
 
 
+@pytest.fixture(scope="session")
+def micro_data_dir(medmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``breastmnist.npz`` cut to 32 train / 32 val / 32 test images, both classes in every
+    split (read-only use; the CLI and reliability tests)."""
+    from med_core.testing.data import cut_medmnist
+
+    out = tmp_path_factory.mktemp("micro-data")
+    cut_medmnist(medmnist_dir / "breastmnist.npz", out / "breastmnist.npz", 32,
+                 both_classes=True)
+    return out
+
+
+@pytest.fixture
+def micro_space(tmp_path: Path) -> Path:
+    """:data:`micro.MICRO_SPACE` written to ``tmp_path/micro.yaml``."""
+    from micro import MICRO_SPACE
+
+    path = tmp_path / "micro.yaml"
+    path.write_text(MICRO_SPACE)
+    return path
+
+
 @pytest.fixture
 def data_env(medmnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Points MEDAUTO_DATA_DIR at the MedMNIST files for the duration of a test."""

@@ -84,7 +84,7 @@ def explain(
 
     Args:
         model: A med_core classifier (``head(backbone(x))``, as ``build_classifier`` and
-            ``medauto.retrain.load_model`` give) or a sequence of them.
+            ``medauto.model_file.load_model`` give) or a sequence of them.
         images: Normalised float batch ``(B, C, H, W)`` (2D models) or ``(B, C, D, H, W)``
             (3D models) of the channels and size the model was built for.
         method: One of :data:`~med_core.explain.METHODS`.

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from medauto.cli._command import Command
 from medauto.exceptions import CLIUsageError
+from medauto.retrain.results import RESULTS_FILE
+from medauto.retrain.results import retrain_dir
 
 __all__ = ["ExplainCommand"]
 
@@ -80,7 +82,7 @@ class ExplainCommand(Command):
             predictor = Predictor.load(final)
             paths = [predictor.folder / m.file for m in predictor.members]
         else:
-            default = Path(args.run_dir) / "retrain" / args.study / "retrain.json"
+            default = retrain_dir(args.run_dir, args.study) / RESULTS_FILE
             paths = final_model_paths(args.retrain or default)
         members = [load_model(p).model for p in paths]
         _, size = expected_input(members[0])

@@ -20,6 +20,8 @@ from medauto.cli._options import add_study_option
 from medauto.cli._store import StoreRef
 from medauto.cli._store import load_study
 from medauto.exceptions import MedautoError
+from medauto.keys import BACKBONE_ATTR
+from medauto.keys import REASON_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -41,9 +43,9 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "number": t.number,
             "state": t.state.name,
             "value": t.value,
-            "backbone": t.user_attrs.get("backbone"),
+            "backbone": t.user_attrs.get(BACKBONE_ATTR),
             "epochs": len(t.intermediate_values),
-            "reason": t.user_attrs.get("reason", ""),
+            "reason": t.user_attrs.get(REASON_ATTR, ""),
         })
     return rows
 

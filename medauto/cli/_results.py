@@ -24,27 +24,25 @@ from medauto.cli._store import load_study
 from medauto.evaluation import HonestEvaluation
 from medauto.exceptions import CLIUsageError
 from medauto.exceptions import MedautoError
+from medauto.retrain.options import ENSEMBLE_SELECT
+from medauto.retrain.options import QUANT_METHODS
+from medauto.retrain.options import TTA_MODES
+from medauto.retrain.options import WEIGHTS
+from medauto.retrain.options import RetrainOptions
+from medauto.retrain.results import RESULTS_FILE
+from medauto.retrain.results import retrain_dir
 from medauto.storage import redact_url
 
 if TYPE_CHECKING:
     from medauto.retrain import RetrainResult
 
-#: ``--tta`` choices → :func:`medauto.retrain.retrain`'s ``tta``.
-TTA_CHOICES: dict[str, bool | str | None] = {"trial": None, "on": True, "off": False,
-                                              "auto": "auto"}
-
-__all__ = ["TTA_CHOICES", "ExportCommand", "ReportCommand", "RetrainCommand",
-           "print_retrain_summary"]
+__all__ = ["ExportCommand", "ReportCommand", "RetrainCommand", "print_retrain_summary"]
 
 
 def _fmt(mean: float, std: float | None = None) -> str:
     if mean is None or not math.isfinite(mean):
         return "n/a"
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
-
-
-def _retrain_dir(run_dir: str, study: str) -> Path:
-    return Path(run_dir) / "retrain" / study
 
 
 class RetrainCommand(Command):
@@ -68,19 +66,19 @@ class RetrainCommand(Command):
                        help="retrain the top-K trials and average their scores (default 1)")
         p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
                        help="training seeds; mean ± std over them (default: 0)")
-        p.add_argument("--ensemble-select", choices=("fixed", "val"), default="fixed",
+        p.add_argument("--ensemble-select", choices=ENSEMBLE_SELECT, default="fixed",
                        help="use all K members, or the best j <= K chosen on validation AUC")
-        p.add_argument("--tta", choices=TTA_CHOICES, default="trial",
+        p.add_argument("--tta", choices=TTA_MODES, default="trial",
                        help="flip test-time augmentation: the trial's setting, on, off, or "
                        "auto (per model, on validation AUC) (default: trial)")
         p.add_argument("--train-on-val", action="store_true",
                        help="train on train+val (keeps the last epoch's weights)")
-        p.add_argument("--weights", choices=("auto", "best", "last"), default="auto",
+        p.add_argument("--weights", choices=WEIGHTS, default="auto",
                        help="best-validation or last epoch (default: auto)")
         add_device_option(p)
         p.add_argument("--data-dir", help="MedMNIST folder (default: the trials' setting)")
         p.add_argument("--out", help="output folder (default: RUN_DIR/retrain/STUDY)")
-        p.add_argument("--quantize", choices=("static", "dynamic"),
+        p.add_argument("--quantize", choices=QUANT_METHODS,
                        help="also quantize the best model to int8 and measure it")
         p.add_argument("--calibration-batches", type=int, default=8, metavar="N",
                        help="training batches for static calibration (default 8)")
@@ -99,25 +97,23 @@ class RetrainCommand(Command):
             raise CLIUsageError(f"--ensemble must be >= 1, got {args.ensemble}")
         device = checked_device(args)
         ref = StoreRef.from_args(args)
-        result = retrain(
-            load_study(ref, args.study),
+        options = RetrainOptions(
             ensemble=args.ensemble,
             ensemble_select=args.ensemble_select,
-            tta=TTA_CHOICES[args.tta],
-            seeds=args.seeds,
+            tta=args.tta,
+            seeds=tuple(args.seeds),
             train_on_val=args.train_on_val,
             weights=args.weights,
-            device=device,
-            data_dir=args.data_dir,
-            run_dir=args.run_dir,
-            out_dir=args.out,
             quantize=args.quantize,
             calibration_batches=args.calibration_batches,
             latency_batch_size=args.latency_batch,
             latency_iters=args.latency_iters,
             latency_threads=args.latency_threads,
             latency_compile=args.latency_compile,
-            tracking=tracking_of(args),
+        )
+        result = retrain(
+            load_study(ref, args.study), options, device=device, data_dir=args.data_dir,
+            run_dir=args.run_dir, out_dir=args.out, tracking=tracking_of(args),
             progress=args.progress,
         )
         print_retrain_summary(result)
@@ -138,7 +134,7 @@ class RetrainCommand(Command):
         if result.mlflow:
             uri = redact_url(str(result.mlflow["tracking_uri"]))
             print(f"mlflow: run {result.mlflow['run_id']} at {uri}")
-        print(f"results: {Path(result.out_dir) / 'retrain.json'}")
+        print(f"results: {Path(result.out_dir) / RESULTS_FILE}")
         print(next_hint(ref, result.study, ["report", "export"]))
         return code
 
@@ -189,8 +185,8 @@ class ReportCommand(Command):
         study = load_study(StoreRef.from_args(args), args.study)
         name = study.study_name
         retrain_json: Path | None = Path(args.retrain) if args.retrain else None
-        if retrain_json is None and (_retrain_dir(args.run_dir, name) / "retrain.json").is_file():
-            retrain_json = _retrain_dir(args.run_dir, name) / "retrain.json"
+        if retrain_json is None and (retrain_dir(args.run_dir, name) / RESULTS_FILE).is_file():
+            retrain_json = retrain_dir(args.run_dir, name) / RESULTS_FILE
         if retrain_json is not None and not retrain_json.is_file():
             raise CLIUsageError(f"--retrain: no file at {str(retrain_json)!r}")
         out = Path(args.out) if args.out else Path(args.run_dir) / "report" / name
@@ -242,7 +238,7 @@ class ExportCommand(Command):
     def _model_of_study(args: argparse.Namespace) -> Path:
         from medauto.retrain import RetrainResult
 
-        path = _retrain_dir(args.run_dir, args.study) / "retrain.json"
+        path = retrain_dir(args.run_dir, args.study) / RESULTS_FILE
         if not path.is_file():
             raise MedautoError(
                 f"no retrain results of study {args.study!r} at {str(path.resolve())!r} "
@@ -258,7 +254,7 @@ class ExportCommand(Command):
         import torch
 
         from med_core.optimization import export_onnx
-        from medauto.retrain import load_model
+        from medauto.model_file import load_model
 
         loaded = load_model(model_path)
         meta = loaded.meta

@@ -16,6 +16,8 @@ from medauto.cli._options import add_worker_options
 from medauto.cli._options import checked_device
 from medauto.cli._options import worker_kwargs
 from medauto.cli._store import StoreRef
+from medauto.retrain.options import TTA_MODES
+from medauto.retrain.results import RESULTS_FILE
 
 if TYPE_CHECKING:
     from medauto.optimizer import AutoMLOptimizer
@@ -80,14 +82,13 @@ class SearchCommand(Command):
         g.add_argument("--budget-ensemble", type=int, default=1, metavar="K",
                        help="with --no-final-model: retrain the top-K trials per seed "
                        "(default 1)")
-        g.add_argument("--tta", choices=("trial", "on", "off", "auto"), default="auto",
+        g.add_argument("--tta", choices=TTA_MODES, default="auto",
                        help="with --no-final-model: flip TTA of the budget's retrain "
                        "(default auto: chosen per model on validation AUC)")
         add_store_options(p)
         add_worker_options(p)
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from medauto.cli._results import TTA_CHOICES
         from medauto.cli._results import print_retrain_summary
 
         ref = StoreRef.from_args(args)
@@ -106,11 +107,11 @@ class SearchCommand(Command):
         if args.budget is None:
             return 0
         result = opt.retrain(
-            tta=TTA_CHOICES[args.tta],
+            tta=args.tta,
             ensemble_select="val" if args.budget_ensemble > 1 else "fixed",
         )
         print_retrain_summary(result)
-        print(f"results: {Path(result.out_dir) / 'retrain.json'}")
+        print(f"results: {Path(result.out_dir) / RESULTS_FILE}")
         return 0
 
 

@@ -4,7 +4,6 @@ every value it can produce passes :class:`~med_core.config.TrainConfig`'s own ru
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -123,12 +122,12 @@ def _check_values(parsed: ParsedSpace) -> None:
     try:
         TrainConfig.from_flat(fixed)
     except ConfigError as e:
-        key = _config_error_key(e, fixed)
+        key = e.key if e.key in fixed else None
         raise fail(
             source,
             f"fixed.{key}" if key else "fixed",
             _config_rule(e),
-            fixed.get(key),
+            fixed.get(key) if key else None,
         ) from None
     for p in parsed.params:
         for path, value in _param_locations(p):
@@ -157,18 +156,6 @@ def _check_values(parsed: ParsedSpace) -> None:
             ) from None
 
 
-def _config_error_key(e: ConfigError, flat: Mapping[str, Any]) -> str:
-    text = str(e)
-    for key in sorted(flat, key=len, reverse=True):
-        if text.startswith(key + ":"):
-            return key
-    return ""
-
-
 def _config_rule(e: ConfigError) -> str:
-    """The rule part of a TrainConfig message (``"<key>: must be <rule>, got <v>"``)."""
-    text = str(e)
-    if "must be " in text:
-        rule = text.split("must be ", 1)[1]
-        return rule.rsplit(", got ", 1)[0]
-    return f"a valid value ({text})"
+    """What a TrainConfig rule asks of the value (:attr:`ConfigError.rule`)."""
+    return e.rule if e.rule is not None else f"a valid value ({e})"

@@ -1,4 +1,5 @@
-"""Fixtures of the CLI tests: micro data, a one-backbone space, and ``main`` in a folder."""
+"""Fixtures of the CLI tests: ``main`` in a folder (the micro data and space are the
+shared fixtures of ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,7 @@ import io
 from pathlib import Path
 
 import pytest
-from cli_helpers import MICRO_SPACE
 from cli_helpers import Run
-
-from med_core.testing.data import cut_medmnist
-
-
-@pytest.fixture(scope="session")
-def micro_dir(medmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``breastmnist.npz`` cut to 32 images per split (both classes in each)."""
-    out = tmp_path_factory.mktemp("cli-data")
-    cut_medmnist(medmnist_dir / "breastmnist.npz", out / "breastmnist.npz", 32,
-                 both_classes=True)
-    return out
-
-
-@pytest.fixture
-def micro_space(tmp_path: Path) -> Path:
-    path = tmp_path / "micro.yaml"
-    path.write_text(MICRO_SPACE)
-    return path
 
 
 @pytest.fixture

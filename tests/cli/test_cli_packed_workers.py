@@ -53,17 +53,17 @@ def test_packed_job_is_the_parents_options_as_data() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_sigterm_to_the_parent_stops_packed_children_whose_argv_holds_no_option(
-    run: Run, micro_space: Path, micro_dir: Path, tmp_path: Path
+    run: Run, micro_space: Path, micro_data_dir: Path, tmp_path: Path
 ) -> None:
     code, _, err = run("create-study", "--space", str(micro_space), "--study", "pk",
                        "--trials", "200", "--device", "cpu", "--run-dir", "runs",
-                       "--data-dir", str(micro_dir))
+                       "--data-dir", str(micro_data_dir))
     assert code == 0, err
     log = tmp_path / "worker.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     parent = subprocess.Popen(
         [sys.executable, "-m", "medauto.cli", "worker", "--trials-per-device", "2",
-         "--device", "cpu", "--run-dir", "runs", "--data-dir", str(micro_dir),
+         "--device", "cpu", "--run-dir", "runs", "--data-dir", str(micro_data_dir),
          "--no-tracking", "-v", "--log-file", str(log)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

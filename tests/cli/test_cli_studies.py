@@ -35,9 +35,9 @@ def _create(run: Run, space: Path, data_dir: Path, study: str, *extra: str) -> s
 
 
 def test_create_study_stores_its_settings_without_training(
-    run: Run, micro_space: Path, micro_dir: Path, tmp_path: Path
+    run: Run, micro_space: Path, micro_data_dir: Path, tmp_path: Path
 ) -> None:
-    out = _create(run, micro_space, micro_dir, "bm")
+    out = _create(run, micro_space, micro_data_dir, "bm")
     assert "study: bm" in out
     assert "next: medauto worker --study bm --run-dir runs" in out
     study = optuna.load_study(study_name="bm", storage=f"sqlite:///{tmp_path}/runs/medauto.db")
@@ -49,22 +49,22 @@ def test_create_study_stores_its_settings_without_training(
 
 
 def test_study_is_optional_when_the_store_holds_one(
-    run: Run, micro_space: Path, micro_dir: Path
+    run: Run, micro_space: Path, micro_data_dir: Path
 ) -> None:
-    _create(run, micro_space, micro_dir, "only")
+    _create(run, micro_space, micro_data_dir, "only")
     code, out, err = run("status", "--run-dir", "runs")
     assert code == 0, err
     assert "study only: 0/3 finished" in out
-    _create(run, micro_space, micro_dir, "second")
+    _create(run, micro_space, micro_data_dir, "second")
     code, _, err = run("status", "--run-dir", "runs")
     assert code == 1 and "2 studies" in err and "'only'" in err and "'second'" in err
     assert "--study" in err
 
 
 def test_status_shows_a_trial_table_with_reasons(
-    run: Run, micro_space: Path, micro_dir: Path, tmp_path: Path
+    run: Run, micro_space: Path, micro_data_dir: Path, tmp_path: Path
 ) -> None:
-    _create(run, micro_space, micro_dir, "t")
+    _create(run, micro_space, micro_data_dir, "t")
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/runs/medauto.db")
     done = study.ask()
     done.set_user_attr("backbone", "resnet18")

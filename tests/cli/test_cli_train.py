@@ -11,7 +11,7 @@ from cli_helpers import Run
 
 
 def test_train_takes_data_dir_and_leaves_the_test_split_alone(
-    run: Run, micro_dir: Path, tmp_path: Path
+    run: Run, micro_data_dir: Path, tmp_path: Path
 ) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({
@@ -21,7 +21,7 @@ def test_train_takes_data_dir_and_leaves_the_test_split_alone(
         "epochs": 1, "batch_size": 16,
     }))
     code, out, err = run("train", "--config", str(cfg), "--device", "cpu", "--out", "out",
-                         "--data-dir", str(micro_dir))
+                         "--data-dir", str(micro_data_dir))
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["epochs_run"] == 1 and "test" not in summary

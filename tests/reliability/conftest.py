@@ -4,10 +4,10 @@ Everything runs on CPU against real storages (SQLite files and the throwaway Pos
 cluster of ``tests/conftest.py``), real ``medauto`` processes and real MLflow stores, on
 data small enough for a shared 2-core machine:
 
-* ``micro_data_dir``: the first 32 train / 32 val / 32 test images of the real
-  ``breastmnist.npz`` (both classes in every split);
-* ``micro_space``: one fixed small backbone, one epoch, batch 16, only the learning rate
-  searched; a trial trains in about a second.
+* ``micro_data_dir`` and ``micro_space`` (shared, ``tests/conftest.py``): the first 32
+  train / 32 val / 32 test images of the real ``breastmnist.npz`` and one fixed small
+  backbone for one epoch, only the learning rate searched; a trial trains in about a
+  second.
 """
 
 from __future__ import annotations
@@ -16,25 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability_helpers import MICRO_SPACE
-
-from med_core.testing.data import cut_medmnist
-
-
-@pytest.fixture(scope="session")
-def micro_data_dir(medmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``breastmnist.npz`` cut to 32 train / 32 val / 32 test images (read-only use)."""
-    out = tmp_path_factory.mktemp("micro-data")
-    cut_medmnist(medmnist_dir / "breastmnist.npz", out / "breastmnist.npz", 32,
-                 both_classes=True)
-    return out
-
-
-@pytest.fixture
-def micro_space(tmp_path: Path) -> Path:
-    path = tmp_path / "micro.yaml"
-    path.write_text(MICRO_SPACE)
-    return path
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -33,19 +33,6 @@ GRACE_S = 4
 #: The worker loop's poll interval while other workers finish (``run_worker`` default).
 POLL_S = 2.0
 
-MICRO_SPACE = """\
-name: micro
-description: one small fixed backbone, one epoch, only the learning rate searched
-fidelity: {min_epochs: 1, max_epochs: 1, reduction_factor: 2}
-fixed:
-  augment.policy: none
-  batch_size: 16
-  data.loader: tensor
-  model.backbone: mobilenet_v3_small
-params:
-  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-"""
-
 #: ``python -c BOOT args...`` is ``medauto args...`` with an optional injected fault:
 #: ``stall``: the training step hangs (a wedged data loader or kernel), so the trial stays
 #: RUNNING and keeps its heartbeat until a signal or SIGKILL ends the process;

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+from micro import MICRO_SPACE
 from PIL import Image
-from reliability_helpers import MICRO_SPACE
 from reliability_helpers import create_study
 from reliability_helpers import tree_digest
 

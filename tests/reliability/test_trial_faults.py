@@ -29,8 +29,8 @@ import optuna
 import pytest
 import torch
 import yaml
+from micro import MICRO_SPACE
 from optuna.trial import TrialState
-from reliability_helpers import MICRO_SPACE
 from reliability_helpers import tree_digest
 
 from med_core.training import _loop

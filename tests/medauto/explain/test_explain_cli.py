@@ -15,10 +15,10 @@ from med_core.config import TrainConfig
 from med_core.explain import METHODS
 from med_core.models import build_classifier
 from medauto.cli import main
+from medauto.model_file import save_model
 from medauto.retrain import ModelResult
 from medauto.retrain import RetrainResult
 from medauto.retrain import SeedResult
-from medauto.retrain import save_model
 
 
 def _save(path: Path, backbone: str, size: int, seed: int = 0) -> Path:

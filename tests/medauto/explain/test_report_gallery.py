@@ -15,6 +15,7 @@ from med_core.data import build_loader
 from med_core.data import load_dataset
 from med_core.models import build_classifier
 from med_core.training import compute_metrics
+from medauto.model_file import save_model
 from medauto.report import write_report
 from medauto.report_gallery import KINDS
 from medauto.report_gallery import NOT_A_DIAGNOSIS
@@ -23,7 +24,6 @@ from medauto.report_gallery import select_examples
 from medauto.retrain import ModelResult
 from medauto.retrain import RetrainResult
 from medauto.retrain import SeedResult
-from medauto.retrain import save_model
 
 
 @pytest.fixture(scope="module")

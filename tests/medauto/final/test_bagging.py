@@ -12,9 +12,9 @@ from optuna.trial import TrialState
 from med_core.config import TrainConfig
 from med_core.data import load_dataset
 from med_core.testing.data import cut_medmnist
-from medauto.bagging import BAGGED_FROM_ATTR
-from medauto.bagging import SEED_ATTR
 from medauto.bagging import SeedBagger
+from medauto.keys import BAGGED_FROM_ATTR
+from medauto.keys import SEED_ATTR
 from medauto.objective import Objective
 from medauto.space import SearchSpace
 

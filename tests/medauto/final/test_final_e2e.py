@@ -20,7 +20,7 @@ from medauto.ensemble import Predictor
 from medauto.final import FINAL_FILE
 from medauto.final import FinalResult
 from medauto.final import final_dir
-from medauto.members import MEMBERS_ATTR
+from medauto.keys import MEMBERS_ATTR
 from medauto.space import SearchSpace
 
 TINY = {
@@ -152,3 +152,31 @@ def test_without_a_final_model_the_test_split_is_never_read(guarded: Any) -> Non
     assert result.final is None and not test.reads
     assert MEMBERS_ATTR not in result.study.get_trials()[0].user_attrs
     assert not (run_dir / "members").exists()
+
+
+def test_final_model_is_logged_as_a_servable_pyfunc_model_of_its_run(
+    guarded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    src, run_dir, _ = guarded
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    result = AutoMLOptimizer(str(src), SearchSpace.from_dict(TINY), run_dir=run_dir,
+                             device="cpu", tracking=uri, pruner="none", n_trials=1,
+                             selection="holdout").optimize()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(result.study.study_name)
+    (run,) = [r for r in client.search_runs([exp.experiment_id])
+              if r.data.tags.get("medauto.role") == "final"]
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"]
+    assert run.data.metrics["test_auc"] == pytest.approx(result.final.test["auc"])
+    assert FINAL_FILE in {a.path for a in client.list_artifacts(run.info.run_id)}
+    (out,) = run.outputs.model_outputs
+    lm = client.get_logged_model(out.model_id)
+    assert lm.source_run_id == run.info.run_id and lm.name == "final"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    served = mlflow.pyfunc.load_model(f"models:/{lm.model_id}")
+    images = load_dataset(src).test.images  # a fresh copy: the guarded one is spent
+    predictor = Predictor.load(final_dir(run_dir, result.study.study_name) / "predictor")
+    assert np.abs(served.predict(images) - predictor.predict_proba(images)).max() < 1e-5

@@ -12,7 +12,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from optuna.trial import create_trial
 
-from medauto.report import param_importances
+from medauto.importance import param_importances
 from medauto.report import pruning_statistics
 from medauto.report import write_report
 from medauto.retrain import RetrainResult
@@ -69,12 +69,12 @@ def test_pruning_statistics_sum_epochs_run_vs_max_epochs(tmp_path: Path) -> None
     assert st.epochs_saved == 24 - 18 and st.saved_fraction == pytest.approx(6 / 24)
 
 
-def test_importances_name_conditional_params_and_need_two_trials(tmp_path: Path) -> None:
+def test_importances_rate_conditional_params_and_need_two_trials(tmp_path: Path) -> None:
     study = _study(tmp_path)
     imp, note = param_importances(study)
-    assert set(imp) == {"lr", "opt"}  # momentum is conditional
+    assert set(imp) == {"lr", "opt", "momentum"}  # as the dashboard rates them (PED-ANOVA)
     assert math.isclose(sum(imp.values()), 1.0, rel_tol=1e-6)
-    assert "momentum" in note and "Conditional" in note
+    assert note == ""
 
     one = optuna.create_study()
     one.add_trial(create_trial(value=0.5, params={"lr": 1e-3}, distributions={"lr": LR}))

@@ -21,6 +21,7 @@ from retrain_helpers import run_cli
 
 from med_core.models import build_classifier
 from med_core.training import compute_metrics
+from medauto.exceptions import MedautoError
 
 pytestmark = pytest.mark.slow
 
@@ -120,10 +121,11 @@ def test_top_k_trials_in_value_order_full_budget_best_val_weights(
 def test_train_on_val_trains_on_train_plus_val_and_keeps_the_last_epoch(
     searched: Searched, tmp_path: Path
 ) -> None:
+    from medauto.retrain import RetrainOptions
     from medauto.retrain import retrain
 
-    result = retrain(searched.study(), train_on_val=True, device="cpu", tracking=False,
-                     run_dir=searched.run_dir, out_dir=tmp_path / "tov")
+    result = retrain(searched.study(), RetrainOptions(train_on_val=True), device="cpu",
+                     tracking=False, run_dir=searched.run_dir, out_dir=tmp_path / "tov")
     (m,) = result.models
     assert result.train_on_val and result.weights == m.weights == "last"
     assert m.epoch == m.epochs_run - 1
@@ -170,8 +172,9 @@ def test_retrain_is_logged_to_mlflow_under_the_study_parent_run(
     searched: Searched, retrained: Retrained
 ) -> None:
     from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
 
-    from medauto.tracking import PARENT_RUN_ATTR
+    from medauto.keys import PARENT_RUN_ATTR
 
     result = retrained.result
     assert result.mlflow is not None
@@ -186,31 +189,61 @@ def test_retrain_is_logged_to_mlflow_under_the_study_parent_run(
         "retrain.json", "predictions.npz"}
     ids = result.mlflow["model_ids"]
     assert len(ids) == len(result.models)
+    # each logged model is an output of the retrain run (the run's "Logged models" tab)
+    assert sorted(o.model_id for o in run.outputs.model_outputs) == sorted(ids)
     for mid, m in zip(ids, result.models, strict=True):
         lm = client.get_logged_model(mid)
         assert lm.name == m.name and lm.source_run_id == run.info.run_id
+        assert lm.status == LoggedModelStatus.READY
+        assert {x.key: x.value for x in lm.metrics}["test_auc"] == pytest.approx(m.test["auc"])
         files = {a.path for a in client.list_logged_model_artifacts(mid)}
-        assert {"model.pt", "model.json"} <= files
-    assert "model.int8.pt2" in {a.path for a in client.list_logged_model_artifacts(ids[0])}
+        assert {"MLmodel", "requirements.txt"} <= files  # an MLflow model, not loose files
+        data = {a.path for a in client.list_logged_model_artifacts(mid, f"data/{m.name}")}
+        assert {f"data/{m.name}/model.pt", f"data/{m.name}/model.json"} <= data
+    int8 = client.list_logged_model_artifacts(ids[0], f"data/{result.models[0].name}")
+    assert f"data/{result.models[0].name}/model.int8.pt2" in {a.path for a in int8}
+    # the study's experiment opens in MLflow 3's classic training view, not GenAI/traces
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_logged_model_loads_as_pyfunc_and_predicts_like_the_model_file(
+    searched: Searched, retrained: Retrained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{searched.run_dir / 'mlflow.db'}")
+    result = retrained.result
+    m = result.models[0]
+    served = mlflow.pyfunc.load_model(f"models:/{result.mlflow['model_ids'][0]}")
+    with np.load(searched.data_dir / "breastmnist.npz") as d:
+        images = d["test_images"][:, None]  # uint8 (N, 1, 28, 28), what a client sends
+    probs = served.predict(images)
+    assert probs.shape == (len(images), 2) and probs.dtype == np.float32
+    with np.load(retrained.out_dir / "predictions.npz") as npz:
+        assert np.abs(probs[:, 1] - npz[m.name]).max() < 1e-5
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    with pytest.raises(Exception, match="shape"):  # the tensor signature refuses 3D input
+        served.predict(images[:, :, None])
 
 
 def test_unreachable_or_broken_tracking_never_fails_retrain(
     retrained: Retrained, searched: Searched, tmp_path: Path
 ) -> None:
-    from medauto.retrain import _log_to_mlflow
+    from medauto.tracking import log_retrain
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("medauto.retrain")
+    logger = logging.getLogger("medauto.tracking")
     logger.addHandler(handler)
     study = searched.study()
     (tmp_path / "a-file").write_text("not a folder")
     try:
         for uri in ("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"):
             records.clear()
-            out = _log_to_mlflow(study, retrained.result, retrained.out_dir, uri,
-                                 run_dir=tmp_path)
+            out = log_retrain(study, retrained.result, retrained.out_dir, uri,
+                              run_dir=tmp_path)
             assert out is None  # no exception, no ids
             assert len(records) == 1 and "MLflow" in records[0].getMessage(), uri
     finally:
@@ -281,3 +314,19 @@ def test_retrain_reports_honest_test_results(searched: Searched, retrained: Retr
     assert run.data.metrics["test_sensitivity_malignant"] == pytest.approx(
         ev["per_class"][0]["sensitivity"])
     assert "roc.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_optimizer_retrain_takes_retrain_options_by_name(
+    searched: Searched, tmp_path: Path
+) -> None:
+    from medauto import AutoMLOptimizer
+
+    opt = AutoMLOptimizer("breastmnist", study_name=STUDY, run_dir=searched.run_dir,
+                          device="cpu", tracking=False, data_dir=searched.data_dir)
+    with pytest.raises(MedautoError, match=r"unknown retrain option\(s\) \['seed'\]"):
+        opt.retrain(seed=(1,), out_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    result = opt.retrain(seeds=(3,), tta="on", out_dir=tmp_path / "opt")
+    (m,) = result.models
+    assert result.seeds == [3] and result.tta == "on" and m.tta is True
+    assert torch.load(tmp_path / "opt" / m.path, weights_only=True)["config"]["tta"] is True

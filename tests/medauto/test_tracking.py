@@ -1,0 +1,66 @@
+"""MlflowTracker on a real MLflow SQLite store: experiment kind and system metrics."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from med_core.config import TrainConfig
+from medauto.keys import MLFLOW_RUN_ATTR
+from medauto.tracking import CLASSIC_EXPERIMENT_KIND
+from medauto.tracking import EXPERIMENT_KIND_TAG
+from medauto.tracking import MlflowTracker
+
+HAS_PSUTIL = importlib.util.find_spec("psutil") is not None
+
+
+def _one_trial(tmp_path: Path, name: str) -> tuple[MlflowClient, MlflowTracker, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, artifact_location=(tmp_path / "art").as_uri())
+    study = optuna.create_study(study_name=name, direction="maximize")
+    tracker.start_study(study)
+    trial = study.ask()
+    assert tracker.trial_callback(trial, TrainConfig()) is not None
+    time.sleep(0.6)  # a few system-metrics samples, where psutil is there
+    study.tell(trial, 0.5)
+    tracker.end_trial(study, study.trials[0])
+    assert tracker.enabled  # nothing failed on the way
+    return MlflowClient(uri), tracker, study.trials[0].user_attrs[MLFLOW_RUN_ATTR]
+
+
+def test_new_and_untagged_experiments_open_in_the_classic_training_view(
+    tmp_path: Path,
+) -> None:
+    client, tracker, _ = _one_trial(tmp_path, "kind")
+    exp = client.get_experiment(tracker.experiment_id)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == CLASSIC_EXPERIMENT_KIND == "custom_model_development"
+    # an experiment created before (untagged) is tagged when a study joins it
+    other = client.create_experiment("older", artifact_location=(tmp_path / "o").as_uri())
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(other).tags
+    MlflowTracker(tracker.tracking_uri, experiment="older").start_study(
+        optuna.create_study(study_name="older"))
+    assert client.get_experiment(other).tags[EXPERIMENT_KIND_TAG] == CLASSIC_EXPERIMENT_KIND
+
+
+@pytest.mark.skipif(not HAS_PSUTIL, reason="psutil is not installed: MLflow's system "
+                    "metrics need it (pip install psutil)")
+def test_trial_runs_get_system_metrics_where_psutil_is_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
+    client, _, run_id = _one_trial(tmp_path, "sys")
+    keys = set(client.get_run(run_id).data.metrics)
+    assert "system/cpu_utilization_percentage" in keys, keys
+
+
+@pytest.mark.skipif(HAS_PSUTIL, reason="checks the path without psutil")
+def test_without_psutil_trial_runs_are_tracked_without_system_metrics(tmp_path: Path) -> None:
+    client, _, run_id = _one_trial(tmp_path, "nosys")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert not [k for k in run.data.metrics if k.startswith("system/")]
