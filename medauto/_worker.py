@@ -44,6 +44,7 @@ from optuna.trial import TrialState
 from med_core.device import is_oom as _is_oom
 from med_core.device import release_memory
 from medauto import _optuna_compat as compat
+from medauto._progress import trial_summary
 from medauto.logging import get_logger
 from medauto.storage import WORKER_ATTR
 from medauto.storage import disk_full_error
@@ -405,7 +406,10 @@ def _run_loop(
                 study.tell(trial, state=TrialState.FAIL)
                 report.add("surplus", trial.number)
                 continue
+            if progress is not None:
+                progress.update(study)  # counts this trial as running
             frozen = _run_trial(study, trial, objective, device, on_trial_end)
+            _logger.info(trial_summary(study, frozen))
             report.add(frozen.state.name.lower(), frozen.number)
             failures_in_a_row = failures_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
             if max_failures is not None and failures_in_a_row >= max_failures:

@@ -9,6 +9,7 @@ exception propagate.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -333,7 +334,9 @@ class Objective:
                                                        seed=self.selection.seed)))
         with timed("epoch_probe", trial.number):
             trainer = Trainer(cfg, dataset=data, device=self.device, callbacks=[probe],
-                              progress=False, **trainer_kwargs)
+                              progress=False, epoch_log_level=logging.DEBUG,
+                              log_prefix=f"trial {trial.number} (epoch probe): ",
+                              **trainer_kwargs)
             trainer.fit()
             trainer.close()
         if probe.first_s is None or probe.projected(cfg.epochs) <= cap:
@@ -356,10 +359,13 @@ class Objective:
         per_epoch_pruning: bool,
         extra: list[Any],
         keeper: KeepBestWeights | None = None,
+        fold: str = "",
         **trainer_kwargs: Any,
     ) -> tuple[Trainer, History, PruningCallback | None]:
         """One fit of ``cfg`` on ``dataset`` with the trial's callbacks (``extra``: built
-        once per trial, so a cross-validated trial has one tracking run, not one a fold)."""
+        once per trial, so a cross-validated trial has one tracking run, not one a fold).
+
+        Its epoch lines are logged at ``DEBUG``, as ``trial N[ fold]: epoch ...``."""
         from med_core.training import Trainer
 
         n = trial.number
@@ -380,6 +386,8 @@ class Objective:
             callbacks=callbacks,
             out_dir=out_dir,
             progress=self.progress,
+            epoch_log_level=logging.DEBUG,
+            log_prefix=f"trial {n}{fold}: ",
             **trainer_kwargs,
         )
         self.last_epochs_run = 0
@@ -419,7 +427,7 @@ class Objective:
             keeper = KeepBestWeights()
             trainer, history, _ = self._fit(
                 trial, cfg, fold_ds, per_epoch_pruning=False, extra=extra, keeper=keeper,
-                **trainer_kwargs,
+                fold=f" fold {j + 1}/{k}", **trainer_kwargs,
             )
             if j == 0:
                 self._record(trial, trainer, history)

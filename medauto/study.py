@@ -10,6 +10,7 @@ nothing else. Resuming with a different search space, metric or data raises
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -181,6 +182,7 @@ def _create_or_resume(
             direction=settings.direction,
         )
         study.set_user_attr(_ATTR, settings.to_json())
+        _name_metric(study, settings.metric)
         _logger.info("created study %r", name)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
@@ -190,9 +192,19 @@ def _create_or_resume(
     _check_compatible(name, stored, settings)
     if stored.n_trials != settings.n_trials:
         study.set_user_attr(_ATTR, settings.to_json())
+    if study.metric_names is None:  # a study from before the metric was named
+        _name_metric(study, stored.metric)
     done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     _logger.info("resuming study %r (%d trials already finished)", name, done)
     return study, False
+
+
+def _name_metric(study: optuna.Study, metric: str) -> None:
+    """Names the objective ``metric`` (``Study.set_metric_names``: the dashboard's axes and
+    the study's ``trials_dataframe`` read it instead of "Objective 0")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
 
 
 def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
