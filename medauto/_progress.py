@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from types import TracebackType
+from typing import IO
 from typing import Any
 
 import optuna
@@ -143,6 +144,12 @@ class SearchProgress:
                             + ", ".join(f"{k} {v}" for k, v in counts.items())
                             + f"), best {best}")
         self._draw()
+
+    def relay(self, stream: IO[bytes]) -> None:
+        """Writes each line of ``stream`` (a child worker's stderr) above the bar, until
+        the stream ends."""
+        for raw in stream:
+            self._tqdm.write(raw.decode(errors="replace").rstrip("\n"), file=sys.stderr)
 
     def _tick(self) -> None:
         while not self._stop.wait(self._refresh_s):
