@@ -207,14 +207,28 @@ def _name_metric(study: optuna.Study, metric: str) -> None:
         study.set_metric_names([metric])
 
 
-def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Loads the study ``name``; the error lists the studies the storage does hold.
+def load_existing_study(
+    name: str | None, storage: optuna.storages.BaseStorage, *, where: str = "this storage"
+) -> optuna.Study:
+    """Loads the study ``name``; ``None`` → the storage's only study (as Optuna's
+    ``load_study(study_name=None)``), so one study needs no name.
+
+    Args:
+        name: The study name, or ``None``.
+        storage: An open storage.
+        where: The storage as messages name it (e.g. its redacted URL).
 
     Raises:
-        MedautoError: no such study.
+        MedautoError: no such study, no study at all, or several and no ``name`` (the
+            message lists the studies the storage does hold).
     """
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise MedautoError(f"no study named {name!r} in this storage; studies: {names}") from None
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if name is None:
+        if not names:
+            raise MedautoError(f"{where} holds no study")
+        if len(names) > 1:
+            raise MedautoError(f"{where} holds {len(names)} studies: {names}; pass --study NAME")
+        name = names[0]
+    if name not in names:
+        raise MedautoError(f"no study named {name!r} in {where}; studies: {names}")
+    return optuna.load_study(study_name=name, storage=storage)

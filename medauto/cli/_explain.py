@@ -32,8 +32,9 @@ class ExplainCommand(Command):
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
-        src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--study", help="explain this study's final model (after retrain)")
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--study", help="explain this study's final model (after retrain; "
+                         "default: the only study with results in --run-dir)")
         src.add_argument("--model", action="append", metavar="PT",
                          help="a model file of `medauto retrain` (repeat for an ensemble)")
         p.add_argument("--run-dir", default="medauto-runs",
@@ -69,18 +70,20 @@ class ExplainCommand(Command):
             raise CLIUsageError("give images: --data NAME (with --split/--indices) or --images")
         if args.data is not None and args.images:
             raise CLIUsageError("--data and --images exclude each other")
+        from medauto.cli._store import results_study
         from medauto.ensemble import PREDICTOR_FILE
         from medauto.ensemble import Predictor
         from medauto.final import final_dir
 
-        final = final_dir(args.run_dir, args.study or "") / "predictor"
+        study = "" if args.model or args.retrain else results_study(args.run_dir, args.study)
+        final = final_dir(args.run_dir, study) / "predictor"
         if args.model:
             paths = [Path(m) for m in args.model]
         elif args.retrain is None and (final / PREDICTOR_FILE).is_file():
             predictor = Predictor.load(final)
             paths = [predictor.folder / m.file for m in predictor.members]
         else:
-            default = Path(args.run_dir) / "retrain" / args.study / "retrain.json"
+            default = Path(args.run_dir) / "retrain" / study / "retrain.json"
             paths = final_model_paths(args.retrain or default)
         members = [load_model(p).model for p in paths]
         _, size = expected_input(members[0])
