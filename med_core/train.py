@@ -119,6 +119,8 @@ class TrainOptions:
         test: Evaluate the test split once at the end.
         eval_last: With ``test``: evaluate the last epoch's weights instead of ``best.pt``.
         data_dir: Folder of the dataset; overrides ``data.data_dir`` of ``config``.
+        download: Fetch a missing MedMNIST file first
+            (:func:`med_core.data.download_medmnist`).
 
     Raises:
         ConfigError: ``resume`` without ``out``.
@@ -133,6 +135,7 @@ class TrainOptions:
     test: bool = False
     eval_last: bool = False
     data_dir: str | Path | None = None
+    download: bool = False
 
     def __post_init__(self) -> None:
         if self.resume and self.out is None:
@@ -167,6 +170,10 @@ def train(options: TrainOptions) -> dict[str, Any] | None:
         overrides["data.data_dir"] = str(options.data_dir)
     if overrides:
         cfg = TrainConfig.from_flat(overrides, base=cfg)
+    if options.download:
+        from med_core.data import download_medmnist
+
+        download_medmnist(cfg.data.dataset, cfg.data.data_dir)
     dist = DistContext.from_env()
     try:
         out = options.out
