@@ -49,6 +49,7 @@ from medauto.logging import get_logger
 from medauto.storage import WORKER_ATTR
 from medauto.storage import disk_full_error
 from medauto.storage import worker_id
+from medauto.trial_note import save_trial_note
 
 __all__ = [
     "TIMING_ENV",
@@ -466,6 +467,8 @@ def _run_trial(
             _end_trial(study, frozen, on_trial_end)
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            with timed("trial_note", n):
+                save_trial_note(study, trial, frozen)
             _release_memory(n)
             return frozen
     with timed("tell", n):
@@ -473,6 +476,8 @@ def _run_trial(
         study.tell(trial, value)
         frozen = study.get_trials(deepcopy=False)[n]
     _end_trial(study, frozen, on_trial_end)
+    with timed("trial_note", n):
+        save_trial_note(study, trial, frozen)
     _release_memory(n)
     return frozen
 

@@ -2,7 +2,8 @@
 
 The objective records, as trial user attributes readable in optuna-dashboard: ``config``
 (the full TrainConfig as a nested dict), ``backbone``, ``history`` (per-epoch metrics),
-``best_epoch``, ``epochs_run`` and, for a pruned trial, ``pruned_at_epoch``. Failures are
+``best_epoch``, ``epochs_run`` and, for a pruned trial, ``pruned_at_epoch`` (epochs are
+1-based everywhere: these attributes, the pruner's steps and the MLflow steps). Failures are
 classified by :func:`medauto._worker.classify_failure`, not here: the objective lets every
 exception propagate.
 """
@@ -54,12 +55,12 @@ CallbackFactory = Callable[[optuna.trial.BaseTrial, "TrainConfig"], Sequence["Ca
 
 
 def history_for_attrs(history: History) -> list[dict[str, float]]:
-    """Per-epoch metrics as JSON-safe dicts (floats rounded to 6 significant digits)."""
+    """Per-epoch metrics as JSON-safe dicts (floats rounded to 6 significant digits), with
+    ``epoch`` 1-based, as the pruner's steps and the MLflow steps count epochs."""
     out = []
     for row in history.epochs:
-        out.append(
-            {k: (float(f"{v:.6g}") if math.isfinite(v) else None) for k, v in row.items()}
-        )
+        clean = {k: (float(f"{v:.6g}") if math.isfinite(v) else None) for k, v in row.items()}
+        out.append({**clean, "epoch": int(row["epoch"]) + 1})
     return out  # type: ignore[return-value]
 
 
@@ -291,12 +292,13 @@ class Objective:
             extra = list(self.callbacks(trial, cfg)) if self.callbacks else []
         if self.selection.mode == "cv":
             return self._train_folds(trial, cfg, extra, **trainer_kwargs)
-        keeper = KeepBestWeights() if self.members_root is not None else None
+        keep = self.members_root is not None or self.artifact_store is not None
+        keeper = KeepBestWeights() if keep else None
         trainer, history, pruning = self._fit(
             trial, cfg, self.dataset, per_epoch_pruning=True, extra=extra, keeper=keeper,
             **trainer_kwargs,
         )
-        self._record(trial, trainer, history)
+        self._record(trial, trainer, history, keeper)
         # The stop reason, not the callback, says "pruned": on a DDP group only rank 0's
         # callback decides, and the trainer hands its reason to every rank.
         if history.stop_reason == "callback:pruned":
@@ -304,7 +306,7 @@ class Objective:
             trial.set_user_attr("pruned_at_epoch", epoch)
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
         best = _finite_best(history, cfg)
-        if keeper is not None and trainer.is_main_process:
+        if self.members_root is not None and keeper is not None and trainer.is_main_process:
             with timed("members", n):
                 keeper.restore(trainer)
                 y, score = trainer.predict("val", tta=cfg.tta)
@@ -395,18 +397,26 @@ class Objective:
         self.last_epochs_run = len(history.epochs)
         return trainer, history, pruning
 
-    def _record(self, trial: optuna.trial.BaseTrial, trainer: Trainer, history: History) -> None:
-        """The trial's history attributes and its artifacts (learning curve, confusion)."""
+    def _record(
+        self, trial: optuna.trial.BaseTrial, trainer: Trainer, history: History,
+        keeper: KeepBestWeights | None,
+    ) -> None:
+        """The trial's history attributes (epochs 1-based) and its artifacts: the learning
+        curve, and the confusion matrix of the best epoch's weights (``keeper``'s, which
+        are restored first), the epoch the trial's value comes from."""
         n = trial.number
+        best = None if history.best_epoch is None else history.best_epoch + 1
         with timed("trial_attrs", n):
             trial.set_user_attr("history", history_for_attrs(history))
             trial.set_user_attr("epochs_run", len(history.epochs))
-            trial.set_user_attr("best_epoch", history.best_epoch)
+            trial.set_user_attr("best_epoch", best)
         if self.artifact_store is not None:  # never raises; every DDP rank calls it
             from medauto.artifacts import trial_artifacts
 
+            restored = keeper is not None and keeper.restore(trainer)
             with timed("artifacts", n):
-                trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store)
+                trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store,
+                                weights_epoch=best if restored else None)
 
     def _train_folds(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, extra: list[Any],
@@ -430,7 +440,7 @@ class Objective:
                 fold=f" fold {j + 1}/{k}", **trainer_kwargs,
             )
             if j == 0:
-                self._record(trial, trainer, history)
+                self._record(trial, trainer, history, keeper)
             if history.stop_reason == "callback:pruned":  # the search's time is spent
                 trial.set_user_attr("pruned_at_fold", j + 1)
                 raise optuna.TrialPruned(f"pruned in fold {j + 1} of {k}")

@@ -1,6 +1,8 @@
-"""A clean console: one INFO line per trial, epoch lines at DEBUG naming their trial, log
-lines that never break the live bar, running counts that move, a budget bar in time, and
-a ``-q`` that silences MLflow's database set-up too. Real tiny searches, real output."""
+"""What a search shows. The console: one INFO line per trial, epoch lines at DEBUG naming
+their trial, log lines that never break the live bar, running counts that move, a budget
+bar in time, a ``-q`` that silences MLflow's database set-up too. The dashboard: the
+metric's name, a readable trial note, 1-based epochs. Real tiny searches, real output,
+read back through Optuna's and optuna-dashboard's APIs."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from cli_helpers import MICRO_SPACE
 
 SUMMARY = re.compile(
     r"^\[I [\d:]+ medauto\._worker\] trial (\d+) (COMPLETE|PRUNED|FAIL)(?: \(.+\))?: "
@@ -33,21 +36,33 @@ def _segments(text: str) -> list[str]:
     return [seg for line in text.split("\n") for seg in line.split("\r")]
 
 
-def test_a_search_logs_one_line_per_trial_through_the_bar_and_counts_it_running(
-    micro_space: Path, micro_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="module")
+def searched(micro_dir: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[str, optuna.Study]:
+    """A real one-trial search with the CLI's handlers at -v and the bar forced on: what
+    it wrote to stderr, and its study."""
     from medauto import AutoMLOptimizer
     from medauto.cli import main
 
-    monkeypatch.delenv("MEDAUTO_STORAGE", raising=False)
+    root = tmp_path_factory.mktemp("console")
+    (root / "micro.yaml").write_text(MICRO_SPACE)
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        main(["status", "-v", "--run-dir", str(tmp_path / "none")])  # the CLI's handlers
-        AutoMLOptimizer("breastmnist", str(micro_space), data_dir=str(micro_dir),
-                        n_trials=1, device="cpu", run_dir=str(tmp_path / "runs"),
-                        selection="holdout", final_model=False, tracking=False,
-                        progress=True).optimize()
-    text = err.getvalue()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MEDAUTO_STORAGE", raising=False)
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            main(["status", "-v", "--run-dir", str(root / "none")])  # the CLI's handlers
+            result = AutoMLOptimizer(
+                "breastmnist", str(root / "micro.yaml"), data_dir=str(micro_dir), n_trials=1,
+                device="cpu", run_dir=str(root / "runs"), selection="holdout",
+                final_model=False, tracking=False, progress=True,
+            ).optimize()
+    return err.getvalue(), result.study
+
+
+def test_a_search_logs_one_line_per_trial_through_the_bar_and_counts_it_running(
+    searched: tuple[str, optuna.Study],
+) -> None:
+    text, _ = searched
     segments = _segments(text)
     summaries = [m for m in map(SUMMARY.match, segments) if m]
     assert [m.group(1) for m in summaries] == ["0"], text
@@ -59,6 +74,31 @@ def test_a_search_logs_one_line_per_trial_through_the_bar_and_counts_it_running(
     records = [s for s in segments if re.search(r"\[[DIWE] \d\d:\d\d:\d\d ", s)]
     assert records and all(re.match(r"\[[DIWE] ", s) for s in records), records
     assert "trials:" in text and "running=1" in text, text
+
+
+def test_the_dashboard_names_the_metric_and_shows_a_readable_note_with_1_based_epochs(
+    searched: tuple[str, optuna.Study],
+) -> None:
+    import yaml
+    from optuna_dashboard import get_note
+
+    from medauto import _optuna_compat as compat
+
+    _, study = searched
+    assert study.metric_names == ["val_auc"]  # the dashboard's axis, not "Objective 0"
+    frozen = study.trials[0]
+    assert sorted(frozen.intermediate_values) == [1, 2]  # pruner steps
+    assert [row["epoch"] for row in frozen.user_attrs["history"]] == [1, 2]
+    assert frozen.user_attrs["best_epoch"] in (1, 2)
+    note = get_note(optuna.Trial(study, compat.trial_id(frozen)))
+    assert note.startswith(f"## Trial 0 · COMPLETE · val_auc {frozen.value:.4f}\n"), note
+    assert f"- **best epoch**: {frozen.user_attrs['best_epoch']}" in note
+    assert "- **backbone**: mobilenet_v3_small" in note
+    rows = [line for line in note.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| epoch | train_loss | val_loss | val_auc")
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| 1", "| 2"]
+    config = note.split("```yaml\n", 1)[1].split("\n```", 1)[0]
+    assert yaml.safe_load(config) == frozen.user_attrs["config"]  # readable, and the same
 
 
 def test_a_budget_bar_shows_time_elapsed_and_left_not_a_trial_count() -> None:

@@ -57,7 +57,7 @@ class DemoStudy:
 def _history(i: int, epochs: int) -> list[dict[str, float]]:
     return [
         {
-            "epoch": e,
+            "epoch": e + 1,  # 1-based, as the objective records it
             "train_loss": round(0.7 - 0.1 * e, 4),
             "val_loss": round(0.8 - 0.08 * e, 4),
             "val_auc": round(0.6 + 0.05 * e + 0.01 * i, 4),
@@ -95,7 +95,7 @@ def build_demo_study(run_dir: Path) -> DemoStudy:
             trial.set_user_attr(k, v)
         demo.user_attrs[i] = attrs
         for row in hist:
-            trial.report(row["val_auc"], step=int(row["epoch"]) + 1)
+            trial.report(row["val_auc"], step=int(row["epoch"]))
         if i in (0, 3):  # artifacts can only be attached while the trial runs
             tmp = run_dir / "tmp" / str(i)
             files = {
