@@ -29,6 +29,7 @@ from medauto.artifacts import artifact_store_for
 from medauto.artifacts import confusion_matrix_png
 from medauto.artifacts import learning_curve_png
 from medauto.artifacts import upload_trial_artifacts
+from medauto.trial_note import save_trial_note
 
 REPO = Path(__file__).resolve().parents[3]
 STUDY_NAME = "breastmnist-dashboard-demo"
@@ -75,6 +76,7 @@ def build_demo_study(run_dir: Path) -> DemoStudy:
         study_name=STUDY_NAME, storage=url, direction="maximize",
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
+    study.set_metric_names(["val_auc"])  # as medauto.study names a new study's metric
     store = artifact_store_for(run_dir)
     dists = {
         "optim.lr": FloatDistribution(1e-5, 1e-1, log=True),
@@ -113,6 +115,7 @@ def build_demo_study(run_dir: Path) -> DemoStudy:
             study.tell(trial, 0.70 + 0.01 * i)
         else:
             study.tell(trial, state=TrialState[state])
+        save_trial_note(study, trial, study.trials[i])  # as the worker loop does
         demo.states.append(state)
     return demo
 
