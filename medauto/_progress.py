@@ -96,11 +96,14 @@ class SearchProgress:
             return self
         from tqdm.contrib.logging import logging_redirect_tqdm
 
+        # only loggers that write to the console now (a Python user's own set-up, e.g. a
+        # propagating med_core logger without handlers, is left as it is)
+        loggers = [lg for lg in map(logging.getLogger, CONSOLE_LOGGERS)
+                   if any(isinstance(h, logging.StreamHandler)
+                          and h.stream in (sys.stdout, sys.stderr) for h in lg.handlers)]
         self._redirect = contextlib.ExitStack()
-        self._redirect.enter_context(logging_redirect_tqdm(
-            loggers=[logging.getLogger(name) for name in CONSOLE_LOGGERS],
-            tqdm_class=self._tqdm,
-        ))
+        self._redirect.enter_context(logging_redirect_tqdm(loggers=loggers,
+                                                           tqdm_class=self._tqdm))
         if self.budget_s is not None:
             self._draw()
             self._thread = threading.Thread(target=self._tick, name="medauto-progress",

@@ -65,3 +65,11 @@ def test_download_of_a_path_is_refused_in_one_line(run: Run, tmp_path: Path) -> 
                        "--space", "fast", "--device", "cpu", "--run-dir", "runs")
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "not a MedMNIST subset name" in err
+
+
+def test_a_missing_file_names_download_as_the_way_to_get_it(run: Run, tmp_path: Path) -> None:
+    code, _, err = run("create-study", "--data", "breastmnist", "--data-dir",
+                       str(tmp_path / "data"), "--space", "fast", "--device", "cpu",
+                       "--run-dir", "runs")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "pass --download" in err and str(tmp_path / "data") in err
