@@ -195,7 +195,8 @@ def train(options: TrainOptions) -> dict[str, Any] | None:
             "out_dir": str(out_dir),
             "stop_reason": history.stop_reason,
             "epochs_run": len(history),
-            "best_epoch": history.best_epoch,
+            # 1-based, as the epoch log lines count ("epoch 2/4")
+            "best_epoch": None if history.best_epoch is None else history.best_epoch + 1,
             "monitor": history.monitor,
             "best_metric": history.best_metric,
         }
@@ -206,7 +207,8 @@ def train(options: TrainOptions) -> dict[str, Any] | None:
                 weights = "best"
             summary["test_weights"] = weights
             summary["test"] = _finite_or_none(trainer.evaluate("test"))
-        summary["history"] = [_finite_or_none(e) for e in history]
+        summary["history"] = [{**_finite_or_none(e), "epoch": int(e["epoch"]) + 1}
+                              for e in history]
         if not dist.is_main_process:
             return None
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
