@@ -1,6 +1,7 @@
 """Headless Chromium renders the study in ``medauto dashboard``: screenshots under the test's
 temp dir, and the rendered DOM shows the study name, the metric's name, the trial count, the
-user attributes, the trial's note and its artifacts. Needs Debian's ``chromium`` (CI installs it)."""
+user attributes, the trial's note and its artifacts. Needs Debian's ``chromium`` (CI
+installs it)."""
 
 from __future__ import annotations
 
