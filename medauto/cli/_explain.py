@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 from medauto.cli._command import Command
+from medauto.cli._options import add_download_option
+from medauto.cli._options import download_data
 from medauto.exceptions import CLIUsageError
 
 __all__ = ["ExplainCommand"]
@@ -46,6 +48,7 @@ class ExplainCommand(Command):
         p.add_argument("--indices", default="0-7", help="indices in the split (default 0-7)")
         p.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
         p.add_argument("--data-dir", help="MedMNIST folder (default: $MEDAUTO_DATA_DIR)")
+        add_download_option(p)
         # no choices=: they would import torch for every command; explain() checks the name
         # (tests/medauto/explain checks this help against med_core.explain.METHODS)
         p.add_argument("-m", "--method", action="append", metavar="METHOD",
@@ -70,6 +73,8 @@ class ExplainCommand(Command):
             raise CLIUsageError("give images: --data NAME (with --split/--indices) or --images")
         if args.data is not None and args.images:
             raise CLIUsageError("--data and --images exclude each other")
+        if args.data is not None:
+            download_data(args, args.data, args.data_dir)
         from medauto.cli._store import results_study
         from medauto.ensemble import PREDICTOR_FILE
         from medauto.ensemble import Predictor

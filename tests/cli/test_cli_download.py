@@ -23,13 +23,14 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", unreachable)
 
 
-@pytest.mark.parametrize("command", ["search", "create-study"])
+@pytest.mark.parametrize("command", ["search", "create-study", "explain"])
 def test_download_offline_is_one_clear_line_and_creates_nothing(
     command: str, run: Run, tmp_path: Path, offline: None
 ) -> None:
+    where = (["--model", "m.pt"] if command == "explain" else
+             ["--space", "fast", "--device", "cpu", "--run-dir", "runs"])
     code, out, err = run(command, "--data", "breastmnist", "--download", "--data-dir",
-                         str(tmp_path / "data"), "--space", "fast", "--device", "cpu",
-                         "--run-dir", "runs")
+                         str(tmp_path / "data"), *where)
     assert code == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
