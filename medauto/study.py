@@ -222,7 +222,7 @@ def load_existing_study(
         MedautoError: no such study, no study at all, or several and no ``name`` (the
             message lists the studies the storage does hold).
     """
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    names = optuna.get_all_study_names(storage)
     if name is None:
         if not names:
             raise MedautoError(f"{where} holds no study")
