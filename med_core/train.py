@@ -119,6 +119,8 @@ class TrainOptions:
         test: Evaluate the test split once at the end.
         eval_last: With ``test``: evaluate the last epoch's weights instead of ``best.pt``.
         data_dir: Folder of the dataset; overrides ``data.data_dir`` of ``config``.
+        download: Fetch a missing MedMNIST file first
+            (:func:`med_core.data.download_medmnist`).
 
     Raises:
         ConfigError: ``resume`` without ``out``.
@@ -133,6 +135,7 @@ class TrainOptions:
     test: bool = False
     eval_last: bool = False
     data_dir: str | Path | None = None
+    download: bool = False
 
     def __post_init__(self) -> None:
         if self.resume and self.out is None:
@@ -167,6 +170,10 @@ def train(options: TrainOptions) -> dict[str, Any] | None:
         overrides["data.data_dir"] = str(options.data_dir)
     if overrides:
         cfg = TrainConfig.from_flat(overrides, base=cfg)
+    if options.download:
+        from med_core.data import download_medmnist
+
+        download_medmnist(cfg.data.dataset, cfg.data.data_dir)
     dist = DistContext.from_env()
     try:
         out = options.out
@@ -188,7 +195,8 @@ def train(options: TrainOptions) -> dict[str, Any] | None:
             "out_dir": str(out_dir),
             "stop_reason": history.stop_reason,
             "epochs_run": len(history),
-            "best_epoch": history.best_epoch,
+            # 1-based, as the epoch log lines count ("epoch 2/4")
+            "best_epoch": None if history.best_epoch is None else history.best_epoch + 1,
             "monitor": history.monitor,
             "best_metric": history.best_metric,
         }
@@ -199,7 +207,8 @@ def train(options: TrainOptions) -> dict[str, Any] | None:
                 weights = "best"
             summary["test_weights"] = weights
             summary["test"] = _finite_or_none(trainer.evaluate("test"))
-        summary["history"] = [_finite_or_none(e) for e in history]
+        summary["history"] = [{**_finite_or_none(e), "epoch": int(e["epoch"]) + 1}
+                              for e in history]
         if not dist.is_main_process:
             return None
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

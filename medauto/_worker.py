@@ -44,6 +44,7 @@ from optuna.trial import TrialState
 from med_core.device import is_oom as _is_oom
 from med_core.device import release_memory
 from medauto import _optuna_compat as compat
+from medauto._progress import trial_summary
 from medauto.keys import DEVICE_ATTR
 from medauto.keys import DURATION_ATTR
 from medauto.keys import REASON_ATTR
@@ -52,6 +53,7 @@ from medauto.keys import WORKER_ATTR
 from medauto.logging import get_logger
 from medauto.storage import disk_full_error
 from medauto.storage import worker_id
+from medauto.trial_note import save_trial_note
 
 __all__ = [
     "TIMING_ENV",
@@ -409,7 +411,10 @@ def _run_loop(
                 study.tell(trial, state=TrialState.FAIL)
                 report.add("surplus", trial.number)
                 continue
+            if progress is not None:
+                progress.update(study)  # counts this trial as running
             frozen = _run_trial(study, trial, objective, device, on_trial_end)
+            _logger.info(trial_summary(study, frozen))
             report.add(frozen.state.name.lower(), frozen.number)
             failures_in_a_row = failures_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
             if max_failures is not None and failures_in_a_row >= max_failures:
@@ -466,6 +471,8 @@ def _run_trial(
             _end_trial(study, frozen, on_trial_end)
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            with timed("trial_note", n):
+                save_trial_note(study, trial, frozen)
             _release_memory(n)
             return frozen
     with timed("tell", n):
@@ -473,6 +480,8 @@ def _run_trial(
         study.tell(trial, value)
         frozen = study.get_trials(deepcopy=False)[n]
     _end_trial(study, frozen, on_trial_end)
+    with timed("trial_note", n):
+        save_trial_note(study, trial, frozen)
     _release_memory(n)
     return frozen
 

@@ -212,7 +212,8 @@ def learning_curve_png(
 
     Args:
         history_rows: Per-epoch dicts as in the ``history`` trial attribute
-            (``{"epoch": 0, "train_loss": .., "val_loss": .., "val_auc": .., "lr": ..}``);
+            (``{"epoch": 1, "train_loss": .., "val_loss": .., "val_auc": .., "lr": ..}``,
+            epochs 1-based);
             missing or ``None`` values are gaps.
         path: The PNG to write (its folder is created).
         monitor: The metric the study optimizes.
@@ -227,7 +228,7 @@ def learning_curve_png(
     if not history_rows:
         raise ValueError("learning_curve_png needs at least one epoch of history, got none")
     rows = list(history_rows)
-    epochs = [int(r.get("epoch", i)) + 1 for i, r in enumerate(rows)]  # 1-based, as reported
+    epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(rows)]  # 1-based, as reported
     fig = _figure(10, 4)
     ax_loss, ax_metric = fig.subplots(1, 2)
     for key, style in zip(_LOSS_KEYS, ("-o", "-s"), strict=True):
@@ -398,14 +399,16 @@ def trial_artifacts(
     artifact_store: ArtifactStore,
     class_names: Sequence[str] | None = None,
     task: str | None = None,
+    weights_epoch: int | None = None,
 ) -> list[ArtifactMeta]:
     """Plots and uploads a finished fit's learning curve and validation confusion matrix.
 
     Called by :class:`medauto.objective.Objective` after ``trainer.fit()`` returned
     (complete or pruned). Under DDP every rank must call it (``trainer.predict`` gathers
     the predictions of all ranks); only the main process plots and uploads. The confusion
-    matrix uses the model as training left it (the last epoch's weights); multi-label
-    tasks get no confusion matrix.
+    matrix uses the trainer's model as it is: the objective restores the best epoch's
+    weights first (``weights_epoch`` says which, for the title), else it is the last
+    epoch's. Multi-label tasks get no confusion matrix.
 
     Never raises an ``Exception``: a failure logs a warning naming the trial, and whatever
     was uploaded before it stays.
@@ -417,6 +420,8 @@ def trial_artifacts(
         artifact_store: Where to upload (:func:`artifact_store_for`).
         class_names: Confusion-matrix labels; ``None`` → ``trainer.dataset.info.class_names``.
         task: ``None`` → ``trainer.task``.
+        weights_epoch: The 1-based epoch whose weights the model holds; ``None`` → the
+            last epoch's.
 
     Returns:
         The uploaded artifacts' metadata (empty on non-main ranks and on failure).
@@ -442,12 +447,12 @@ def trial_artifacts(
     with tempfile.TemporaryDirectory(prefix=f"medauto-trial{number}-") as tmp:
         backbone = getattr(getattr(getattr(trainer, "cfg", None), "model", None), "backbone", "")
         label = f"trial {number}" + (f" · {backbone}" if backbone else "")
-        rows = [dict(r) for r in history.epochs]
-        if rows:
+        if history.epochs:
             _attempt(
                 number, "learning curve", files, LEARNING_CURVE_NAME,
                 lambda: learning_curve_png(
-                    rows, Path(tmp) / LEARNING_CURVE_NAME, monitor=history.monitor,
+                    [{**r, "epoch": int(r["epoch"]) + 1} for r in history.epochs],  # 1-based
+                    Path(tmp) / LEARNING_CURVE_NAME, monitor=history.monitor,
                     title=f"{label} · {history.monitor}",
                 ),
             )
@@ -458,7 +463,8 @@ def trial_artifacts(
                 lambda: confusion_matrix_png(
                     y_true, predicted_labels(y_score), class_names,
                     Path(tmp) / CONFUSION_MATRIX_NAME,
-                    title=f"{label} · validation, last epoch",
+                    title=f"{label} · validation, "
+                    + (f"epoch {weights_epoch} (best)" if weights_epoch else "last epoch"),
                 ),
             )
         if files:

@@ -38,6 +38,7 @@ from medauto.exceptions import MedautoError
 from medauto.final import FINAL_FILE
 from medauto.final import FinalResult
 from medauto.final import final_dir
+from medauto.keys import CONFIG_ATTR
 from medauto.logging import get_logger
 from medauto.model_file import MODEL_KIND
 from medauto.model_file import atomic_write_bytes
@@ -265,7 +266,7 @@ def _trial_config(study: optuna.Study, number: int) -> TrainConfig:
 
     for t in study.get_trials(deepcopy=False):
         if t.number == number and "config" in t.user_attrs:
-            return TrainConfig.from_dict(t.user_attrs["config"])
+            return TrainConfig.from_dict(t.user_attrs[CONFIG_ATTR])
     raise DistillError(f"study {study.study_name!r}: trial {number} has no stored config")
 
 

@@ -9,13 +9,30 @@ to the ``med_core`` root, so a Python user's own logging set-up sees med_core's 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+from typing import TextIO
 
-__all__ = ["get_logger", "set_verbosity"]
+__all__ = ["ROOT_LOGGERS", "get_logger", "set_verbosity"]
 
 _lock = threading.Lock()
 _default_handler: logging.Handler | None = None
-_ROOTS = ("medauto", "med_core")
+#: The library roots whose records medauto's handler writes.
+ROOT_LOGGERS = ("medauto", "med_core")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler on whatever ``sys.stderr`` is when a record is written (as
+    :data:`logging.lastResort`), so a redirected stderr (a test, a notebook) sees the log,
+    and :func:`tqdm.contrib.logging.logging_redirect_tqdm` recognises it as the console."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        """The current ``sys.stderr``."""
+        return sys.stderr
 
 
 def _configure_library_root_logger() -> None:
@@ -23,7 +40,7 @@ def _configure_library_root_logger() -> None:
     with _lock:
         if _default_handler is not None:
             return
-        _default_handler = logging.StreamHandler()
+        _default_handler = _StderrHandler()
         _default_handler.setFormatter(
             logging.Formatter("[%(levelname)1.1s %(asctime)s %(name)s] %(message)s", "%H:%M:%S")
         )
@@ -40,7 +57,7 @@ def _reset_library_root_logger() -> None:
     with _lock:
         if _default_handler is None:
             return
-        for name in _ROOTS:
+        for name in ROOT_LOGGERS:
             root = logging.getLogger(name)
             root.removeHandler(_default_handler)
             root.setLevel(logging.NOTSET)
@@ -62,5 +79,5 @@ def set_verbosity(level: int) -> None:
     if _default_handler not in core.handlers:
         core.addHandler(_default_handler)  # type: ignore[arg-type]
         core.propagate = False
-    for name in _ROOTS:
+    for name in ROOT_LOGGERS:
         logging.getLogger(name).setLevel(level)

@@ -2,13 +2,15 @@
 
 The objective records, as trial user attributes readable in optuna-dashboard: ``config``
 (the full TrainConfig as a nested dict), ``backbone``, ``history`` (per-epoch metrics),
-``best_epoch``, ``epochs_run`` and, for a pruned trial, ``pruned_at_epoch``. Failures are
+``best_epoch``, ``epochs_run`` and, for a pruned trial, ``pruned_at_epoch`` (epochs are
+1-based everywhere: these attributes, the pruner's steps and the MLflow steps). Failures are
 classified by :func:`medauto._worker.classify_failure`, not here: the objective lets every
 exception propagate.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -70,12 +72,12 @@ CallbackFactory = Callable[[optuna.trial.BaseTrial, "TrainConfig"], Sequence["Ca
 
 
 def history_for_attrs(history: History) -> list[dict[str, float]]:
-    """Per-epoch metrics as JSON-safe dicts (floats rounded to 6 significant digits)."""
+    """Per-epoch metrics as JSON-safe dicts (floats rounded to 6 significant digits), with
+    ``epoch`` 1-based, as the pruner's steps and the MLflow steps count epochs."""
     out = []
     for row in history.epochs:
-        out.append(
-            {k: (float(f"{v:.6g}") if math.isfinite(v) else None) for k, v in row.items()}
-        )
+        clean = {k: (float(f"{v:.6g}") if math.isfinite(v) else None) for k, v in row.items()}
+        out.append({**clean, "epoch": int(row["epoch"]) + 1})
     return out  # type: ignore[return-value]
 
 
@@ -196,6 +198,7 @@ def probe_epochs(
 
     probe = _EpochProbe()
     trainer = Trainer(cfg, dataset=dataset, device=device, callbacks=[probe], progress=False,
+                      epoch_log_level=logging.DEBUG, log_prefix="epoch probe: ",
                       **trainer_kwargs)
     try:
         trainer.fit()
@@ -375,7 +378,8 @@ class Objective:
         if self.selection.mode == "cv":
             return self._train_folds(trial, cfg, extra, probe, **trainer_kwargs)
         prune = BAGGED_FROM_ATTR not in trial.user_attrs
-        keeper = KeepBestWeights() if self.members_root is not None else None
+        keep = self.members_root is not None or self.artifact_store is not None
+        keeper = KeepBestWeights() if keep else None
         trainer, history, pruning = self._fit(
             trial, cfg, self.dataset, per_epoch_pruning=prune, keeper=keeper,
             extra=[probe, *extra] if probe else extra, **trainer_kwargs,
@@ -387,7 +391,7 @@ class Objective:
                 trial, cfg, self.dataset, per_epoch_pruning=prune, keeper=keeper,
                 extra=extra, **trainer_kwargs,
             )
-        self._record(trial, trainer, history)
+        self._record(trial, trainer, history, keeper)
         # The stop reason, not the callback, says "pruned": on a DDP group only rank 0's
         # callback decides, and the trainer hands its reason to every rank.
         if history.stop_reason == "callback:pruned":
@@ -395,7 +399,7 @@ class Objective:
             trial.set_user_attr(PRUNED_AT_EPOCH_ATTR, epoch)
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
         best = _finite_best(history, cfg)
-        if keeper is not None and trainer.is_main_process:
+        if self.members_root is not None and keeper is not None and trainer.is_main_process:
             with timed("members", n):
                 keeper.restore(trainer)
                 y, score = trainer.predict("val", tta=cfg.tta)
@@ -470,10 +474,13 @@ class Objective:
         per_epoch_pruning: bool,
         extra: list[Any],
         keeper: KeepBestWeights | None = None,
+        fold: str = "",
         **trainer_kwargs: Any,
     ) -> tuple[Trainer, History, PruningCallback | None]:
         """One fit of ``cfg`` on ``dataset`` with the trial's callbacks (``extra``: built
-        once per trial, so a cross-validated trial has one tracking run, not one a fold)."""
+        once per trial, so a cross-validated trial has one tracking run, not one a fold).
+
+        Its epoch lines are logged at ``DEBUG``, as ``trial N[ fold]: epoch ...``."""
         from med_core.training import Trainer
 
         n = trial.number
@@ -494,6 +501,8 @@ class Objective:
             callbacks=callbacks,
             out_dir=out_dir,
             progress=self.progress,
+            epoch_log_level=logging.DEBUG,
+            log_prefix=f"trial {n}{fold}: ",
             **trainer_kwargs,
         )
         self.last_epochs_run = 0
@@ -501,18 +510,26 @@ class Objective:
         self.last_epochs_run = len(history.epochs)
         return trainer, history, pruning
 
-    def _record(self, trial: optuna.trial.BaseTrial, trainer: Trainer, history: History) -> None:
-        """The trial's history attributes and its artifacts (learning curve, confusion)."""
+    def _record(
+        self, trial: optuna.trial.BaseTrial, trainer: Trainer, history: History,
+        keeper: KeepBestWeights | None,
+    ) -> None:
+        """The trial's history attributes (epochs 1-based) and its artifacts: the learning
+        curve, and the confusion matrix of the best epoch's weights (``keeper``'s, which
+        are restored first), the epoch the trial's value comes from."""
         n = trial.number
+        best = None if history.best_epoch is None else history.best_epoch + 1
         with timed("trial_attrs", n):
             trial.set_user_attr(HISTORY_ATTR, history_for_attrs(history))
             trial.set_user_attr(EPOCHS_RUN_ATTR, len(history.epochs))
-            trial.set_user_attr(BEST_EPOCH_ATTR, history.best_epoch)
+            trial.set_user_attr(BEST_EPOCH_ATTR, best)
         if self.artifact_store is not None:  # never raises; every DDP rank calls it
             from medauto.artifacts import trial_artifacts
 
+            restored = keeper is not None and keeper.restore(trainer)
             with timed("artifacts", n):
-                trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store)
+                trial_artifacts(trial, trainer, history, artifact_store=self.artifact_store,
+                                weights_epoch=best if restored else None)
 
     def _train_folds(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, extra: list[Any],
@@ -534,17 +551,18 @@ class Objective:
             timed_fit = probe if j == 0 else None  # the first fold times the epochs
             trainer, history, _ = self._fit(
                 trial, cfg, fold_ds, per_epoch_pruning=False, keeper=keeper,
-                extra=[timed_fit, *extra] if timed_fit else extra, **trainer_kwargs,
+                extra=[timed_fit, *extra] if timed_fit else extra,
+                fold=f" fold {j + 1}/{k}", **trainer_kwargs,
             )
             fitted = self._refit_if_over(trial, cfg, timed_fit, trainer)
             if fitted is not None:
                 cfg, keeper = fitted, KeepBestWeights()
                 trainer, history, _ = self._fit(
                     trial, cfg, fold_ds, per_epoch_pruning=False, extra=extra, keeper=keeper,
-                    **trainer_kwargs,
+                    fold=f" fold {j + 1}/{k}", **trainer_kwargs,
                 )
             if j == 0:
-                self._record(trial, trainer, history)
+                self._record(trial, trainer, history, keeper)
             if history.stop_reason == "callback:pruned":  # the search's time is spent
                 trial.set_user_attr(PRUNED_AT_FOLD_ATTR, j + 1)
                 raise optuna.TrialPruned(f"pruned in fold {j + 1} of {k}")

@@ -463,23 +463,24 @@ class AutoMLOptimizer:
                 "%.0f s", format_seconds(plan.total_s), plan.search_s, after, plan.retrain_s,
                 plan.slack_s, plan.trial_cap_s,
             )
-        progress = SearchProgress(self._target(), enabled=self.progress)
+        progress = SearchProgress(self._target(), enabled=self.progress, start=self.budget_start_,
+                                  budget_s=plan.search_s if plan is not None else None)
         report = None
         try:
-            report = run_worker(
-                study,
-                wrap(objective) if wrap else objective,
-                target=self._target(),
-                timeout=timeout,
-                device=device,
-                on_trial_end=with_seed_bagging(tracker.end_trial, start=self.budget_start_,
-                                               plan=plan, selection=self.selection_,
-                                               final_model=self.final_model),
-                progress=progress,
-                max_failures=self.max_failures,
-            )
+            with progress:
+                report = run_worker(
+                    study,
+                    wrap(objective) if wrap else objective,
+                    target=self._target(),
+                    timeout=timeout,
+                    device=device,
+                    on_trial_end=with_seed_bagging(tracker.end_trial, start=self.budget_start_,
+                                                   plan=plan, selection=self.selection_,
+                                                   final_model=self.final_model),
+                    progress=progress,
+                    max_failures=self.max_failures,
+                )
         finally:
-            progress.close()
             done = report is not None and report.stop_reason == "target reached"
             tracker.end_study(study, finished=done)
         if self.final_model:  # no completed trial: built from the best partial one

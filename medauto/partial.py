@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from medauto.keys import PRUNED_AT_EPOCH_ATTR
 from medauto.logging import get_logger
 from medauto.members import Candidate
 from medauto.members import member_dir
@@ -67,7 +68,7 @@ def best_partial_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def _epochs(trial: optuna.trial.FrozenTrial, configured: int) -> int:
     if "pruned_at_fold" in trial.user_attrs:  # whole folds were trained
         return configured
-    ran = trial.user_attrs.get("pruned_at_epoch") or len(trial.intermediate_values)
+    ran = trial.user_attrs.get(PRUNED_AT_EPOCH_ATTR) or len(trial.intermediate_values)
     return max(1, min(int(ran), configured))
 
 

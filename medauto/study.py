@@ -10,6 +10,7 @@ nothing else. Resuming with a different search space, metric or data raises
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -194,6 +195,7 @@ def _create_or_resume(
             direction=settings.direction,
         )
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+        _name_metric(study, settings.metric)
         _logger.info("created study %r", name)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
@@ -203,6 +205,8 @@ def _create_or_resume(
     _check_compatible(name, stored, settings)
     if stored.n_trials != settings.n_trials:
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+    if study.metric_names is None:  # a study from before the metric was named
+        _name_metric(study, stored.metric)
     done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     _logger.info("resuming study %r (%d trials already finished)", name, done)
     return study, False
@@ -219,14 +223,36 @@ def stored_selection(storage: optuna.storages.BaseStorage, name: str) -> str | N
     return None
 
 
-def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Loads the study ``name``; the error lists the studies the storage does hold.
+def _name_metric(study: optuna.Study, metric: str) -> None:
+    """Names the objective ``metric`` (``Study.set_metric_names``: the dashboard's axes and
+    the study's ``trials_dataframe`` read it instead of "Objective 0")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
+
+
+def load_existing_study(
+    name: str | None, storage: optuna.storages.BaseStorage, *, where: str = "this storage"
+) -> optuna.Study:
+    """Loads the study ``name``; ``None`` → the storage's only study (as Optuna's
+    ``load_study(study_name=None)``), so one study needs no name.
+
+    Args:
+        name: The study name, or ``None``.
+        storage: An open storage.
+        where: The storage as messages name it (e.g. its redacted URL).
 
     Raises:
-        MedautoError: no such study.
+        MedautoError: no such study, no study at all, or several and no ``name`` (the
+            message lists the studies the storage does hold).
     """
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise MedautoError(f"no study named {name!r} in this storage; studies: {names}") from None
+    names = optuna.get_all_study_names(storage)
+    if name is None:
+        if not names:
+            raise MedautoError(f"{where} holds no study")
+        if len(names) > 1:
+            raise MedautoError(f"{where} holds {len(names)} studies: {names}; pass --study NAME")
+        name = names[0]
+    if name not in names:
+        raise MedautoError(f"no study named {name!r} in {where}; studies: {names}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -118,7 +118,7 @@ def replace_conv(
     new.train(conv.training)
     if in_chans is not None and in_chans != conv.in_channels:
         rule = "pretrained RGB filters summed/repeated" if pretrained else "random init sliced"
-        _logger.info(
+        _logger.debug(  # every model a search builds does this: -v shows it
             "input conv adapted from %d to %d channels (%s)", conv.in_channels, in_chans, rule
         )
     return new

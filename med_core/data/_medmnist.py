@@ -21,7 +21,8 @@ from med_core.data._validate import validate_class_ids
 from med_core.data._validate import validate_split
 from med_core.exceptions import DataError
 
-__all__ = ["DATA_DIR_ENV", "default_data_dir", "load_npz", "medmnist_path", "parse_medmnist_name"]
+__all__ = ["DATA_DIR_ENV", "default_data_dir", "download_medmnist", "load_npz", "medmnist_path",
+           "parse_medmnist_name"]
 
 _logger = logging.getLogger(__name__)
 
@@ -118,13 +119,44 @@ def _missing_file_error(path: Path, name: str | None, data_dir: Path | None) -> 
             )
     lines.append(
         "Downloading is not possible offline: copy the .npz file there (or pass its path), "
-        "or pass download=True on a machine with internet access."
+        "or pass --download (download=True) on a machine with internet access."
     )
     return DataError(" ".join(lines))
 
 
+def download_medmnist(
+    name: str, data_dir: str | os.PathLike[str] | None = None, *, timeout_s: float = 5.0
+) -> Path:
+    """The file of MedMNIST subset ``name`` in ``data_dir``, fetched first if missing.
+
+    The URL and MD5 come from the ``medmnist`` package's ``INFO`` table; the file is
+    written by ``torchvision``'s checked download. A file already there is used as it is
+    (nothing is fetched).
+
+    Args:
+        name: A MedMNIST subset (``breastmnist``, ``pneumoniamnist_64``, ...).
+        data_dir: The folder (default :func:`default_data_dir`).
+        timeout_s: Seconds to wait for the host before giving up.
+
+    Raises:
+        DataError: ``name`` is not a MedMNIST subset, ``medmnist`` is not installed, the
+            host cannot be reached (one line: offline) or the download fails.
+    """
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    path = medmnist_path(name, root)
+    if not path.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        _download(name, root, timeout_s=timeout_s)
+    return path
+
+
 def _download(name: str, data_dir: Path, *, timeout_s: float = 5.0) -> None:
     """Fetches ``name``.npz with the URL and MD5 from ``medmnist.INFO``; fails fast offline."""
+    if not _info_table():
+        raise DataError(
+            f"cannot download {name!r}: the medmnist package is not installed "
+            "(pip install medmnist), and its INFO table holds the URLs"
+        )
     parsed = parse_medmnist_name(name)
     if parsed is None:
         raise DataError(f"cannot download {name!r}: not a MedMNIST subset name")
@@ -245,7 +277,7 @@ def load_npz(
     if not path.is_file():
         if download and name is not None and data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
-            _download(name, data_dir)
+            download_medmnist(name, data_dir)
         if not path.is_file():
             raise _missing_file_error(path, name, data_dir)
     stem = path.stem

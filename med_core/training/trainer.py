@@ -85,6 +85,11 @@ class Trainer:
             single process.
         distill:
             Train on a teacher's soft targets (:mod:`med_core.training.distill`).
+        epoch_log_level:
+            The level of the one line per epoch on the main process (other ranks log
+            it at ``DEBUG``); a search logs its trials' epochs at ``logging.DEBUG``.
+        log_prefix:
+            Put before each epoch line, e.g. ``"trial 3: "``.
 
     Example:
         >>> from med_core.config import TrainConfig
@@ -104,8 +109,12 @@ class Trainer:
         progress: bool | None = None,
         dist: DistContext | None = None,
         distill: Distillation | None = None,
+        epoch_log_level: int = logging.INFO,
+        log_prefix: str = "",
     ) -> None:
         self.cfg = cfg
+        self.epoch_log_level = epoch_log_level
+        self.log_prefix = log_prefix
         self.dataset = dataset
         self.device = device
         self.callbacks = list(callbacks)
@@ -465,8 +474,9 @@ class Trainer:
         elif self._epoch >= cfg.epochs:
             history.stop_reason = "completed"
         _logger.log(
-            logging.INFO if self.is_main_process else logging.DEBUG,  # one line per epoch
-            "epoch %d/%d: train_loss=%.4f val_loss=%.4f %s=%.4f (%.1f s, %.0f img/s)%s",
+            self.epoch_log_level if self.is_main_process else logging.DEBUG,  # one per epoch
+            "%sepoch %d/%d: train_loss=%.4f val_loss=%.4f %s=%.4f (%.1f s, %.0f img/s)%s",
+            self.log_prefix,
             epoch + 1,
             cfg.epochs,
             metrics["train_loss"],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -35,6 +36,8 @@ from medauto.storage import redact_url
 __all__ = ["main", "run_parsed"]
 
 _LOG_ROOTS = ("medauto", "med_core", "optuna")
+#: MLflow's log level variable (read when ``mlflow`` is imported).
+_MLFLOW_LEVEL_ENV = "MLFLOW_LOGGING_LEVEL"
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -87,7 +90,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
     get_logger("medauto")
     level = logging.INFO - 10 * args.verbose + 10 * args.quiet
     set_verbosity(max(logging.DEBUG, min(logging.CRITICAL, level)))
-    optuna.logging.set_verbosity(logging.WARNING if args.verbose == 0 else logging.INFO)
+    # Optuna's and MLflow's own INFO lines (study created, MLflow's database set-up) show
+    # with -v only; MLflow reads its level when first imported, and later from its logger.
+    others = logging.INFO if args.verbose else max(logging.WARNING, level)
+    optuna.logging.set_verbosity(others)
+    os.environ[_MLFLOW_LEVEL_ENV] = logging.getLevelName(others)
+    logging.getLogger("mlflow").setLevel(others)
     if args.log_file:
         handler = logging.FileHandler(args.log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 from medauto.cli._command import Command
+from medauto.cli._options import add_download_option
+from medauto.cli._options import download_data
 from medauto.exceptions import CLIUsageError
 from medauto.retrain.results import RESULTS_FILE
 from medauto.retrain.results import retrain_dir
@@ -34,8 +36,9 @@ class ExplainCommand(Command):
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
-        src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--study", help="explain this study's final model (after retrain)")
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--study", help="explain this study's final model (after retrain; "
+                         "default: the only study with results in --run-dir)")
         src.add_argument("--model", action="append", metavar="PT",
                          help="a model file of `medauto retrain` (repeat for an ensemble)")
         p.add_argument("--run-dir", default="medauto-runs",
@@ -47,6 +50,7 @@ class ExplainCommand(Command):
         p.add_argument("--indices", default="0-7", help="indices in the split (default 0-7)")
         p.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
         p.add_argument("--data-dir", help="MedMNIST folder (default: $MEDAUTO_DATA_DIR)")
+        add_download_option(p)
         # no choices=: they would import torch for every command; explain() checks the name
         # (tests/medauto/explain checks this help against med_core.explain.METHODS)
         p.add_argument("-m", "--method", action="append", metavar="METHOD",
@@ -71,18 +75,22 @@ class ExplainCommand(Command):
             raise CLIUsageError("give images: --data NAME (with --split/--indices) or --images")
         if args.data is not None and args.images:
             raise CLIUsageError("--data and --images exclude each other")
+        if args.data is not None:
+            download_data(args, args.data, args.data_dir)
+        from medauto.cli._store import results_study
         from medauto.ensemble import PREDICTOR_FILE
         from medauto.ensemble import Predictor
         from medauto.final import final_dir
 
-        final = final_dir(args.run_dir, args.study or "") / "predictor"
+        study = "" if args.model or args.retrain else results_study(args.run_dir, args.study)
+        final = final_dir(args.run_dir, study) / "predictor"
         if args.model:
             paths = [Path(m) for m in args.model]
         elif args.retrain is None and (final / PREDICTOR_FILE).is_file():
             predictor = Predictor.load(final)
             paths = [predictor.folder / m.file for m in predictor.members]
         else:
-            default = retrain_dir(args.run_dir, args.study) / RESULTS_FILE
+            default = retrain_dir(args.run_dir, study) / RESULTS_FILE
             paths = final_model_paths(args.retrain or default)
         members = [load_model(p).model for p in paths]
         _, size = expected_input(members[0])

@@ -20,12 +20,14 @@ __all__ = [
     "TRACKING_ENV",
     "add_common_options",
     "add_device_option",
+    "add_download_option",
     "add_search_options",
     "add_store_options",
     "add_study_option",
     "add_tracking_options",
     "add_worker_options",
     "checked_device",
+    "download_data",
     "tracking_of",
     "worker_kwargs",
 ]
@@ -59,6 +61,27 @@ def add_study_option(p: argparse.ArgumentParser, *, required: bool = False,
         "--study", required=required,
         help=help or "study name (default: the only study in the store)",
     )
+
+
+def add_download_option(p: argparse.ArgumentParser) -> None:
+    """``--download``: fetch a missing MedMNIST file first (:func:`download_data`)."""
+    p.add_argument("--download", action="store_true",
+                   help="fetch a missing MedMNIST file into --data-dir (default "
+                   "$MEDAUTO_DATA_DIR or ~/.medmnist) first; needs internet and the "
+                   "medmnist package")
+
+
+def download_data(args: argparse.Namespace, dataset: str, data_dir: str | None) -> None:
+    """With ``--download``, fetches the MedMNIST file ``dataset`` into ``data_dir`` (a file
+    already there is kept); without it, nothing.
+
+    Raises:
+        DataError: not a MedMNIST name, no ``medmnist`` package, or offline (one line).
+    """
+    if args.download:
+        from med_core.data import download_medmnist
+
+        download_medmnist(dataset, data_dir)
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
@@ -100,6 +123,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     from medauto.space import list_spaces
 
     p.add_argument("--data", default="breastmnist", help="MedMNIST name, .npz, folder or CSV")
+    add_download_option(p)
     p.add_argument(
         "--space", metavar="SPACE",
         help=f"search space: {', '.join(list_spaces())} or a YAML file (default: chosen from "

@@ -216,9 +216,10 @@ class ExportCommand(Command):
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
-        src = p.add_mutually_exclusive_group(required=True)
+        src = p.add_mutually_exclusive_group()
         src.add_argument("--model", help="a model.pt written by `medauto retrain`")
-        src.add_argument("--study", help="use the study's retrained best model")
+        src.add_argument("--study", help="use the study's retrained best model (default: "
+                         "the only study with results in --run-dir)")
         p.add_argument("--run-dir", default="medauto-runs",
                        help="where `medauto retrain` wrote its results (with --study)")
         p.add_argument("--format", choices=("onnx", "int8"), default="onnx")
@@ -236,17 +237,19 @@ class ExportCommand(Command):
 
     @staticmethod
     def _model_of_study(args: argparse.Namespace) -> Path:
+        from medauto.cli._store import results_study
         from medauto.retrain import RetrainResult
 
-        path = retrain_dir(args.run_dir, args.study) / RESULTS_FILE
+        study = results_study(args.run_dir, args.study)
+        path = retrain_dir(args.run_dir, study) / RESULTS_FILE
         if not path.is_file():
             raise MedautoError(
-                f"no retrain results of study {args.study!r} at {str(path.resolve())!r} "
+                f"no retrain results of study {study!r} at {str(path.resolve())!r} "
                 "(run `medauto retrain` first, or pass --run-dir or --model)"
             )
         result = RetrainResult.load(path)
         if not result.models:
-            raise MedautoError(f"the retrain results of {args.study!r} list no model")
+            raise MedautoError(f"the retrain results of {study!r} list no model")
         return Path(result.out_dir) / result.models[0].path
 
     @staticmethod

@@ -14,6 +14,7 @@ from medauto.cli._options import add_search_options
 from medauto.cli._options import add_store_options
 from medauto.cli._options import add_worker_options
 from medauto.cli._options import checked_device
+from medauto.cli._options import download_data
 from medauto.cli._options import worker_kwargs
 from medauto.cli._store import StoreRef
 from medauto.retrain.options import TTA_MODES
@@ -43,6 +44,7 @@ def _optimizer(args: argparse.Namespace, ref: StoreRef, **extra: Any) -> AutoMLO
     from medauto.optimizer import AutoMLOptimizer
 
     device = checked_device(args)  # refused here, before a study exists
+    download_data(args, args.data, args.data_dir)
     return AutoMLOptimizer(
         args.data,
         args.space,

@@ -19,7 +19,8 @@ from medauto.exceptions import MedautoError
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["STORAGE_ENV", "StoreRef", "load_study", "open_existing_storage", "store_file"]
+__all__ = ["STORAGE_ENV", "StoreRef", "load_study", "open_existing_storage", "results_study",
+           "store_file"]
 
 #: The environment variable ``--storage`` falls back to.
 STORAGE_ENV = "MEDAUTO_STORAGE"
@@ -94,24 +95,41 @@ def open_existing_storage(ref: StoreRef) -> optuna.storages.BaseStorage:
 
 
 def load_study(ref: StoreRef, name: str | None) -> optuna.Study:
-    """The study ``name`` in the store of ``ref``; ``None`` → the store's only study.
+    """The study ``name`` in the store of ``ref``; ``None`` → the store's only study
+    (:func:`medauto.study.load_existing_study`).
 
     Raises:
         MedautoError: no store, no such study, no study at all, or several studies and
             no ``name`` (the message lists them).
     """
-    import optuna
+    from medauto.study import load_existing_study
 
-    storage = open_existing_storage(ref)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if name is None:
-        if not names:
-            raise MedautoError(f"{ref.describe()} holds no study")
-        if len(names) > 1:
-            raise MedautoError(
-                f"{ref.describe()} holds {len(names)} studies: {names}; pass --study NAME"
-            )
-        name = names[0]
-    if name not in names:
-        raise MedautoError(f"no study named {name!r} in {ref.describe()}; studies: {names}")
-    return optuna.load_study(study_name=name, storage=storage)
+    return load_existing_study(name, open_existing_storage(ref), where=ref.describe())
+
+
+def results_study(run_dir: str, name: str | None) -> str:
+    """``name``, or the only study with results in ``run_dir`` (a ``medauto retrain``
+    result or a final model), for the commands that read results, not the store
+    (``export``, ``explain``).
+
+    Raises:
+        MedautoError: ``name`` is ``None`` and ``run_dir`` holds results of no study or of
+            several (the message names the folder and lists them).
+    """
+    if name is not None:
+        return name
+    from medauto.ensemble import PREDICTOR_FILE
+    from medauto.final import final_dir
+
+    root = Path(run_dir)
+    retrained = {p.parent.name for p in root.glob("retrain/*/retrain.json")}
+    final = {p.parents[1].name
+             for p in final_dir(root, "*").parent.glob(f"*/predictor/{PREDICTOR_FILE}")}
+    names = sorted(retrained | final)
+    if len(names) != 1:
+        found = f"results of {len(names)} studies: {names}" if names else "no results"
+        raise MedautoError(
+            f"{str(root.resolve())!r} holds {found}; pass --study NAME (or --model, or "
+            "--run-dir to say where the results are)"
+        )
+    return names[0]

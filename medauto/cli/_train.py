@@ -7,6 +7,7 @@ import json
 
 from medauto.cli._command import Command
 from medauto.cli._options import add_device_option
+from medauto.cli._options import add_download_option
 from medauto.exceptions import CLIUsageError
 
 __all__ = ["TrainCommand"]
@@ -30,6 +31,7 @@ class TrainCommand(Command):
         p.add_argument("--out", help="checkpoint folder (enables --resume)")
         p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
         p.add_argument("--data-dir", help="dataset folder (overrides data.data_dir of --config)")
+        add_download_option(p)
         p.add_argument("--test", action="store_true",
                        help="also evaluate the test split once, with the best epoch's weights")
 
@@ -43,6 +45,7 @@ class TrainCommand(Command):
             options = TrainOptions(
                 config=args.config, device=args.device, out=args.out, resume=args.resume,
                 data_dir=args.data_dir, test=args.test, progress=False if args.quiet else None,
+                download=args.download,
             )
         except ConfigError as e:
             raise CLIUsageError(str(e)) from None

@@ -15,6 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from typing import TYPE_CHECKING
 from typing import Any
 
 from medauto.cli._command import RESUME_NOTE
@@ -28,6 +31,9 @@ from medauto.cli._store import StoreRef
 from medauto.exceptions import CLIUsageError
 from medauto.logging import get_logger
 
+if TYPE_CHECKING:
+    import optuna
+
 __all__ = ["STOP_GRACE_S", "WorkerCommand", "packed_job", "packed_worker_env",
            "run_packed_workers"]
 
@@ -36,6 +42,8 @@ _logger = get_logger(__name__)
 #: Seconds packed children get to record their running trial after the parent passed a
 #: SIGTERM on, before they are killed.
 STOP_GRACE_S = 30.0
+#: Seconds between the parent's redraws of the packed workers' live line.
+_POLL_S = 1.0
 
 
 class WorkerCommand(Command):
@@ -80,10 +88,11 @@ class WorkerCommand(Command):
             raise CLIUsageError(f"--threads-per-worker must be >= 1, got {args.threads_per_worker}")
         device = checked_device(args)
         ref = StoreRef.from_args(args)
-        name = load_study(ref, args.study).study_name  # a worker joins; it never creates
+        study = load_study(ref, args.study)  # a worker joins; it never creates
+        name = study.study_name
         _logger.info("worker of study %r on %s (pid %d)", name, device, os.getpid())
         if args.trials_per_device > 1:
-            return run_packed_workers(args, name)
+            return run_packed_workers(args, study)
         kwargs = worker_kwargs(args, device)
         if args.gpus_per_trial > 1:
             from medauto.distributed import launch_ddp_worker
@@ -136,28 +145,47 @@ def packed_job(args: argparse.Namespace, study: str, k: int) -> dict[str, Any]:
     return job
 
 
-def run_packed_workers(args: argparse.Namespace, study: str) -> int:
+def run_packed_workers(args: argparse.Namespace, study: optuna.Study) -> int:
     """Starts ``--trials-per-device`` single workers of ``study`` on the same device.
+
+    The parent shows the one live line of the study (:class:`medauto._progress.SearchProgress`,
+    on a TTY unless ``--no-progress``: every child's trials, ``running=K``), and the
+    children's log lines reach the console through it (their stderr is relayed with
+    ``tqdm.write``), so they never break it.
 
     Returns the highest exit code of the children. A ``KeyboardInterrupt`` (Ctrl-C, or
     the SIGTERM that :func:`medauto.cli.main` turns into one) is passed on to every
     child as SIGTERM; each records its running trial as interrupted and exits, or is
     killed after :data:`STOP_GRACE_S` seconds.
     """
+    from medauto._progress import SearchProgress
+    from medauto.study import load_settings
+
     env = packed_worker_env(args.trials_per_device, args.threads_per_worker)
+    progress = SearchProgress(load_settings(study).n_trials,
+                              enabled=False if args.no_progress else None)
+    relay = subprocess.PIPE if progress.enabled else None
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for k in range(args.trials_per_device):
-            proc = subprocess.Popen([sys.executable, "-m", "medauto.cli._packed"],
-                                    stdin=subprocess.PIPE, env=env)
-            procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(packed_job(args, study, k)).encode())
-            proc.stdin.close()
-        return max(p.wait() for p in procs)
-    except BaseException:
-        _stop(procs)
-        raise
+    with progress:
+        try:
+            for k in range(args.trials_per_device):
+                proc = subprocess.Popen([sys.executable, "-m", "medauto.cli._packed"],
+                                        stdin=subprocess.PIPE, stderr=relay, env=env)
+                procs.append(proc)
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(packed_job(args, study.study_name, k)).encode())
+                proc.stdin.close()
+                if proc.stderr is not None:
+                    threading.Thread(target=progress.relay, args=(proc.stderr,),
+                                     daemon=True).start()
+            while any(p.poll() is None for p in procs):
+                progress.update(study)
+                time.sleep(_POLL_S)
+            progress.update(study)
+            return max(p.wait() for p in procs)
+        except BaseException:
+            _stop(procs)
+            raise
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:

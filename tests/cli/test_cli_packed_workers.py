@@ -3,10 +3,14 @@ a SIGTERM of the parent stops them. Real processes, real signals."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +41,25 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+class _Screen:
+    """Everything written to a pseudo-terminal, read by a thread until it closes."""
+
+    def __init__(self, master: int) -> None:
+        self.text = ""
+        self._master = master
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.text += chunk.decode(errors="replace")
+
+
 def test_packed_job_is_the_parents_options_as_data() -> None:
     from medauto.cli import _build_parser
     from medauto.cli._workers import packed_job
@@ -61,12 +84,17 @@ def test_sigterm_to_the_parent_stops_packed_children_whose_argv_holds_no_option(
     assert code == 0, err
     log = tmp_path / "worker.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # stderr is a terminal, so the parent shows the live line and relays its children's logs
+    master, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
     parent = subprocess.Popen(
         [sys.executable, "-m", "medauto.cli", "worker", "--trials-per-device", "2",
          "--device", "cpu", "--run-dir", "runs", "--data-dir", str(micro_data_dir),
          "--no-tracking", "-v", "--log-file", str(log)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=terminal, text=True,
     )
+    os.close(terminal)
+    screen = _Screen(master)
     try:
         deadline = time.monotonic() + 120
         children: list[int] = []
@@ -80,6 +108,9 @@ def test_sigterm_to_the_parent_stops_packed_children_whose_argv_holds_no_option(
         else:
             pytest.fail(f"packed children did not start: {children}, "
                         f"{log.read_text() if log.is_file() else 'no log'}")
+        while "running=2" not in screen.text and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "running=2" in screen.text, screen.text  # both children's trials, one line
         for pid in children:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             assert b"--storage" not in argv and not any(str(tmp_path).encode() in a
@@ -96,6 +127,9 @@ def test_sigterm_to_the_parent_stops_packed_children_whose_argv_holds_no_option(
             parent.kill()
         for pid in _children(parent.pid):
             os.kill(pid, signal.SIGKILL)
+    relayed = [seg for line in screen.text.split("\n") for seg in line.split("\r")
+               if "worker of study 'pk'" in seg]
+    assert len(relayed) == 3 and all(seg.startswith("[I ") for seg in relayed), screen.text
     # -v and --log-file reached the children: each logged its start (three pids in all).
     pids = {line.split("pid ")[1].split(")")[0] for line in log.read_text().splitlines()
             if "worker of study 'pk'" in line}

@@ -111,3 +111,24 @@ def test_every_log_line_of_the_cli_is_redacted(run: Run, tmp_path: Path) -> None
     text = log.read_text()
     assert "s3cret" not in text and "hunter2" not in text
     assert "postgresql://bob:***@db/optuna" in text and "mysql://u:***@h/db" in text
+
+
+@pytest.mark.parametrize("command", ["export", "explain"])
+def test_result_commands_take_the_only_study_with_results_and_say_where_they_looked(
+    command: str, run: Run, tmp_path: Path
+) -> None:
+    from medauto.cli._store import results_study
+
+    extra = ["--data", "breastmnist"] if command == "explain" else []
+    code, _, err = run(command, "--run-dir", "runs", *extra)
+    assert code == 1 and str((tmp_path / "runs").resolve()) in err and "no results" in err, err
+    (tmp_path / "runs" / "retrain" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "retrain" / "a" / "retrain.json").write_text("{}")
+    assert results_study("runs", None) == "a"
+    assert results_study("runs", "b") == "b"
+    (tmp_path / "runs" / "final" / "b" / "predictor").mkdir(parents=True)
+    from medauto.ensemble import PREDICTOR_FILE
+
+    (tmp_path / "runs" / "final" / "b" / "predictor" / PREDICTOR_FILE).write_text("{}")
+    code, _, err = run(command, "--run-dir", "runs", *extra)
+    assert code == 1 and "2 studies: ['a', 'b']" in err and "--study" in err, err

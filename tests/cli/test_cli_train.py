@@ -25,7 +25,9 @@ def test_train_takes_data_dir_and_leaves_the_test_split_alone(
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["epochs_run"] == 1 and "test" not in summary
-    assert "test" not in json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["best_epoch"] == 1  # 1-based, as "epoch 1/1" in the log
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "test" not in written and [e["epoch"] for e in written["history"]] == [1]
 
 
 def test_train_refuses_a_bad_device_before_writing_anything(run: Run, tmp_path: Path) -> None:

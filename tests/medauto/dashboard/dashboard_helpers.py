@@ -29,6 +29,7 @@ from medauto.artifacts import artifact_store_for
 from medauto.artifacts import confusion_matrix_png
 from medauto.artifacts import learning_curve_png
 from medauto.artifacts import upload_trial_artifacts
+from medauto.trial_note import save_trial_note
 
 REPO = Path(__file__).resolve().parents[3]
 STUDY_NAME = "breastmnist-dashboard-demo"
@@ -57,7 +58,7 @@ class DemoStudy:
 def _history(i: int, epochs: int) -> list[dict[str, float]]:
     return [
         {
-            "epoch": e,
+            "epoch": e + 1,  # 1-based, as the objective records it
             "train_loss": round(0.7 - 0.1 * e, 4),
             "val_loss": round(0.8 - 0.08 * e, 4),
             "val_auc": round(0.6 + 0.05 * e + 0.01 * i, 4),
@@ -75,6 +76,7 @@ def build_demo_study(run_dir: Path) -> DemoStudy:
         study_name=STUDY_NAME, storage=url, direction="maximize",
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
+    study.set_metric_names(["val_auc"])  # as medauto.study names a new study's metric
     store = artifact_store_for(run_dir)
     dists = {
         "optim.lr": FloatDistribution(1e-5, 1e-1, log=True),
@@ -95,7 +97,7 @@ def build_demo_study(run_dir: Path) -> DemoStudy:
             trial.set_user_attr(k, v)
         demo.user_attrs[i] = attrs
         for row in hist:
-            trial.report(row["val_auc"], step=int(row["epoch"]) + 1)
+            trial.report(row["val_auc"], step=int(row["epoch"]))
         if i in (0, 3):  # artifacts can only be attached while the trial runs
             tmp = run_dir / "tmp" / str(i)
             files = {
@@ -113,6 +115,7 @@ def build_demo_study(run_dir: Path) -> DemoStudy:
             study.tell(trial, 0.70 + 0.01 * i)
         else:
             study.tell(trial, state=TrialState[state])
+        save_trial_note(study, trial, study.trials[i])  # as the worker loop does
         demo.states.append(state)
     return demo
 

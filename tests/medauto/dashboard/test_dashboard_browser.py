@@ -1,6 +1,7 @@
 """Headless Chromium renders the study in ``medauto dashboard``: screenshots under the test's
-temp dir, and the rendered DOM shows the study name, the trial count, the user attributes
-and the trial's artifacts. Needs Debian's ``chromium`` (CI installs it)."""
+temp dir, and the rendered DOM shows the study name, the metric's name, the trial count, the
+user attributes, the trial's note and its artifacts. Needs Debian's ``chromium`` (CI
+installs it)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ def test_study_page_renders_name_and_best_trial(
     assert f"{demo_study.name} (id={study_id})" in text
     assert f"Best Trial (number={demo_study.best_number})" in text
     assert "History" in text and "Hyperparameter Importance" in text
+    assert "val_auc" in text and "Objective 0" not in text  # the study names its metric
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,9 @@ def test_trials_page_renders_count_and_user_attributes(
     assert f"mlflow_run_id {attrs['mlflow_run_id']}" in lines
     assert any(line.startswith("config {") for line in lines)
     assert any(line.startswith("history [{") for line in lines)
+    # the selected trial's note, rendered from Markdown: heading, facts, config as YAML
+    assert "Trial 0 · COMPLETE · val_auc 0.7000" in lines, lines
+    assert {"Epochs", "Configuration"} <= set(lines)
 
 
 def test_trials_page_shows_the_trials_artifacts(
