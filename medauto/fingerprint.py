@@ -233,7 +233,7 @@ def affordable_selection(
     """``selection``, or holdout when its k folds cannot each train a useful fit in time.
 
     ``first_s`` and ``epoch_s`` are a probe's timings of one fold's first and second epoch
-    (:func:`medauto.objective.probe_epochs`); each fold gets ``trial_cap_s / k``. If that
+    (:func:`medauto.trial_timing.probe_epochs`); each fold gets ``trial_cap_s / k``. If that
     fits fewer than :data:`MIN_FOLD_EPOCH_SHARE` of ``epochs``, the one validation split
     is used instead.
 

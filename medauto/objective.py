@@ -28,9 +28,7 @@ from med_core.training.callbacks import KeepBestWeights
 from medauto._worker import TIMING_ENV
 from medauto._worker import record_phase
 from medauto._worker import timed
-from medauto.fingerprint import MIN_FOLD_EPOCH_SHARE
 from medauto.fingerprint import Selection
-from medauto.fingerprint import affordable_selection
 from medauto.keys import BACKBONE_ATTR
 from medauto.keys import BAGGED_FROM_ATTR
 from medauto.keys import BEST_EPOCH_ATTR
@@ -50,6 +48,8 @@ from medauto.members import model_path
 from medauto.members import save_selection_scores
 from medauto.preprocessing import Preprocessing
 from medauto.pruning import PruningCallback
+from medauto.trial_timing import EpochProbe
+from medauto.trial_timing import fit_epochs
 
 if TYPE_CHECKING:
     from med_core.config import TrainConfig
@@ -59,14 +59,10 @@ if TYPE_CHECKING:
     from med_core.training import Trainer
     from medauto.space import SearchSpace
 
-__all__ = [
-    "Objective", "budgeted_selection", "fit_epochs", "history_for_attrs", "probe_epochs",
-]
+__all__ = ["Objective", "history_for_attrs"]
 
 _logger = get_logger(__name__)
 
-#: Stop reason of the epoch probe (it always stops after timing two epochs).
-PROBED = "epoch_probe"
 
 CallbackFactory = Callable[[optuna.trial.BaseTrial, "TrainConfig"], Sequence["Callback"]]
 
@@ -135,110 +131,6 @@ class _FitTimer:
         record_phase(f"train_steps:{epoch}", self.last, self.last + train, self.trial)
         record_phase("evaluation", self.last + train, now, self.trial)
         self.last = now
-
-
-class _EpochProbe(_Callback):
-    """Times the first two epochs of a fit; stops it there if it would not fit ``cap_s``.
-
-    The first epoch carries one-off set-up (model build, kernel selection), so a fit of
-    ``E`` epochs projects to ``first + (E - 1) * second``. With ``cap_s=None`` (a pure
-    probe, :func:`probe_epochs`) the fit always stops after two epochs; with a cap it runs
-    on when the projection fits, so a trial that fits pays nothing for being timed.
-    """
-
-    def __init__(self, cap_s: float | None = None) -> None:
-        self.cap_s = cap_s
-        self.first_s: float | None = None
-        self.epoch_s: float | None = None
-        self.over = False
-        self._mark = 0.0
-
-    def on_fit_start(self, trainer: Any) -> None:
-        self._mark = time.monotonic()
-
-    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
-        now = time.monotonic()
-        if epoch == 0:
-            self.first_s = now - self._mark
-        elif epoch == 1:
-            self.epoch_s = now - self._mark
-        self._mark = now
-        if self.cap_s is None:
-            if epoch >= 1 or trainer.cfg.epochs <= 2:
-                trainer.request_stop(PROBED)
-        elif epoch == 1 and self.projected(trainer.cfg.epochs) > self.cap_s:
-            self.over = True
-            trainer.request_stop(PROBED)
-
-    def projected(self, epochs: int) -> float:
-        """Seconds a fit of ``epochs`` epochs would take, from the timings so far."""
-        first = self.first_s or 0.0
-        return first + (epochs - 1) * (self.epoch_s if self.epoch_s is not None else first)
-
-
-def fit_epochs(epochs: int, first_s: float, epoch_s: float, cap_s: float) -> int:
-    """The most epochs (1 to ``epochs``) whose projected time fits ``cap_s``.
-
-    Example:
-        >>> fit_epochs(100, first_s=5.0, epoch_s=1.0, cap_s=50.0)
-        46
-    """
-    return max(1, min(epochs, int((cap_s - first_s) / max(epoch_s, 1e-9)) + 1))
-
-
-def probe_epochs(
-    cfg: TrainConfig, dataset: MedicalDataset, device: str, **trainer_kwargs: Any
-) -> tuple[float, float] | None:
-    """Times the first two epochs of ``cfg`` on ``dataset``: ``(first_s, epoch_s)``.
-
-    The first epoch carries one-off set-up, so a fit of ``E`` epochs projects to
-    ``first_s + (E - 1) * epoch_s``. Returns ``None`` if no epoch finished.
-    """
-    from med_core.training import Trainer
-
-    probe = _EpochProbe()
-    trainer = Trainer(cfg, dataset=dataset, device=device, callbacks=[probe], progress=False,
-                      epoch_log_level=logging.DEBUG, log_prefix="epoch probe: ",
-                      **trainer_kwargs)
-    try:
-        trainer.fit()
-    finally:
-        trainer.close()
-    if probe.first_s is None:
-        return None
-    return probe.first_s, probe.epoch_s if probe.epoch_s is not None else probe.first_s
-
-
-def budgeted_selection(
-    selection: Selection, space: SearchSpace, dataset: MedicalDataset, device: str,
-    trial_cap_s: float,
-) -> Selection:
-    """``selection``, or holdout when a budget cannot pay for its k fold fits.
-
-    Times two epochs of the space's first portfolio entry on one fold
-    (:func:`probe_epochs`) and asks :func:`medauto.fingerprint.affordable_selection`.
-    A space without a portfolio, or holdout, is returned as it is.
-    """
-    from med_core.data import cross_validation_folds
-
-    if selection.mode != "cv" or not space.portfolio:
-        return selection
-    cfg = space.config_from_params(space.portfolio[0].params)
-    _, fold = next(iter(cross_validation_folds(dataset, selection.folds, seed=selection.seed)))
-    with timed("selection_probe", -1):
-        timing = probe_epochs(cfg, fold, device)
-    if timing is None:
-        return selection
-    chosen = affordable_selection(selection, epochs=cfg.epochs, first_s=timing[0],
-                                  epoch_s=timing[1], trial_cap_s=trial_cap_s)
-    if chosen != selection:
-        _logger.info(
-            "selection: %d folds of %s would each train %.0f s of a %.0f s trial cap "
-            "(%.1f s, then %.2f s per epoch, %d epochs): fewer than %.0f%% of the epochs, so "
-            "the validation split is used", selection.folds, space.portfolio[0].name,
-            trial_cap_s / selection.folds, trial_cap_s, timing[0], timing[1], cfg.epochs,
-            100 * MIN_FOLD_EPOCH_SHARE)
-    return chosen
 
 
 def _oom_fallback(cfg: TrainConfig) -> TrainConfig | None:
@@ -387,9 +279,9 @@ class Objective:
         fitted = self._refit_if_over(trial, cfg, probe, trainer)
         if fitted is not None:  # the first two epochs said: fewer epochs, a whole schedule
             cfg, keeper = fitted, KeepBestWeights() if keeper is not None else None
-            trainer, history, pruning = self._fit(
+            trainer, history, pruning = self._fit(  # epochs 1-2 were reported when timed
                 trial, cfg, self.dataset, per_epoch_pruning=prune, keeper=keeper,
-                extra=extra, **trainer_kwargs,
+                extra=extra, report_from=3, **trainer_kwargs,
             )
         self._record(trial, trainer, history, keeper)
         # The stop reason, not the callback, says "pruned": on a DDP group only rank 0's
@@ -419,7 +311,7 @@ class Objective:
 
     def _budget_check(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
-    ) -> tuple[TrainConfig, _EpochProbe | None]:
+    ) -> tuple[TrainConfig, EpochProbe | None]:
         """``cfg`` fitted to the trial cap from a known timing, or ``cfg`` and a probe for
         its first fit (:meth:`_refit_if_over`); ``None`` when there is nothing to check."""
         if self.trial_cap_s is None or cfg.epochs <= 2 or "dist" in trainer_kwargs:
@@ -427,7 +319,7 @@ class Objective:
         cap = self.trial_cap_s / self.selection.folds
         timing = self._timings.get(self._timing_key(cfg))
         if timing is None:
-            return cfg, _EpochProbe(cap)
+            return cfg, EpochProbe(cap)
         first_s, epoch_s = timing
         if first_s + (cfg.epochs - 1) * epoch_s <= cap:
             return cfg, None
@@ -450,7 +342,7 @@ class Objective:
         return fitted
 
     def _refit_if_over(
-        self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, probe: _EpochProbe | None,
+        self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, probe: EpochProbe | None,
         trainer: Trainer,
     ) -> TrainConfig | None:
         """After a first fit timed by ``probe``: the fitted ``cfg`` to train again when the
@@ -475,6 +367,7 @@ class Objective:
         extra: list[Any],
         keeper: KeepBestWeights | None = None,
         fold: str = "",
+        report_from: int = 1,
         **trainer_kwargs: Any,
     ) -> tuple[Trainer, History, PruningCallback | None]:
         """One fit of ``cfg`` on ``dataset`` with the trial's callbacks (``extra``: built
@@ -484,7 +377,8 @@ class Objective:
         from med_core.training import Trainer
 
         n = trial.number
-        pruning = PruningCallback(trial, cfg.monitor) if per_epoch_pruning else None
+        pruning = (PruningCallback(trial, cfg.monitor, report_from=report_from)
+                   if per_epoch_pruning else None)
         own: list[Any] = [c for c in (pruning, keeper) if c is not None]
         callbacks: list[Any] = [*own, *extra]
         if os.environ.get(TIMING_ENV):
@@ -533,7 +427,7 @@ class Objective:
 
     def _train_folds(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, extra: list[Any],
-        probe: _EpochProbe | None, **trainer_kwargs: Any,
+        probe: EpochProbe | None, **trainer_kwargs: Any,
     ) -> float:
         """Cross-validated selection: k fits, out-of-fold scores, one report per fold."""
         import numpy as np

@@ -306,12 +306,12 @@ class AutoMLOptimizer:
         from medauto.fingerprint import fingerprint_dataset
         from medauto.fingerprint import resolve_selection
         from medauto.fingerprint import resolve_space
-        from medauto.objective import budgeted_selection
         from medauto.storage import default_storage_url
         from medauto.storage import open_storage
         from medauto.study import StudySettings
         from medauto.study import open_study
         from medauto.study import stored_selection
+        from medauto.trial_timing import budgeted_selection
 
         self._validate()
         device = resolve_device(self.device)

@@ -31,11 +31,15 @@ class PruningCallback(Callback):
     Args:
         trial: The trial to report to (``None`` on non-zero DDP ranks).
         monitor: Metric name in the epoch's metrics (e.g. ``"val_auc"``).
+        report_from: The first step to report: a trial fitted again after its first two
+            epochs were timed and reported (:mod:`medauto.trial_timing`) starts at 3.
     """
 
-    def __init__(self, trial: optuna.trial.BaseTrial | None, monitor: str) -> None:
+    def __init__(self, trial: optuna.trial.BaseTrial | None, monitor: str, *,
+                 report_from: int = 1) -> None:
         self.trial = trial
         self.monitor = monitor
+        self.report_from = report_from
         self.pruned_at_epoch: int | None = None
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
@@ -46,7 +50,7 @@ class PruningCallback(Callback):
             raise KeyError(
                 f"monitored metric {self.monitor!r} not in epoch metrics {sorted(metrics)}"
             )
-        if math.isfinite(value):
+        if math.isfinite(value) and epoch + 1 >= self.report_from:
             self.trial.report(float(value), step=epoch + 1)
         if self.trial.should_prune():
             self.pruned_at_epoch = epoch + 1

@@ -81,7 +81,7 @@ def test_cross_validation_is_kept_only_when_the_cap_pays_for_its_folds(
     medmnist_dir: Path, tmp_path: Path, fits: list[int], cap: float, mode: str
 ) -> None:
     from medauto.fingerprint import Selection
-    from medauto.objective import budgeted_selection
+    from medauto.trial_timing import budgeted_selection
 
     src = cut_medmnist(medmnist_dir / "breastmnist.npz", tmp_path / "b.npz", 40,
                        both_classes=True)
