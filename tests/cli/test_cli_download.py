@@ -50,15 +50,15 @@ def test_train_download_offline_is_one_clear_line(
 
 
 def test_download_keeps_a_file_already_there_without_the_network(
-    run: Run, micro_space: Path, micro_dir: Path, tmp_path: Path, offline: None
+    run: Run, micro_space: Path, micro_data_dir: Path, tmp_path: Path, offline: None
 ) -> None:
-    before = (micro_dir / "breastmnist.npz").stat().st_mtime_ns
+    before = (micro_data_dir / "breastmnist.npz").stat().st_mtime_ns
     code, out, err = run("create-study", "--data", "breastmnist", "--download", "--data-dir",
-                         str(micro_dir), "--space", str(micro_space), "--device", "cpu",
+                         str(micro_data_dir), "--space", str(micro_space), "--device", "cpu",
                          "--run-dir", "runs")
     assert code == 0, err
     assert "study: breastmnist-micro" in out
-    assert (micro_dir / "breastmnist.npz").stat().st_mtime_ns == before
+    assert (micro_data_dir / "breastmnist.npz").stat().st_mtime_ns == before
 
 
 def test_download_of_a_path_is_refused_in_one_line(run: Run, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def _main(*argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def search_run(micro_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def search_run(micro_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One real one-epoch trial on 32/32/32 BreastMNIST images: the run folder and the
     search's stdout."""
     from cli_helpers import MICRO_SPACE
@@ -44,7 +44,7 @@ def search_run(micro_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     assert one_epoch != MICRO_SPACE
     (root / "micro.yaml").write_text(one_epoch)
     code, out, err = _main(
-        "search", "--data", "breastmnist", "--data-dir", str(micro_dir), "--space",
+        "search", "--data", "breastmnist", "--data-dir", str(micro_data_dir), "--space",
         str(root / "micro.yaml"), "--trials", "1", "--selection", "holdout", "--study", STUDY,
         "--run-dir", str(root / "runs"), "--device", "cpu", "--no-progress", "--no-tracking",
         "--pruner", "none", "-q")
@@ -76,8 +76,8 @@ def test_the_search_ends_with_honest_test_results(search_run: tuple[Path, str]) 
 
 
 @pytest.fixture(scope="module")
-def test_split(micro_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(micro_dir / "breastmnist.npz") as z:
+def test_split(micro_data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(micro_data_dir / "breastmnist.npz") as z:
         return z["test_images"], z["test_labels"].reshape(-1)
 
 
@@ -128,7 +128,7 @@ def test_one_png_needs_one_command_and_matches_the_predictor(
 
 
 def test_folder_manifest_and_npz_inputs_agree(
-    searched: Path, test_split: tuple[np.ndarray, np.ndarray], micro_dir: Path, tmp_path: Path,
+    searched: Path, test_split: tuple[np.ndarray, np.ndarray], micro_data_dir: Path, tmp_path: Path,
 ) -> None:
     images, labels = test_split
     files = _pngs(tmp_path / "scans", images[:8])
@@ -138,7 +138,7 @@ def test_folder_manifest_and_npz_inputs_agree(
     folder = str(searched / "final" / STUDY / "predictor")
     results = {}
     for name, src in (("folder", tmp_path / "scans"), ("manifest", manifest),
-                      ("npz", micro_dir / "breastmnist.npz")):
+                      ("npz", micro_data_dir / "breastmnist.npz")):
         out = tmp_path / f"{name}.csv"
         code, printed, err = _main("predict", str(src), "--model", folder, "--output", str(out))
         assert code == 0, err
@@ -146,7 +146,7 @@ def test_folder_manifest_and_npz_inputs_agree(
         results[name] = _read(out)
     assert len(results["npz"]) == len(images)
     npz = results["npz"][:8]
-    assert [r["name"] for r in npz] == [f"{micro_dir / 'breastmnist.npz'}:test[{i}]"
+    assert [r["name"] for r in npz] == [f"{micro_data_dir / 'breastmnist.npz'}:test[{i}]"
                                         for i in range(8)]
     for name in ("folder", "manifest"):
         assert np.allclose(_proba(results[name]), _proba(npz), atol=1e-5), name
@@ -208,7 +208,7 @@ def test_larger_images_are_resized_as_training_resized_them(tmp_path: Path) -> N
 
 
 def test_bad_inputs_get_one_clear_line(
-    searched: Path, micro_dir: Path, tmp_path: Path,
+    searched: Path, micro_data_dir: Path, tmp_path: Path,
 ) -> None:
     folder = str(searched / "final" / STUDY / "predictor")
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
