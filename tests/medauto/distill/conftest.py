@@ -12,10 +12,10 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # distill_helpers is imported by name
     sys.path.insert(0, str(HERE))
 
+from cli_runner import run_cli  # noqa: E402
 from distill_helpers import SPACE  # noqa: E402
 from distill_helpers import STUDY  # noqa: E402
 from distill_helpers import Searched  # noqa: E402
-from distill_helpers import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")

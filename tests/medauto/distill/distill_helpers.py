@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 SPACE = """\
 name: distill-tiny
@@ -22,18 +18,6 @@ params:
   optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
 """
 STUDY = "kd"
-
-
-def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
-    """``medauto.cli.main(argv)`` in ``cwd`` (MLflow's ``./mlruns`` stays there)."""
-    from medauto.cli import main
-
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        mp.chdir(cwd)
-        mp.delenv("MEDAUTO_TRACKING_URI", raising=False)
-        code = main(argv)
-    return code, out.getvalue()
 
 
 @dataclass

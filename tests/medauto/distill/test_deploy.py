@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from cli_runner import run_cli
 from distill_helpers import STUDY
 from distill_helpers import Searched
-from distill_helpers import run_cli
 
 from medauto.deploy import DEPLOY_FILE
 from medauto.deploy import load_rows

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from distill_helpers import STUDY
 from distill_helpers import Searched
-from distill_helpers import run_cli
 
 from med_core.data import load_dataset
 from med_core.testing.data import cut_medmnist

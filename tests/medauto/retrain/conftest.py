@@ -16,11 +16,11 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # retrain_helpers is imported by name
     sys.path.insert(0, str(HERE))
 
+from cli_runner import run_cli  # noqa: E402
 from retrain_helpers import R18_SPACE  # noqa: E402
 from retrain_helpers import STUDY  # noqa: E402
 from retrain_helpers import Retrained  # noqa: E402
 from retrain_helpers import Searched  # noqa: E402
-from retrain_helpers import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")

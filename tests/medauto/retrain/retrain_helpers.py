@@ -10,12 +10,8 @@ per session: every test reads their outputs.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 # ResNet-18 (the issue's quantization target) for one epoch: the cheapest config that
 # still makes every retrain/report feature observable on two CPU cores.
@@ -33,21 +29,6 @@ params:
 """
 
 STUDY = "rt"
-
-
-def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
-    """``medauto.cli.main(argv)`` with ``cwd`` as working directory; returns (code, stdout).
-
-    MLflow puts the artifacts of an experiment created without a location under
-    ``./mlruns``: the working directory must be the test's, never the checkout.
-    """
-    from medauto.cli import main
-
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        mp.chdir(cwd)
-        code = main(argv)
-    return code, out.getvalue()
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from cli_runner import run_cli
 from retrain_helpers import Retrained
-from retrain_helpers import run_cli
 
 from medauto.report import pruning_statistics
 

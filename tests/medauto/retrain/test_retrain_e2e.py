@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 from retrain_helpers import STUDY
 from retrain_helpers import Retrained
 from retrain_helpers import Searched
-from retrain_helpers import run_cli
 
 from med_core.models import build_classifier
 from med_core.training import compute_metrics
