@@ -59,7 +59,8 @@ def test_search_and_recipe_fill_one_section(
                        *common]) == 0
     stored = json.loads(doc.with_suffix(".json").read_text())["breastmnist"]
     final, recipe = stored["search"]["final"], stored["recipe"]
-    assert final["n_test"] == 32 and final["members"] and final["selection"] == "oof"
+    assert final["n_test"] == 32 and final["members"]
+    assert final["selection"] in ("oof", "val")  # the budget decides whether 5 folds fit
     assert len(recipe["per_seed"]) == 2 and recipe["entry"] == "resnet18-recipe"
     text = doc.read_text()
     assert text.count("<!-- medmnist-bench:begin breastmnist -->") == 1

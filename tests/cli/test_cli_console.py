@@ -17,12 +17,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-from cli_helpers import MICRO_SPACE
+from micro import MICRO_SPACE as _ONE_EPOCH
 
 SUMMARY = re.compile(
     r"^\[I [\d:]+ medauto\._worker\] trial (\d+) (COMPLETE|PRUNED|FAIL)(?: \(.+\))?: "
     r"mobilenet_v3_small, (\d+) epochs?, (?:val_auc \d\.\d{4}, )?\d+\.\d s$"
 )
+
+#: Two epochs per trial: the console shows one epoch line per epoch.
+MICRO_SPACE = _ONE_EPOCH.replace("max_epochs: 1,", "max_epochs: 2,")
 
 
 def _search(space: Path, data_dir: Path, *extra: str) -> list[str]:
@@ -37,7 +40,7 @@ def _segments(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def searched(micro_dir: Path, tmp_path_factory: pytest.TempPathFactory
+def searched(micro_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
              ) -> tuple[str, optuna.Study]:
     """A real one-trial search with the CLI's handlers at -v and the bar forced on: what
     it wrote to stderr, and its study."""
@@ -52,7 +55,7 @@ def searched(micro_dir: Path, tmp_path_factory: pytest.TempPathFactory
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             main(["status", "-v", "--run-dir", str(root / "none")])  # the CLI's handlers
             result = AutoMLOptimizer(
-                "breastmnist", str(root / "micro.yaml"), data_dir=str(micro_dir), n_trials=1,
+                "breastmnist", str(root / "micro.yaml"), data_dir=str(micro_data_dir), n_trials=1,
                 device="cpu", run_dir=str(root / "runs"), selection="holdout",
                 final_model=False, tracking=False, progress=True,
             ).optimize()
@@ -119,13 +122,13 @@ def test_a_budget_bar_shows_time_elapsed_and_left_not_a_trial_count() -> None:
 
 
 def test_quiet_silences_medauto_optuna_and_mlflow_info(
-    micro_space: Path, micro_dir: Path, tmp_path: Path
+    micro_space: Path, micro_data_dir: Path, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MEDAUTO_STORAGE", "MEDAUTO_TRACKING_URI", "MLFLOW_LOGGING_LEVEL")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     proc = subprocess.run(
-        [sys.executable, "-m", "medauto", *_search(micro_space, micro_dir, "--trials", "1",
+        [sys.executable, "-m", "medauto", *_search(micro_space, micro_data_dir, "--trials", "1",
                                                    "-q")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )

@@ -37,12 +37,11 @@ def _main(*argv: str) -> tuple[int, str, str]:
 def search_run(micro_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One real one-epoch trial on 32/32/32 BreastMNIST images: the run folder and the
     search's stdout."""
-    from cli_helpers import MICRO_SPACE
+    from micro import MICRO_SPACE
 
     root = tmp_path_factory.mktemp("predict")
-    one_epoch = MICRO_SPACE.replace("max_epochs: 2", "max_epochs: 1")
-    assert one_epoch != MICRO_SPACE
-    (root / "micro.yaml").write_text(one_epoch)
+    assert "max_epochs: 1," in MICRO_SPACE  # one epoch per trial
+    (root / "micro.yaml").write_text(MICRO_SPACE)
     code, out, err = _main(
         "search", "--data", "breastmnist", "--data-dir", str(micro_data_dir), "--space",
         str(root / "micro.yaml"), "--trials", "1", "--selection", "holdout", "--study", STUDY,

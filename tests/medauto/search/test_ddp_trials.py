@@ -38,7 +38,12 @@ def test_ranks_agree_on_params_and_prune_decisions(tmp_path: Path, medmnist_dir:
     settings = StudySettings(space=space.to_dict(), fingerprint=space.fingerprint(),
                              data="breastmnist", metric="val_auc", direction="maximize",
                              n_trials=4)
-    open_study("ddp", open_storage(url), settings)
+    study = open_study("ddp", open_storage(url), settings)
+    # a learning trial first, then hopeless ones the median pruner stops (the workers'
+    # sampler seeds differ per process, so random draws alone would make this flaky)
+    study.enqueue_trial({"optim.lr": 3.0e-3, "model.dropout": 0.1})
+    for _ in range(3):
+        study.enqueue_trial({"optim.lr": 1.0e-9, "model.dropout": 0.1})
 
     logs = launch_ddp_worker(
         "ddp", url, gpus_per_trial=2, device="cpu", data_dir=str(medmnist_dir),
