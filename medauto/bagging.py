@@ -7,8 +7,8 @@ search leaves few strong members: on PneumoniaMNIST the fixed recipe's 5-seed en
 whose ensemble was one recipe model plus weak ones (0.983). Cross-validated selection
 already bags (each trial leaves k fold models), so this applies to holdout only.
 
-:class:`SeedBagger` is the worker's ``on_trial_end`` hook. Once the search's clock passes
-``1 - share`` of its time, it enqueues the best configuration again with new seeds
+:class:`SeedBagger` is the worker's ``on_trial_end`` hook. Once one more trial as long as
+the best would end past ``1 - share`` of the search's time, it enqueues the best configuration again with new seeds
 (the ``seed`` user attribute), as many as the time left can train at the best trial's measured
 duration, at most :data:`MAX_SEEDS`. The repeats are ordinary trials: Optuna serves
 enqueued trials first, they are not pruned (``bagged_from``), their models and
@@ -74,16 +74,18 @@ class SeedBagger:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """The ``on_trial_end`` hook: enqueues the repeats the first time it is due."""
         now = self.clock()
-        if self._done or now < self.opens_at:
+        if self._done:
             return
-        self._done = True
         try:
             best = best_trial(study)
         except MedautoError:
-            return  # nothing completed: the sampler keeps the time
+            return  # nothing completed yet
         if best.datetime_start is None or best.datetime_complete is None:
             return
         took = (best.datetime_complete - best.datetime_start).total_seconds()
+        if now + took < self.opens_at:  # another trial still ends before the bagging share
+            return
+        self._done = True
         n = min(self.max_seeds, int((self.deadline - now) // max(took, 1e-9)))
         base = int(best.user_attrs.get(SEED_ATTR, 0))
         for k in range(1, n + 1):
