@@ -7,13 +7,14 @@ search leaves few strong members: on PneumoniaMNIST the fixed recipe's 5-seed en
 whose ensemble was one recipe model plus weak ones (0.983). Cross-validated selection
 already bags (each trial leaves k fold models), so this applies to holdout only.
 
-:class:`SeedBagger` is the worker's ``on_trial_end`` hook. Once one more trial as long as
-the best would end past ``1 - share`` of the search's time, it enqueues the best configuration again with new seeds
-(the ``seed`` user attribute), as many as the time left can train at the best trial's measured
-duration, at most :data:`MAX_SEEDS`. The repeats are ordinary trials: Optuna serves
-enqueued trials first, they are not pruned (``bagged_from``), their models and
-validation predictions become ensemble candidates, and greedy selection decides their
-weight on the validation split. Time they leave over goes back to the sampler.
+:class:`SeedBagger` is the worker's ``on_trial_end`` hook. Once one more trial as long
+as the best would end past ``1 - share`` of the search's time, it enqueues the best
+configuration again with new seeds (the ``seed`` user attribute), as many as the time
+left can train at the best trial's measured duration, at most :data:`MAX_SEEDS`. The
+repeats are ordinary trials: Optuna serves enqueued trials first, they are not pruned
+(``bagged_from``), their models and validation predictions become ensemble candidates,
+and greedy selection decides their weight on the validation split. Time they leave over
+goes back to the sampler.
 
 Example:
     >>> SeedBagger(deadline=100.0, share_s=30.0).opens_at
