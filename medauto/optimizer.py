@@ -355,8 +355,13 @@ class AutoMLOptimizer:
 
     def create_study(self) -> optuna.Study:
         """Creates (or resumes) the study with its settings and portfolio, training nothing;
-        the data is checked first, so a wrong ``data`` or an unfit space creates no study."""
-        return self._open(self._load_data())[0]
+        the data is checked first, so a wrong ``data`` or an unfit space creates no study.
+        Its MLflow experiment and parent run are created too (the run SCHEDULED)."""
+        from medauto.tracking import make_tracker
+
+        study = self._open(self._load_data())[0]
+        make_tracker(self.tracking, self.run_dir).schedule_study(study)
+        return study
 
     # -- running ---------------------------------------------------------------------------
     def optimize(self) -> OptimizationResult:

@@ -83,6 +83,12 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CLASSIC_EXPERIMENT_KIND = "custom_model_development"
 #: Seconds between two system-metrics samples of a trial run (MLflow's default is 10).
 SYSTEM_METRICS_INTERVAL_S = 5.0
+#: Parent runs of a study started this many seconds apart count as one race (see
+#: ``MlflowTracker._create_parent_run``); an older running parent is a dead study's.
+PARENT_RACE_WINDOW_S = 300.0
+#: Seconds a new parent run waits before looking for rivals: longer than a run takes to be
+#: committed, so every rival that started earlier is visible by then.
+PARENT_SETTLE_S = 1.0
 #: ``model_type`` of every model medauto logs.
 MODEL_TYPE = "medauto-classifier"
 
@@ -198,6 +204,9 @@ class BaseTracker:
     def start_study(self, study: optuna.Study) -> None:
         """Called once per process after the study is opened."""
 
+    def schedule_study(self, study: optuna.Study) -> None:
+        """Called when a study is created without training (``medauto create-study``)."""
+
     def trial_callback(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig) -> Callback | None:
         """A trainer callback that logs this trial, or ``None``."""
         return None
@@ -305,6 +314,14 @@ class MlflowTracker(BaseTracker):
         with timed("tracking_start_study"):
             self._start_study(study)
 
+    def schedule_study(self, study: optuna.Study) -> None:
+        """Creates the experiment and the parent run (status SCHEDULED) up front, so that
+        the workers that join later find them and none of them creates its own."""
+        self._start_study(study)
+        if self.parent_run_id is not None and self.enabled:
+            with self._guard("schedule the study run"):
+                self.client.update_run(self.parent_run_id, status="SCHEDULED")
+
     def _start_study(self, study: optuna.Study) -> None:
         if not self._reachable():
             return
@@ -314,16 +331,36 @@ class MlflowTracker(BaseTracker):
             )
             parent = study.user_attrs.get(PARENT_RUN_ATTR)
             if parent is None:
-                run = self.client.create_run(
-                    self.experiment_id,
-                    run_name=study.study_name,
-                    tags={"medauto.study": study.study_name, "medauto.role": "study"},
-                )
-                parent = run.info.run_id
+                parent = self._create_parent_run(study.study_name)
                 study.set_user_attr(PARENT_RUN_ATTR, parent)
             elif self.client.get_run(parent).info.status != "RUNNING":
                 self.client.update_run(parent, status="RUNNING")  # the study resumes
             self.parent_run_id = parent
+
+    def _create_parent_run(self, name: str) -> str:
+        """Creates the parent run of a new study ``name`` and returns the one to use.
+
+        Workers that join a new study at the same moment each create one. Each waits
+        :data:`PARENT_SETTLE_S`, so that every rival started before its own is committed,
+        then all keep the earliest running parent of this study (started at most
+        :data:`PARENT_RACE_WINDOW_S` before their own; ties by run id): all pick the same,
+        and the others delete theirs."""
+        mine = self.client.create_run(
+            self.experiment_id, run_name=name,
+            tags={"medauto.study": name, "medauto.role": "study"},
+        ).info
+        time.sleep(PARENT_SETTLE_S)
+        rivals = self.client.search_runs(  # the study name is compared here, unquoted
+            [self.experiment_id],
+            filter_string="tags.`medauto.role` = 'study' and attributes.status = 'RUNNING'",
+        )
+        since = mine.start_time - PARENT_RACE_WINDOW_S * 1000
+        first = min((r.info for r in rivals if r.data.tags.get("medauto.study") == name
+                     and r.info.start_time >= since),
+                    key=lambda info: (info.start_time, info.run_id), default=mine)
+        if first.run_id != mine.run_id:
+            self.client.delete_run(mine.run_id)
+        return str(first.run_id)
 
     def trial_callback(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig) -> Callback | None:
         if not self.enabled or self.experiment_id is None:

@@ -64,3 +64,40 @@ def test_without_psutil_trial_runs_are_tracked_without_system_metrics(tmp_path: 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert not [k for k in run.data.metrics if k.startswith("system/")]
+
+
+def test_workers_joining_a_new_study_at_once_share_one_parent_run(tmp_path: Path) -> None:
+    """Four trackers (as four workers) start a new study in the same instant: each sees no
+    parent yet, yet they end with one parent run between them, and no stray RUNNING one
+    (a stray parent was left RUNNING by the killed-worker test)."""
+    import threading
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="race", storage=storage)
+    MlflowTracker(uri, experiment="other").start_study(  # a parent of another study
+        optuna.create_study(study_name="bystander"))
+    trackers = [MlflowTracker(uri, experiment="race") for _ in range(4)]
+    # The experiment exists first: creating it is not what races here.
+    trackers[0].client.create_experiment("race")
+    barrier = threading.Barrier(len(trackers))
+
+    def join(tracker: MlflowTracker) -> None:
+        study = optuna.load_study(study_name="race", storage=storage)
+        barrier.wait()
+        tracker.start_study(study)
+
+    threads = [threading.Thread(target=join, args=(t,)) for t in trackers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(t.enabled for t in trackers)
+    parents = {t.parent_run_id for t in trackers}
+    assert len(parents) == 1, parents
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("race")
+    alive = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in alive] == list(parents)
+    stored = optuna.load_study(study_name="race", storage=storage).user_attrs
+    assert set(stored.values()) & parents

@@ -37,14 +37,21 @@ def test_two_workers_finish_exactly_the_target(
 ) -> None:
     env = {**os.environ, "MEDAUTO_DATA_DIR": str(tiny_data_dir), "OMP_NUM_THREADS": "1"}
     common = ["--storage", url, "--run-dir", str(tmp_path), "--device", "cpu", "--no-progress"]
-    # `search` creates the study (and, with --timeout 1, runs its first trial only).
-    search = _medauto(
-        "search", "--selection", "holdout", "--no-final-model",
+    # `create-study` creates the study and trains nothing (a `search --timeout 1` used to
+    # train its first trial here, unless the timeout was spent first on a loaded machine).
+    create = _medauto(
+        "create-study", "--selection", "holdout",
         "--data", "breastmnist", "--space", str(tiny_space), "--trials", "6",
-        "--study", "shared", "--timeout", "1", *common, env=env,
+        "--study", "shared", *common, env=env,
     )
-    out, _ = search.communicate(timeout=300)
-    assert search.returncode == 0, out
+    out, _ = create.communicate(timeout=300)
+    assert create.returncode == 0, out
+    assert optuna.load_study(study_name="shared", storage=open_storage(url)).trials == []
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (scheduled,) = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+    assert scheduled.info.status == "SCHEDULED"  # the parent run, made before any worker
 
     # Two worker processes: `--trials-per-device 2` starts them on the same device.
     worker = _medauto("worker", "--study", "shared", "--trials-per-device", "2", *common, env=env)
@@ -58,16 +65,13 @@ def test_two_workers_finish_exactly_the_target(
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     others = [t for t in trials if t not in finished]
     assert all(t.user_attrs.get("reason") == "surplus" for t in others), others
-    # Each trial ran once, by one process; `search` and both workers did some of the work.
+    # Each trial ran once, by one process; both workers did some of the work.
     assert len({t.number for t in trials}) == len(trials)
     pids = {t.user_attrs["worker"] for t in finished}
-    assert len(pids) == 3, pids
+    assert len(pids) == 2, pids
     assert all(t.user_attrs["config"]["data"]["dataset"] == "breastmnist" for t in finished)
 
     # MLflow: one parent run for the study, one child run per trained trial.
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("shared")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("medauto.role") == "study"]
