@@ -457,17 +457,9 @@ class AutoMLOptimizer:
         tracker.start_study(study)
         objective = self._build_objective(space, device, tracker, dataset=dataset)
         if plan is not None:
-            from medauto.budget import format_seconds
-
             left = plan.search_s - (time.monotonic() - self.budget_start_)
             timeout = max(1e-3, left if timeout is None else min(timeout, left))
-            after = ("final model" if self.final_model else
-                     f"retrain ({plan.seeds} seed(s) x {plan.ensemble})")
-            _logger.info(
-                "budget %s: search %.0f s, %s %.0f s, slack %.0f s; a trial may train "
-                "%.0f s", format_seconds(plan.total_s), plan.search_s, after, plan.retrain_s,
-                plan.slack_s, plan.trial_cap_s,
-            )
+            _logger.info("%s", plan.describe(final_model=self.final_model))
         progress = SearchProgress(self._target(), enabled=self.progress, start=self.budget_start_,
                                   budget_s=plan.search_s if plan is not None else None)
         report = None
@@ -501,9 +493,12 @@ class AutoMLOptimizer:
     def _result(self, study: optuna.Study, report: WorkerReport,
                 final: FinalResult | None = None) -> OptimizationResult:
         from med_core.config import TrainConfig
+        from medauto.partial import stand_in
         from medauto.results import best_trial
 
         partial = final.partial if final is not None else {}
+        if not partial and self.budget_plan_ is not None:  # what retrain() will use, if any
+            partial = stand_in(study)
         best = study.trials[partial["trial"]] if partial else best_trial(study)
         return OptimizationResult(
             study=study, best_value=float(partial["value"] if partial else best.value),  # type: ignore[arg-type]
@@ -581,7 +576,8 @@ class AutoMLOptimizer:
         plan, start = self.budget_plan_, self.budget_start_
         deadline = None
         if plan is not None and start is not None:
-            options = {"seeds": tuple(range(plan.seeds)), "ensemble": plan.ensemble, **options}
+            options = {"seeds": tuple(range(plan.seeds)), "ensemble": plan.ensemble,
+                       "partial": True, **options}
             deadline = start + plan.total_s - plan.slack_s
         return retrain(
             study,

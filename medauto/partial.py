@@ -32,13 +32,14 @@ from medauto.members import member_dir
 from medauto.members import model_path
 from medauto.members import save_selection_scores
 from medauto.results import CONFIG_ATTR
+from medauto.results import ranked_trials
 
 if TYPE_CHECKING:
     import optuna
 
     from med_core.data import MedicalDataset
 
-__all__ = ["best_partial_trial", "partial_value", "train_partial"]
+__all__ = ["best_partial_trial", "partial_value", "stand_in", "train_partial"]
 
 _logger = get_logger(__name__)
 
@@ -63,6 +64,18 @@ def best_partial_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         if value is not None and isinstance(t.user_attrs.get(CONFIG_ATTR), dict):
             ranked.append(((-value if maximize else value), t.number, t))
     return min(ranked, key=lambda r: r[:2])[2] if ranked else None
+
+
+def stand_in(study: optuna.Study) -> dict[str, Any]:
+    """``{"trial", "value"}`` of the best partial trial when no medauto trial completed,
+    the trial a budget's retrain uses instead; ``{}`` otherwise."""
+    from optuna.study import StudyDirection
+
+    trial = None if ranked_trials(study) else best_partial_trial(study)
+    if trial is None:
+        return {}
+    return {"trial": trial.number,
+            "value": partial_value(trial, study.direction == StudyDirection.MAXIMIZE)}
 
 
 def _epochs(trial: optuna.trial.FrozenTrial, configured: int) -> int:

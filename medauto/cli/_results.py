@@ -146,6 +146,9 @@ def print_retrain_summary(result: RetrainResult) -> None:
     what = f"ensemble of top {used}" if used > 1 else "best trial"
     trials = result.trials[:used]
     print(f"study: {result.study} ({result.dataset}, {what}: trials {trials})")
+    if result.partial:
+        print(f"WARNING: PARTIAL: no trial completed; trial(s) {result.partial} were pruned "
+              "before their last epoch and were retrained as they were")
     tta = sorted({"on" if mr.tta else "off" for mr in result.models})
     print(f"seeds: {result.seeds}; weights: {result.weights}; tta: {'/'.join(tta)} "
           f"({result.tta}); n_test: {result.n_test}")

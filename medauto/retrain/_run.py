@@ -27,6 +27,11 @@ from medauto.exceptions import MedautoError
 from medauto.keys import CONFIG_ATTR
 from medauto.logging import get_logger
 from medauto.model_file import atomic_write_bytes
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from medauto.partial import best_partial_trial
+from medauto.partial import partial_value
 from medauto.results import ranked_trials
 from medauto.retrain._train import ModelJob
 from medauto.retrain._train import train_and_test
@@ -57,20 +62,39 @@ __all__ = ["retrain", "select_trials"]
 _logger = get_logger(__name__)
 
 
-def select_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+def select_trials(
+    study: optuna.Study, k: int, *, partial: bool = False
+) -> list[optuna.trial.FrozenTrial]:
     """The ``k`` best trials by :func:`medauto.results.ranked_trials` (best first; the rule
-    ``best``, the report and the dashboard use: foreign trials are passed over).
+    ``best``, the report and the dashboard use: foreign trials are passed over). With
+    ``partial`` and no completed trial at all, the best pruned trial
+    (:func:`medauto.partial.best_partial_trial`) stands in, with a warning.
 
     Raises:
         MedautoError: fewer than ``k`` such trials.
     """
     done = ranked_trials(study)
+    if not done and partial:
+        stand_in = best_partial_trial(study)
+        if stand_in is not None:
+            _logger.warning(
+                "no trial of study %r completed: retraining the best PRUNED trial, %d, which "
+                "stopped early; treat its model as partial", study.study_name, stand_in.number,
+            )
+            return [stand_in]
     if len(done) < k:
         raise MedautoError(
             f"study {study.study_name!r} has {len(done)} completed trial(s); retraining the "
             f"top {k} needs at least {k} (run more trials, or lower --ensemble)"
         )
     return done[:k]
+
+
+def _trial_value(trial: optuna.trial.FrozenTrial, maximize: bool) -> float:
+    """A completed trial's value; a pruned stand-in's best reported value."""
+    if trial.value is not None:
+        return float(trial.value)
+    return float(partial_value(trial, maximize) or float("nan"))
 
 
 def _resolve_study(study: optuna.Study | str, storage: str | None, run_dir: Path) -> optuna.Study:
@@ -136,7 +160,8 @@ def retrain(
     opts = options if options is not None else RetrainOptions()
     run_dir = Path(run_dir)
     study = _resolve_study(study, storage, run_dir)
-    selected = select_trials(study, opts.ensemble)
+    selected = select_trials(study, opts.ensemble, partial=opts.partial)
+    maximize = study.direction == StudyDirection.MAXIMIZE
     dev = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else retrain_dir(run_dir, study.study_name)
     if (out / RESULTS_FILE).exists():
@@ -144,7 +169,8 @@ def retrain(
     result = RetrainResult(
         study=study.study_name, metric=str(load_settings_dict(study).get("metric", "")),
         direction=study.direction.name.lower(), trials=[t.number for t in selected],
-        trial_values=[float(t.value) for t in selected],  # type: ignore[arg-type]
+        trial_values=[_trial_value(t, maximize) for t in selected],
+        partial=[t.number for t in selected if t.state != TrialState.COMPLETE],
         seeds=list(opts.seeds), ensemble=opts.ensemble, ensemble_used=opts.ensemble,
         ensemble_select=opts.ensemble_select, tta=opts.tta,
         train_on_val=opts.train_on_val, weights=opts.kept_weights,

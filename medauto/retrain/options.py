@@ -59,6 +59,9 @@ class RetrainOptions:
         latency_iters: Timed calls per latency figure.
         latency_threads: CPU threads while timing (``None``: the current setting).
         latency_compile: Also time Inductor-compiled float and int8 models.
+        partial: With no completed trial, retrain the best pruned one (the best value it
+            reported; :func:`medauto.partial.best_partial_trial`) and say so, instead of
+            failing. A budgeted search sets it: a budget always ends with a model.
 
     Raises:
         MedautoError: an option breaks its rule (the message names option, rule and value).
@@ -76,6 +79,7 @@ class RetrainOptions:
     latency_iters: int = 20
     latency_threads: int | None = 1
     latency_compile: bool = False
+    partial: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))

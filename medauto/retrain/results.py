@@ -147,7 +147,8 @@ class RetrainResult:
     ``"on"``, ``"off"``, ``"auto"``); ``val_selection`` maps each candidate ensemble size
     to its mean validation AUC when ``ensemble_select="val"``. ``evaluation`` is the first
     seed's final model's honest test results (:class:`medauto.evaluation.HonestEvaluation`;
-    its ROC curve is :data:`ROC_FILE`).
+    its ROC curve is :data:`ROC_FILE`). ``partial`` lists the trials retrained although
+    they were pruned (no trial had completed: ``RetrainOptions.partial``).
     """
 
     study: str
@@ -157,6 +158,7 @@ class RetrainResult:
     direction: str = ""
     trials: list[int] = field(default_factory=list)
     trial_values: list[float] = field(default_factory=list)
+    partial: list[int] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     ensemble: int = 1
     ensemble_used: int = 1

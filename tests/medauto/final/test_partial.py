@@ -95,3 +95,33 @@ def test_a_study_whose_trials_were_all_pruned_ends_with_a_model(
     assert pred.predict_proba(images).shape == (32, 2)
     # nothing completed and nothing pruned with a value: the one clear error stays
     assert best_partial_trial(optuna.create_study(study_name="e", storage=storage)) is None
+
+
+def test_a_budget_without_final_model_whose_trials_were_all_pruned_retrains_one(
+    medmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--budget --no-final-model` retrains the best trial instead of a final ensemble:
+    with every trial pruned, it retrains the best partial one and says so (it used to end
+    with "no completed medauto trial yet", exit 1 and nothing retrained)."""
+    monkeypatch.chdir(tmp_path)
+    cut_medmnist(medmnist_dir / "breastmnist.npz", tmp_path / "d" / "breastmnist.npz", 32,
+                 both_classes=True)
+    (tmp_path / "micro.yaml").write_text(SPACE)
+    common = ["--data", "breastmnist", "--data-dir", str(tmp_path / "d"), "--space",
+              str(tmp_path / "micro.yaml"), "--trials", "2", "--selection", "holdout",
+              "--device", "cpu", "--no-tracking", "--study", "s",
+              "--run-dir", str(tmp_path / "runs")]
+    assert _main("create-study", *common)[0] == 0
+    study = optuna.load_study(study_name="s", storage=open_storage(
+        f"sqlite:///{tmp_path / 'runs/medauto.db'}"))
+    study.add_trial(_pruned(0.003, {1: 0.55, 2: 0.6}))
+    study.add_trial(_pruned(0.005, {1: 0.62}))
+    code, out, err = _main("search", *common, "--no-progress", "--budget", "90s",
+                           "--no-final-model", "--budget-seeds", "1", "--tta", "off")
+    assert code == 0, out + err
+    assert "best trial: 1 (mobilenet_v3_small)" in out
+    assert "WARNING: PARTIAL: no trial completed; trial(s) [1] were pruned" in out
+    retrained = json.loads((tmp_path / "runs/retrain/s/retrain.json").read_text())
+    assert retrained["trials"] == [1] and retrained["partial"] == [1]
+    assert retrained["trial_values"] == [pytest.approx(0.62)]
+    assert retrained["n_test"] == 32
