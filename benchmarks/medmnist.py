@@ -109,9 +109,16 @@ def run_search(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """Runs the user's command as a subprocess; returns what the section shows."""
     import optuna
 
+    from medauto.bagging import DEFERRED
     from medauto.final import FINAL_FILE
     from medauto.final import FinalResult
     from medauto.final import final_dir
+    from medauto.keys import BAGGED_FROM_ATTR
+    from medauto.keys import BUDGET_STOP_ATTR
+    from medauto.keys import FOLD_VALUES_ATTR
+    from medauto.keys import PORTFOLIO_ATTR
+    from medauto.keys import REASON_ATTR
+    from medauto.keys import SETTINGS_ATTR
 
     cmd = ["medauto", "search", "--data", args.dataset, "--budget", args.budget,
            "--device", args.device]
@@ -136,16 +143,21 @@ def run_search(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'medauto.db'}")
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name.lower() for t in trials]
-    folds = max((len(t.user_attrs.get("fold_values", [])) for t in trials), default=0)
+    reasons = [t.user_attrs.get(REASON_ATTR) for t in trials]
+    folds = max((len(t.user_attrs.get(FOLD_VALUES_ATTR, [])) for t in trials), default=0)
     return {
         "command": shown, "wall_s": wall, "study": name,
-        "space": study.user_attrs.get("medauto:settings", {}).get("space", {}).get("name"),
+        "space": study.user_attrs.get(SETTINGS_ATTR, {}).get("space", {}).get("name"),
         "final": final.to_dict(),
         "funnel": {
             "trials": len(trials), "complete": states.count("complete"),
-            "pruned": states.count("pruned"), "failed": states.count("fail"),
-            "portfolio": sum("portfolio" in t.user_attrs for t in trials),
-            "budget_stopped": sum("budget_stop" in t.user_attrs for t in trials),
+            "pruned": states.count("pruned"),
+            "failed": sum(s == "fail" and r not in (DEFERRED, "surplus")
+                          for s, r in zip(states, reasons, strict=True)),
+            "deferred": reasons.count(DEFERRED),
+            "portfolio": sum(PORTFOLIO_ATTR in t.user_attrs for t in trials),
+            "bagged": sum(BAGGED_FROM_ATTR in t.user_attrs for t in trials),
+            "budget_stopped": sum(BUDGET_STOP_ATTR in t.user_attrs for t in trials),
             "folds": folds, "candidates": len(final.candidates), "members": len(final.members),
         },
     }
@@ -248,7 +260,9 @@ def render_section(key: str, title: str, res: dict[str, Any]) -> str:
             f"- **Funnel**: space `{search['space']}`; {fn['trials']} trials "
             f"({fn['portfolio']} from the portfolio; {fn['complete']} complete, "
             f"{fn['pruned']} pruned, {fn['failed']} failed; {fn['budget_stopped']} stopped "
-            f"by the budget); selection on {on}; {fn['candidates']} candidates → "
+            f"by the budget; {fn.get('bagged', 0)} seed repeats of the best, "
+            f"{fn.get('deferred', 0)} portfolio entries deferred behind them); selection on "
+            f"{on}; {fn['candidates']} candidates → "
             f"{fn['members']} members: {members}.",
             f"- **Selection set** (not test): ensemble {f['metric']} "
             f"{f['selection_scores']['ensemble'][f['metric']]:.4f}, best single "

@@ -13,8 +13,11 @@ configuration again with new seeds (the ``seed`` user attribute), as many as the
 left can train at the best trial's measured duration, at most :data:`MAX_SEEDS`. The
 repeats are ordinary trials: Optuna serves enqueued trials first, they are not pruned
 (``bagged_from``), their models and validation predictions become ensemble candidates,
-and greedy selection decides their weight on the validation split. Time they leave over
-goes back to the sampler.
+and greedy selection decides their weight on the validation split. Portfolio entries
+still waiting then are served after the repeats: Optuna serves waiting trials oldest
+first, so each is taken, recorded as FAIL with reason ``deferred``, and enqueued again
+behind them (on PneumoniaMNIST a waiting 150 s portfolio entry took the time the repeats
+were given). Time the repeats leave over goes to those entries, then to the sampler.
 
 Example:
     >>> SeedBagger(deadline=100.0, share_s=30.0).opens_at
@@ -33,9 +36,13 @@ from optuna.trial import FrozenTrial
 from medauto.exceptions import MedautoError
 from medauto.keys import BACKBONE_ATTR
 from medauto.keys import BAGGED_FROM_ATTR
+from medauto.keys import PORTFOLIO_ATTR
+from medauto.keys import REASON_ATTR
 from medauto.keys import SEED_ATTR
 from medauto.logging import get_logger
 from medauto.results import best_trial
+from medauto.space import SearchSpace
+from medauto.study import load_settings
 
 if TYPE_CHECKING:
     from medauto.budget import BudgetPlan
@@ -43,7 +50,7 @@ if TYPE_CHECKING:
 
 TrialEnd = Callable[[optuna.Study, FrozenTrial], None]
 
-__all__ = ["BAG_SHARE", "MAX_SEEDS", "SeedBagger", "with_seed_bagging"]
+__all__ = ["BAG_SHARE", "DEFERRED", "MAX_SEEDS", "SeedBagger", "with_seed_bagging"]
 
 _logger = get_logger(__name__)
 
@@ -51,6 +58,8 @@ _logger = get_logger(__name__)
 BAG_SHARE = 0.3
 #: The most repeats of the best configuration.
 MAX_SEEDS = 4
+#: The ``reason`` of a waiting portfolio trial moved behind the repeats.
+DEFERRED = "deferred"
 
 
 class SeedBagger:
@@ -88,15 +97,43 @@ class SeedBagger:
             return
         self._done = True
         n = min(self.max_seeds, int((self.deadline - now) // max(took, 1e-9)))
+        if not n:
+            return
+        deferred = _take_waiting_portfolio(study)
         base = int(best.user_attrs.get(SEED_ATTR, 0))
         for k in range(1, n + 1):
             study.enqueue_trial(dict(best.params), skip_if_exists=False,
                                 user_attrs={SEED_ATTR: base + k, BAGGED_FROM_ATTR: best.number})
             self.enqueued.append(base + k)
-        if n:
-            _logger.info("seed bagging: %d more seed(s) of trial %d (%s, %.0f s each) in the "
-                         "last %.0f s", n, best.number, best.user_attrs.get(BACKBONE_ATTR, "?"),
-                         took, self.deadline - now)
+        for name, params in deferred:
+            study.enqueue_trial(params, skip_if_exists=False, user_attrs={PORTFOLIO_ATTR: name})
+        _logger.info("seed bagging: %d more seed(s) of trial %d (%s, %.0f s each) in the last "
+                     "%.0f s%s", n, best.number, best.user_attrs.get(BACKBONE_ATTR, "?"), took,
+                     self.deadline - now, f"; then the portfolio's {[d[0] for d in deferred]}"
+                     if deferred else "")
+
+
+def _take_waiting_portfolio(study: optuna.Study) -> list[tuple[str, dict[str, object]]]:
+    """Takes the waiting portfolio trials out of the queue (each recorded FAIL, reason
+    :data:`DEFERRED`) and returns their ``(name, params)``, oldest first. Only when every
+    waiting trial is a portfolio entry: any other waiting trial (a retry) keeps its place.
+    """
+    from optuna.trial import TrialState
+
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if not waiting or any(PORTFOLIO_ATTR not in t.user_attrs for t in waiting):
+        return []
+    entries = {e.name: dict(e.params)
+               for e in SearchSpace.from_dict(load_settings(study).space).portfolio}
+    taken = []
+    for _ in waiting:
+        trial = study.ask()  # Optuna serves the oldest waiting trial
+        name = trial.user_attrs.get(PORTFOLIO_ATTR)
+        trial.set_user_attr(REASON_ATTR, DEFERRED)
+        study.tell(trial, state=TrialState.FAIL)
+        if name in entries:  # else another worker took the last one: this one was sampled
+            taken.append((name, entries[name]))
+    return taken
 
 
 def with_seed_bagging(

@@ -125,7 +125,8 @@ class BudgetPlan:
 
     def describe(self, *, final_model: bool) -> str:
         """One log line: how the budget is split, and how long a trial may train."""
-        after = "final model" if final_model else f"retrain ({self.seeds} seed(s) x {self.ensemble})"
+        after = ("final model" if final_model
+                 else f"retrain ({self.seeds} seed(s) x {self.ensemble})")
         return (f"budget {format_seconds(self.total_s)}: search {self.search_s:.0f} s, {after} "
                 f"{self.retrain_s:.0f} s, slack {self.slack_s:.0f} s; a trial may train "
                 f"{self.trial_cap_s:.0f} s")

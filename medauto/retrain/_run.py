@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from med_core.config import TrainConfig
 from med_core.data import load_dataset
@@ -27,9 +29,6 @@ from medauto.exceptions import MedautoError
 from medauto.keys import CONFIG_ATTR
 from medauto.logging import get_logger
 from medauto.model_file import atomic_write_bytes
-from optuna.study import StudyDirection
-from optuna.trial import TrialState
-
 from medauto.partial import best_partial_trial
 from medauto.partial import partial_value
 from medauto.results import ranked_trials

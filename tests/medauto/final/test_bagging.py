@@ -88,3 +88,41 @@ def test_only_a_budgeted_holdout_search_with_a_final_model_bags() -> None:
                              final_model=False) is end
     assert with_seed_bagging(end, start=0.0, plan=plan, selection=holdout,
                              final_model=True) is not end
+
+
+def test_waiting_portfolio_entries_are_served_after_the_repeats() -> None:
+    """Optuna serves waiting trials oldest first: a portfolio entry still waiting when
+    bagging opens would take the repeats' time (a 150 s entry did, on PneumoniaMNIST). It
+    is recorded as deferred and enqueued again behind the repeats, with its params."""
+    from medauto.bagging import DEFERRED
+    from medauto.keys import PORTFOLIO_ATTR
+    from medauto.keys import REASON_ATTR
+    from medauto.study import StudySettings
+    from medauto.study import open_study
+
+    lrs = {"a": 0.005, "b": 0.002, "c": 0.001}
+    space = SearchSpace.from_dict({
+        **SPACE.to_dict(),
+        "portfolio": [{"name": n, "params": {"optim.lr": lr}} for n, lr in lrs.items()]})
+    settings = StudySettings(space=space.to_dict(), fingerprint=space.fingerprint(),
+                             data="breastmnist", metric="val_auc", direction="maximize",
+                             n_trials=10, selection="holdout")
+    study = open_study("bag", optuna.storages.InMemoryStorage(), settings)
+    for entry in space.portfolio:  # as the optimizer enqueues them
+        study.enqueue_trial(dict(entry.params), user_attrs={PORTFOLIO_ATTR: entry.name})
+    first = study.ask()  # portfolio entry "a" trains and completes
+    first.suggest_float("optim.lr", 1e-3, 1e-2, log=True)
+    first.set_user_attr("config", TrainConfig().to_dict())
+    study.tell(first, 0.9)
+    SeedBagger(deadline=100.0, share_s=100.0, max_seeds=2, clock=lambda: 50.0)(
+        study, study.trials[0])
+    b, c = study.trials[1], study.trials[2]
+    assert [t.state for t in (b, c)] == [TrialState.FAIL] * 2
+    assert {t.user_attrs[REASON_ATTR] for t in (b, c)} == {DEFERRED}
+    queue = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs.get(SEED_ATTR) for t in queue] == [1, 2, None, None]
+    assert [t.user_attrs.get(PORTFOLIO_ATTR) for t in queue[2:]] == ["b", "c"]
+    for name in ("seed 1", "seed 2", "b", "c"):  # served in that order, with their params
+        trial = study.ask()
+        lr = trial.suggest_float("optim.lr", 1e-3, 1e-2, log=True)
+        assert lr == lrs.get(name, lrs["a"]), name
