@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["dataset", "backbone", "family", "method", "deletion AUC ↓", "insertion AUC ↑",
                "score ↑", "beats random", "ms / image", "× fwd+bwd"]  # fmt: skip
     print(markdown_table(headers, table))
+    on_cpu = not str(device).startswith("cuda")
     md = "\n".join([
         "# Explanation faithfulness and cost", "",
         "Command:", "", "```", command_line(__file__, sys.argv[1:] if argv is None else argv),
@@ -228,18 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         "`med_core.explain.faithfulness`), `score = insertion − deletion`; `random` is a "
         "uniform random map at the CAM's feature grid, upsampled like a CAM. Time: wall "
         "time of `explain()` for the batch / images, and its ratio to one forward + backward "
-        "pass of the same batch (median of 3); a shared, loaded 2-core CPU makes these "
-        "noisy. "
+        "pass of the same batch (median of 3)"
+        + ("; a shared, loaded 2-core CPU makes these noisy. " if on_cpu else ". ")
         + (f"Score-CAM used the {args.max_channels} highest-variance channels."
            if args.max_channels else "Score-CAM used every channel of the target layer.")
         + f" SHAP: {args.shap_samples} expected-gradient samples, zero background.", "",
         "## Models", "",
         markdown_table(["case", "epochs", "best val AUC", "train s / file"], trained), "",
-        "## Results (CPU)", "", markdown_table(headers, table), "",
+        f"## Results ({'CPU' if on_cpu else 'GPU'})", "", markdown_table(headers, table), "",
         "## Most faithful CAM method per family (this run)", "",
         markdown_table(["family", "backbone", "method", "score"], best), "",
-        "## One H200", "",
-        "Not run yet. Command:", "", "```", H200_COMMAND, "```", "",
+        *(["## One H200", "", "Results in `explain_h200.md` beside this file. Command:", "",
+           "```", H200_COMMAND, "```", ""] if on_cpu else []),
         "## Environment", "", environment_table(environment(device)), "",
     ])
     write_text(args.out, md)
