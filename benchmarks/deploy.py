@@ -6,11 +6,13 @@ subprocesses, exactly what a user types::
     medauto search --data breastmnist --budget 2m --device cpu
     medauto distill --study <the search's study> --device cpu --deploy-table
 
-and reads what they wrote: ``final.json`` (ensemble and best single model, the test split
-read once by the search), ``distill.json`` (the student: epoch chosen on validation, test
-read once) and ``deploy.json`` (every deployable form: test AUC/ACC, file size, CPU
-latency at batch 1 and 64, GPU latency at batch 64; see :mod:`medauto.deploy`). The raw
-results of every dataset run so far live in ``docs/benchmarks/deploy.json``;
+(with ``--reuse``, only the second, on the study an earlier ``python benchmarks/medmnist.py
+DATASET --budget B --device D`` left in its run folder, so both benchmarks share one
+search), and reads what they wrote: ``final.json`` (ensemble and best single model, the
+test split read once by the search), ``distill.json`` (the student: epoch chosen on
+validation, test read once) and ``deploy.json`` (every deployable form: test AUC/ACC, file
+size, CPU latency at batch 1 and 64, GPU latency at batch 64; see :mod:`medauto.deploy`).
+The raw results of every dataset run so far live in ``docs/benchmarks/deploy.json``;
 ``docs/benchmarks/deploy.md`` is rendered from all of them, with each command, the
 environment and the issue's targets marked met or missed and by how much.
 """
@@ -83,7 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-epochs", type=int,
                    help="the student's epochs (default: the best trial's)")
     p.add_argument("--latency-iters", type=int, default=20, metavar="N")
-    p.add_argument("--run-dir", help="run folder (default: medauto-runs/deploy-<dataset>)")
+    p.add_argument("--run-dir", help="run folder (default: medauto-runs/deploy-<dataset>; "
+                   "with --reuse medauto-runs/bench-<dataset>, benchmarks/medmnist.py's)")
+    p.add_argument("--reuse", action="store_true",
+                   help="skip the search: distill the study that `python benchmarks/medmnist.py "
+                   "DATASET --budget B --device D` (the same --budget and --device) left in "
+                   "--run-dir")
+    p.add_argument("--study", help="with --reuse: the study (default: the run folder's one "
+                   "study of DATASET with a final model)")
+    p.add_argument("--int8-eager", action="store_true",
+                   help="passed to `medauto distill`: no Inductor compilation of the int8 "
+                   "student (CPU smoke runs)")
     p.add_argument("--doc", default=str(DEFAULT_DOC), help="Markdown file to write")
     p.add_argument("--data-dir", help="MedMNIST folder (default: $MEDAUTO_DATA_DIR)")
     return p
@@ -100,8 +112,44 @@ def _medauto(argv: list[str], env: dict[str, str]) -> str:
     return proc.stdout
 
 
+def reused_study(run_dir: Path, dataset: str, device: str, study: str | None = None) -> str:
+    """The study of ``dataset`` a search left in ``run_dir`` with its final model, its trials
+    run on ``device``'s kind (a CUDA benchmark never reuses a CPU search). Exits with the
+    reason when there is none, or more than one and ``study`` does not pick one."""
+    import optuna
+
+    from medauto.baselines import dataset_key
+    from medauto.final import FINAL_FILE
+    from medauto.final import FinalResult
+    from medauto.final import final_dir
+    from medauto.keys import DEVICE_ATTR
+
+    db = run_dir / "medauto.db"
+    if not db.is_file():
+        raise SystemExit(f"[deploy] --reuse: no study store {str(db)!r} (run `python "
+                         f"benchmarks/medmnist.py {dataset} ... --run-dir {run_dir}` first)")
+    storage = f"sqlite:///{db}"
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)
+             if (final_dir(run_dir, s.study_name) / FINAL_FILE).is_file()
+             and dataset_key(FinalResult.load(final_dir(run_dir, s.study_name) / FINAL_FILE)
+                             .dataset) == dataset_key(dataset)]
+    if study is not None:
+        names = [n for n in names if n == study]
+    if len(names) != 1:
+        raise SystemExit(f"[deploy] --reuse: {len(names)} studies of {dataset} with a final "
+                         f"model in {str(run_dir)!r} ({names}); pick one with --study")
+    ran_on = {str(t.user_attrs.get(DEVICE_ATTR, "")).split(":")[0] for t in
+              optuna.load_study(study_name=names[0], storage=storage).get_trials(deepcopy=False)}
+    kind = device.split(":")[0]
+    if ran_on - {kind, ""}:
+        raise SystemExit(f"[deploy] --reuse: study {names[0]!r} ran on {sorted(ran_on)}, "
+                         f"this benchmark on {device}")
+    return names[0]
+
+
 def run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    """The two user commands; returns the dataset's raw result."""
+    """The user's commands (only distill with ``--reuse``); returns the dataset's raw
+    result."""
     from med_core.device import resolve_device
     from medauto.deploy import DEPLOY_FILE
     from medauto.deploy import load_rows
@@ -114,27 +162,39 @@ def run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         [str(_REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if args.data_dir:
         env["MEDAUTO_DATA_DIR"] = args.data_dir
+    device = resolve_device(args.device)
     search = ["search", "--data", args.dataset, "--budget", args.budget,
               "--device", args.device]
-    t0 = time.monotonic()
-    out = _medauto([*search, "--run-dir", str(run_dir), "--no-progress"], env)
-    search_s = time.monotonic() - t0
-    study = next(ln for ln in out.splitlines() if ln.startswith("study: ")).split(": ", 1)[1]
-    distill = ["distill", "--study", study.strip(), "--device", args.device, "--deploy-table",
+    search_s = None
+    reused = None
+    if args.reuse:
+        name = reused_study(run_dir, args.dataset, device, args.study)
+        reused = (f"python benchmarks/medmnist.py {shlex.quote(args.dataset)} --budget "
+                  f"{shlex.quote(args.budget)} --device {shlex.quote(args.device)} --run-dir "
+                  f"{shlex.quote(str(run_dir))}")
+        log(f"[deploy] --reuse: study {name!r} of {run_dir} (`medauto {shlex.join(search)}`)")
+    else:
+        t0 = time.monotonic()
+        out = _medauto([*search, "--run-dir", str(run_dir), "--no-progress"], env)
+        search_s = time.monotonic() - t0
+        name = next(ln for ln in out.splitlines()
+                    if ln.startswith("study: ")).split(": ", 1)[1].strip()
+    distill = ["distill", "--study", name, "--device", args.device, "--deploy-table",
                "--latency-iters", str(args.latency_iters)]
     if args.distill_epochs is not None:
         distill += ["--epochs", str(args.distill_epochs)]
+    if args.int8_eager:
+        distill.append("--int8-eager")
     t0 = time.monotonic()
     _medauto([*distill, "--run-dir", str(run_dir)], env)
     distill_s = time.monotonic() - t0
-    name = study.strip()
     result = DistillResult.load(student_dir(run_dir, name) / DISTILL_FILE)
     rows = load_rows(final_dir(run_dir, name) / DEPLOY_FILE)
     return {
         "commands": [f"medauto {shlex.join(search)}", f"medauto {shlex.join(distill)}"],
-        "search_s": search_s, "distill_s": distill_s, "distill": result.to_dict(),
-        "rows": [asdict(r) for r in rows],
-        "environment": environment(resolve_device(args.device)),
+        "search_s": search_s, "reused": reused, "distill_s": distill_s,
+        "distill": result.to_dict(), "rows": [asdict(r) for r in rows],
+        "environment": environment(device),
         "benchmark": command_line(__file__, sys.argv[1:]),
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
@@ -166,7 +226,9 @@ def targets(res: dict[str, Any]) -> list[list[str]]:
         out.append(["int8 >= 3x smaller than the fp32 student", f"{ratio:.2f}x",
                     "met" if ratio >= 3 else f"missed by {3 - ratio:.2f}x"])
         speed = fp32["cpu_ms_b1"] / int8["cpu_ms_b1"]
-        out.append(["int8 faster on CPU at batch 1 (eager)", f"{speed:.2f}x the fp32 speed",
+        form = "compiled" if "Inductor-compiled" in int8["note"] else "eager"
+        out.append(["int8 faster on CPU at batch 1",
+                    f"{speed:.2f}x the fp32 speed (int8 {form}, fp32 eager)",
                     "met" if speed > 1 else f"missed: {1 / speed:.2f}x slower"])
         drop = 100 * (fp32["test_acc"] - int8["test_acc"])
         out.append(["int8 loses <= 1 point of test ACC", f"{drop:+.1f} points lost",
@@ -189,7 +251,10 @@ def section(key: str, res: dict[str, Any]) -> str:
         f"## {key}", "",
         f"Benchmark: `{res['benchmark']}` ({res['created_at']}). The commands it ran:", "",
         f"```\n{cmds}\n```", "",
-        f"Search {res['search_s']:.0f} s, distillation and table {res['distill_s']:.0f} s. "
+        (f"Search {res['search_s']:.0f} s" if res.get("search_s") is not None else
+         f"Search reused: the first command was run earlier by `{res['reused']}` (its time "
+         "is in `docs/benchmarks/medmnist.md`)") +
+        f"; distillation and table {res['distill_s']:.0f} s. "
         f"Student: {d['student']} (trial {d['student_trial']}'s configuration), "
         f"T={d['temperature']}, alpha={d['alpha']}, {d['mode']} teacher, epoch "
         f"{d['best_epoch'] + 1} of {d['epochs_run']} chosen on validation.", "",
@@ -214,7 +279,13 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark; returns the exit code."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    run_dir = Path(args.run_dir or f"medauto-runs/deploy-{args.dataset}").resolve()
+    if args.study and not args.reuse:
+        raise SystemExit("[deploy] --study picks the study of --reuse; add --reuse")
+    from medauto.baselines import dataset_key
+
+    default = f"medauto-runs/bench-{dataset_key(args.dataset)}" if args.reuse else (
+        f"medauto-runs/deploy-{args.dataset}")
+    run_dir = Path(args.run_dir or default).resolve()
     res = run(args, run_dir)
     raw = Path(args.doc).with_suffix(".json")
     results = json.loads(raw.read_text()) if raw.is_file() else {}
