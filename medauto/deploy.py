@@ -361,7 +361,7 @@ def _int8_row(student_path: Path, ds: MedicalDataset, cfg: TrainConfig, timing: 
     s_int8 = scorer(ds.test.images)
     test = split_metrics(task, ds.test.labels, s_int8)
     diff = _max_abs_diff(s_int8, s_fp32)
-    note += f"; max |p_int8 - p_fp32| = {diff:.3f}; no GPU kernels (x86 int8)"
+    note += f"; max |p_int8 - p_fp32| = {diff:.1e}; no GPU kernels (x86 int8)"
     return DeployRow("int8 student", rel(path), q.int8_size_bytes, test["auc"], test["acc"],
                      b1_ms, b64_ms, max_abs_diff=diff, note=note)
 

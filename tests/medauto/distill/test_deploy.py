@@ -57,7 +57,7 @@ def test_int8_student_is_3x_smaller_and_measured_as_run(
     assert "eager PT2E reference kernels" in int8.note  # --int8-eager: not compiled
     # the int8 row's scores are compared with the float student's, sample by sample
     assert int8.max_abs_diff is not None and 0 <= int8.max_abs_diff < 0.5
-    assert f"max |p_int8 - p_fp32| = {int8.max_abs_diff:.3f}" in int8.note
+    assert f"max |p_int8 - p_fp32| = {int8.max_abs_diff:.1e}" in int8.note
 
 
 def test_a_cpu_run_has_no_gpu_column(distilled: tuple[Searched, str]) -> None:
