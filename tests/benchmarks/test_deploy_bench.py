@@ -1,11 +1,14 @@
-"""benchmarks/deploy.py: the targets' verdicts and the rendered document (no training: the
-commands it runs are tested end to end in tests/medauto/distill/)."""
+"""benchmarks/deploy.py: the targets' verdicts, the rendered document, and --reuse's study
+lookup in a run folder's real SQLite store (no training: the commands it runs are tested
+end to end in tests/medauto/distill/)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "deploy.py"
@@ -41,7 +44,7 @@ def test_targets_say_met_or_missed_and_by_how_much(bench: ModuleType) -> None:
     assert missed["student closes >= 50 % of the best-single → ensemble test-AUC gap"] == (
         "missed by 20% of the gap")  # 30 % closed
     assert missed["int8 >= 3x smaller than the fp32 student"] == "missed by 1.00x"
-    assert missed["int8 faster on CPU at batch 1 (eager)"] == "missed: 2.00x slower"
+    assert missed["int8 faster on CPU at batch 1"] == "missed: 2.00x slower"
     assert missed["int8 loses <= 1 point of test ACC"] == "missed by 4.0 points"
     assert missed["ONNX matches PyTorch to 1e-4 on the test split"] == "missed"
 
@@ -52,3 +55,58 @@ def test_document_holds_every_dataset_with_its_commands(bench: ModuleType) -> No
     assert doc.index("## breastmnist") < doc.index("## pneumoniamnist")
     assert doc.count("medauto distill --study s --device cpu --deploy-table") == 2
     assert "| ONNX student |" in doc and "GPU-scale search" in doc
+
+
+@pytest.fixture(scope="module")
+def searched_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder as a search leaves it: a SQLite study store whose studies' trials
+    record their device, and ``final/<study>/final.json`` for the searches that finished:
+    ``bm`` (breastmnist, cpu, finished), ``bm-unfinished`` (no final model) and ``pn``
+    (pneumoniamnist, finished)."""
+    import optuna
+
+    from medauto.final import FINAL_FILE
+    from medauto.final import FinalResult
+    from medauto.final import final_dir
+    from medauto.keys import DEVICE_ATTR
+
+    run_dir = tmp_path_factory.mktemp("reuse") / "runs"
+    run_dir.mkdir()
+    storage = f"sqlite:///{run_dir / 'medauto.db'}"
+    for name, data, finished in (("bm", "breastmnist", True), ("bm-unfinished", "breastmnist",
+                                  False), ("pn", "pneumoniamnist", True)):
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        study.add_trial(optuna.trial.create_trial(value=0.8, user_attrs={DEVICE_ATTR: "cpu"}))
+        if finished:
+            FinalResult(study=name, dataset=data).save(final_dir(run_dir, name) / FINAL_FILE)
+    return run_dir
+
+
+def test_reuse_finds_the_searchs_study_of_the_dataset_and_device(
+    bench: ModuleType, searched_run: Path
+) -> None:
+    assert bench.reused_study(searched_run, "breastmnist", "cpu") == "bm"
+    assert bench.reused_study(searched_run, "PneumoniaMNIST", "cpu", study="pn") == "pn"
+    with pytest.raises(SystemExit, match=r"ran on \['cpu'\], this benchmark on cuda:0"):
+        bench.reused_study(searched_run, "breastmnist", "cuda:0")  # a GPU table, CPU trials
+    with pytest.raises(SystemExit, match="0 studies of retinamnist"):
+        bench.reused_study(searched_run, "retinamnist", "cpu")
+    with pytest.raises(SystemExit, match="0 studies of breastmnist"):
+        bench.reused_study(searched_run, "breastmnist", "cpu", study="other")
+    with pytest.raises(SystemExit, match="no study store"):
+        bench.reused_study(searched_run / "nowhere", "breastmnist", "cpu")
+
+
+def test_reuse_section_names_the_search_that_made_the_study(bench: ModuleType) -> None:
+    res = {**_result(0.86, 1_500_000, 1.0, 0.8, 1e-7), "search_s": None,
+           "reused": "python benchmarks/medmnist.py breastmnist --budget 8m --device cuda "
+                     "--run-dir /r"}
+    doc = bench.render({"breastmnist": res})
+    assert ("Search reused: the first command was run earlier by `python benchmarks/"
+            "medmnist.py breastmnist --budget 8m --device cuda --run-dir /r`") in doc
+    assert "medauto search --data breastmnist --budget 2m --device cpu" in doc
+
+
+def test_study_without_reuse_is_refused(bench: ModuleType) -> None:
+    with pytest.raises(SystemExit, match="add --reuse"):
+        bench.main(["breastmnist", "--study", "bm"])

@@ -48,9 +48,19 @@ def test_threads_are_set_for_the_measurement_and_restored() -> None:
     assert torch.get_num_threads() == before
 
 
+def test_max_seconds_stops_a_slow_model_early_after_three_calls() -> None:
+    model = _Sleeper(0.05)
+    stats = measure_latency(model, torch.zeros(1, 1), warmup=1, iters=100, max_seconds=0.12)
+    assert stats["iters"] == 3 and model.calls == 4  # 3 x 50 ms pass 0.12 s; warmup + 3
+    stats = measure_latency(model, torch.zeros(1, 1), warmup=0, iters=2, max_seconds=1e-6)
+    assert stats["iters"] == 2  # never more than iters, never fewer than min(iters, 3)
+    assert stats["median_ms"] >= 50
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"max_seconds": 0}, "max_seconds must be > 0 or None, got 0"),
         ({"iters": 0}, "iters must be >= 1, got 0"),
         ({"warmup": -1}, "warmup must be >= 0, got -1"),
         ({"threads": 0}, "threads must be >= 1 or None, got 0"),

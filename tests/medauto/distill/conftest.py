@@ -40,6 +40,6 @@ def distilled(searched: Searched) -> tuple[Searched, str]:
     """``medauto distill`` with the deployment table; returns the search and its stdout."""
     code, out = run_cli(["distill", *searched.argv, "--device", "cpu", "--epochs", "2",
                          "--temperature", "3", "--alpha", "0.5", "--deploy-table",
-                         "--latency-iters", "2"], searched.root)
+                         "--latency-iters", "2", "--int8-eager"], searched.root)
     assert code == 0, out
     return searched, out

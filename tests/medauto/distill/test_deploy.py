@@ -44,18 +44,26 @@ def test_onnx_student_matches_pytorch_to_1e_4_on_the_test_split(
     assert abs(onnx.test_auc - fp32.test_auc) <= 1e-3
 
 
-def test_int8_student_is_smaller_by_the_ratio_it_reports(
+def test_int8_student_is_3x_smaller_and_measured_as_run(
     distilled: tuple[Searched, str],
 ) -> None:
-    """mobilenet_v3_small (this space's student) shrinks 2.2x, not the issue's 3x: its
-    per-channel scales, fp32 biases and the .pt2 program weigh much beside 1.5 M int8
-    weights (docs/benchmarks/deploy.md; ResNet-18 reaches 3.9x, see
-    tests/med_core/optimization/test_quantization.py)."""
+    """mobilenet_v3_small (this space's student) was 2.2x smaller while the .pt2 stored its
+    1 MB serialized graph uncompressed; deflated it is 4.0x (docs/benchmarks/deploy.md)."""
     searched, _ = distilled
     rows = {r.name: r for r in load_rows(final_dir(searched.run_dir, STUDY) / DEPLOY_FILE)}
-    fp32, int8 = rows["distilled student"].size_bytes, rows["int8 student"].size_bytes
-    assert fp32 >= 2 * int8
-    assert rows["int8 student"].note.startswith(f"{fp32 / int8:.2f}x smaller")
+    fp32, int8 = rows["distilled student"], rows["int8 student"]
+    assert fp32.size_bytes >= 3 * int8.size_bytes
+    assert int8.note.startswith(f"{fp32.size_bytes / int8.size_bytes:.2f}x smaller")
+    assert "eager PT2E reference kernels" in int8.note  # --int8-eager: not compiled
+    # the int8 row's scores are compared with the float student's, sample by sample
+    assert int8.max_abs_diff is not None and 0 <= int8.max_abs_diff < 0.5
+    assert f"max |p_int8 - p_fp32| = {int8.max_abs_diff:.1e}" in int8.note
+
+
+def test_a_cpu_run_has_no_gpu_column(distilled: tuple[Searched, str]) -> None:
+    searched, _ = distilled
+    rows = load_rows(final_dir(searched.run_dir, STUDY) / DEPLOY_FILE)
+    assert [r.gpu_ms_b64 for r in rows] == [None] * len(rows)
 
 
 def test_report_shows_the_deployment_table(distilled: tuple[Searched, str]) -> None:
