@@ -112,6 +112,10 @@ def run_search(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     from medauto.final import FINAL_FILE
     from medauto.final import FinalResult
     from medauto.final import final_dir
+    from medauto.keys import BUDGET_STOP_ATTR
+    from medauto.keys import FOLD_VALUES_ATTR
+    from medauto.keys import PORTFOLIO_ATTR
+    from medauto.study import load_settings_dict
 
     cmd = ["medauto", "search", "--data", args.dataset, "--budget", args.budget,
            "--device", args.device]
@@ -136,16 +140,16 @@ def run_search(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'medauto.db'}")
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name.lower() for t in trials]
-    folds = max((len(t.user_attrs.get("fold_values", [])) for t in trials), default=0)
+    folds = max((len(t.user_attrs.get(FOLD_VALUES_ATTR, [])) for t in trials), default=0)
     return {
         "command": shown, "wall_s": wall, "study": name,
-        "space": study.user_attrs.get("medauto:settings", {}).get("space", {}).get("name"),
+        "space": load_settings_dict(study).get("space", {}).get("name"),
         "final": final.to_dict(),
         "funnel": {
             "trials": len(trials), "complete": states.count("complete"),
             "pruned": states.count("pruned"), "failed": states.count("fail"),
-            "portfolio": sum("portfolio" in t.user_attrs for t in trials),
-            "budget_stopped": sum("budget_stop" in t.user_attrs for t in trials),
+            "portfolio": sum(PORTFOLIO_ATTR in t.user_attrs for t in trials),
+            "budget_stopped": sum(BUDGET_STOP_ATTR in t.user_attrs for t in trials),
             "folds": folds, "candidates": len(final.candidates), "members": len(final.members),
         },
     }
