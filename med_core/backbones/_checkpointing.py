@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any
+from typing import cast
 
 import torch
 from torch import nn
@@ -186,6 +187,10 @@ def _run_chain(group: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+#: The library's recomputation context (its norms are the ``_running_norms`` of a group).
+_FREEZE = cast(RecomputeContext, _FreezeNormStats)
+
+
 def run_units(
     units: Sequence[nn.Module],
     x: torch.Tensor,
@@ -233,7 +238,7 @@ def run_units(
             group,
             x,
             use_reentrant=False,
-            context_fn=partial(_contexts, _running_norms(group), recompute or _FreezeNormStats),
+            context_fn=partial(_contexts, _running_norms(group), recompute or _FREEZE),
             **checkpoint_options,
         )
     return x
