@@ -17,7 +17,6 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,10 @@ from benchmarks._common import release_device_memory
 from benchmarks._common import synchronize
 from benchmarks._common import time_steps
 from med_core.backbones import Backbone
+from med_core.backbones import RecomputeContext
 from med_core.backbones import create_backbone
 from med_core.backbones import get_backbone_cfg
+from med_core.backbones import run_units
 
 #: The benchmark's command line; a :class:`ProbeWorker` runs it with ``--probe-worker``.
 _SCRIPT = Path(__file__).resolve().with_name("gradient_checkpointing.py")
@@ -158,12 +159,6 @@ ABLATIONS: dict[str, CkptOptions] = {
 }
 
 
-def _run_chain(group: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    for unit in group:
-        x = unit(x)
-    return x
-
-
 class _RestoreNormStats:
     """The library's BatchNorm protection before issue 7, kept to measure its cost.
 
@@ -192,26 +187,30 @@ class _RestoreNormStats:
         self._saved = []
 
 
-def _restore_contexts(
-    group: Sequence[nn.Module],
-) -> tuple[contextlib.AbstractContextManager[Any], contextlib.AbstractContextManager[Any]]:
-    from med_core.backbones._checkpointing import _running_norms
+def _update_twice(norms: Sequence[nn.Module]) -> contextlib.AbstractContextManager[Any]:
+    """No protection: the recomputation updates the running statistics a second time."""
+    return contextlib.nullcontext()
 
-    norms = _running_norms(group)
-    recompute: contextlib.AbstractContextManager[Any] = (
-        _RestoreNormStats(norms) if norms else contextlib.nullcontext()
-    )
-    return contextlib.nullcontext(), recompute
+
+#: ``CkptOptions.norm_stats`` → the recomputation context ``run_units`` makes per group
+#: (``None``: the library's own).
+_RECOMPUTE: dict[str, RecomputeContext | None] = {
+    "freeze": None,
+    "restore": _RestoreNormStats,
+    "update": _update_twice,
+}
 
 
 class ScriptCheckpointed(nn.Module):
     """The backbone's forward with configurable checkpoint options (benchmark only).
 
-    Runs ``backbone.forward_stem``, then ``backbone.units()`` in ``segments`` contiguous
-    groups exactly as ``med_core.backbones._checkpointing.run_units`` groups them, then
-    ``backbone.forward_head``. With default :class:`CkptOptions` it computes the same as
-    the library path (checked by the CPU test); the options change only what the backbone
-    API does not expose. The backbone's own checkpointing must be off.
+    Runs ``backbone.forward_stem``, then the library's own checkpoint loop
+    (:func:`med_core.backbones.run_units`) over ``backbone.units()`` in ``segments``
+    groups, then ``backbone.forward_head``: what ``Backbone.forward_features`` does, with
+    the options ``enable_gradient_checkpointing`` does not take (RNG stash, determinism
+    check, BatchNorm handling) passed to that loop. With default :class:`CkptOptions` it
+    computes the same as the library path (checked by the CPU test). The backbone's own
+    checkpointing must be off.
     """
 
     def __init__(self, backbone: Backbone, options: CkptOptions) -> None:
@@ -226,42 +225,17 @@ class ScriptCheckpointed(nn.Module):
         self.segments = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # private helpers of the library, imported here so that a refactor of them only
-        # breaks the ablation/variant mode, never the library-path benchmark
-        from torch.utils.checkpoint import checkpoint
-        from torch.utils.checkpoint import noop_context_fn
-
-        from med_core.backbones._checkpointing import _contexts
-        from med_core.backbones._checkpointing import _running_norms
-        from med_core.backbones._checkpointing import segment_bounds
-
         bb, opt = self.backbone, self.options
-        x = bb.forward_stem(x)
-        units = bb.units()
         k = self.segments if self.training and torch.is_grad_enabled() else 0
-        if k <= 0:
-            return bb.forward_head(_run_chain(units, x))
-        bounds = segment_bounds(len(units), k)
-        for i, (lo, hi) in enumerate(bounds):
-            group = tuple(units[lo:hi])
-            if opt.skip_last and i == len(bounds) - 1:
-                x = _run_chain(group, x)
-                continue
-            x = checkpoint(
-                _run_chain,
-                group,
-                x,
-                use_reentrant=False,
-                preserve_rng_state=opt.preserve_rng_state,
-                determinism_check=opt.determinism_check,
-                context_fn=(
-                    partial(_contexts, _running_norms(group))
-                    if opt.norm_stats == "freeze"
-                    else partial(_restore_contexts, group)
-                    if opt.norm_stats == "restore"
-                    else noop_context_fn
-                ),
-            )
+        x = run_units(
+            bb.units(),
+            bb.forward_stem(x),
+            k,
+            keep_last=opt.skip_last,
+            recompute=_RECOMPUTE[opt.norm_stats],
+            preserve_rng_state=opt.preserve_rng_state,
+            determinism_check=opt.determinism_check,
+        )
         return bb.forward_head(x)
 
 

@@ -24,8 +24,9 @@ Diagnosis: ``--profile FAMILY[,FAMILY]`` runs ``torch.profiler`` on steps with a
 without checkpointing (top ops by device time, kernel launches per step, GPU busy share);
 ``--ablate`` times checkpoint options the backbone API does not expose (RNG-state
 preservation, determinism check, BatchNorm-statistics restore, not checkpointing the last
-group) through a script-side runner built from the public ``forward_stem`` / ``units`` /
-``forward_head`` steps.
+group) through a script-side runner: the public ``forward_stem`` / ``units`` /
+``forward_head`` steps around the library's own checkpoint loop
+(``med_core.backbones.run_units``), called with those options.
 
 CPU smoke run (a few seconds)::
 

@@ -118,7 +118,7 @@ def run_search(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     from medauto.keys import FOLD_VALUES_ATTR
     from medauto.keys import PORTFOLIO_ATTR
     from medauto.keys import REASON_ATTR
-    from medauto.keys import SETTINGS_ATTR
+    from medauto.study import load_settings_dict
 
     cmd = ["medauto", "search", "--data", args.dataset, "--budget", args.budget,
            "--device", args.device]
@@ -147,7 +147,7 @@ def run_search(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     folds = max((len(t.user_attrs.get(FOLD_VALUES_ATTR, [])) for t in trials), default=0)
     return {
         "command": shown, "wall_s": wall, "study": name,
-        "space": study.user_attrs.get(SETTINGS_ATTR, {}).get("space", {}).get("name"),
+        "space": load_settings_dict(study).get("space", {}).get("name"),
         "final": final.to_dict(),
         "funnel": {
             "trials": len(trials), "complete": states.count("complete"),

@@ -126,8 +126,8 @@ def _sample(trial: int, device: torch.device, before: set[int]) -> Sample:
 
 def _small_copy(data: str, data_dir: str | None, max_train: int, out: Path) -> tuple[str, str]:
     """``data`` cut to ``max_train`` train images (and as many val/test), for tiny runs."""
-    from med_core.data._medmnist import default_data_dir
-    from med_core.data._medmnist import medmnist_path
+    from med_core.data import default_data_dir
+    from med_core.data import medmnist_path
     from med_core.testing.data import cut_medmnist
 
     cut_medmnist(medmnist_path(data, data_dir or default_data_dir()), out / f"{data}.npz",

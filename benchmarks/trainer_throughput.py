@@ -520,7 +520,7 @@ def measure(
         row.cpu_s = time.process_time() - c0
         if spec.compile:
             try:
-                torch._dynamo.reset()
+                torch.compiler.reset()
             except Exception:  # noqa: BLE001 - cleanup only
                 pass
         if not fatal:

@@ -147,15 +147,19 @@ def _create_study(storage: str, name: str, space_file: Path, data: Path, n_trial
 def _collect(row: Row, storage: str, name: str, n_train: int, batch: int) -> None:
     import optuna
 
+    from medauto.keys import DURATION_ATTR
+    from medauto.keys import EPOCHS_RUN_ATTR
+    from medauto.keys import HISTORY_ATTR
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     done = [t for t in trials if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED")]
     row.finished = len(done)
     per_epoch = (n_train // batch) * batch if n_train >= batch else n_train
-    images = sum(int(t.user_attrs.get("epochs_run", 0)) * per_epoch for t in done)
-    speeds = [e["images_per_s"] for t in done for e in t.user_attrs.get("history", [])
+    images = sum(int(t.user_attrs.get(EPOCHS_RUN_ATTR, 0)) * per_epoch for t in done)
+    speeds = [e["images_per_s"] for t in done for e in t.user_attrs.get(HISTORY_ATTR, [])
               if e.get("images_per_s")]
-    durations = [t.user_attrs["duration_s"] for t in done if "duration_s" in t.user_attrs]
+    durations = [t.user_attrs[DURATION_ATTR] for t in done if DURATION_ATTR in t.user_attrs]
     assert row.wall_s is not None
     row.trials_per_gpu_hour = 3600.0 * row.finished / row.wall_s
     row.images_per_s = images / row.wall_s

@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from medauto.keys import BACKBONE_ATTR
+from medauto.keys import DURATION_ATTR
 from medauto.keys import EPOCHS_RUN_ATTR
 from medauto.keys import REASON_ATTR
 from medauto.logging import ROOT_LOGGERS
@@ -48,8 +49,8 @@ def trial_summary(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     if trial.value is not None:
         names = study.metric_names
         parts.append(f"{names[0] if names else 'value'} {trial.value:.4f}")
-    if "duration_s" in trial.user_attrs:
-        parts.append(f"{float(trial.user_attrs['duration_s']):.1f} s")
+    if DURATION_ATTR in trial.user_attrs:
+        parts.append(f"{float(trial.user_attrs[DURATION_ATTR]):.1f} s")
     return f"{head}: {', '.join(parts)}"
 
 

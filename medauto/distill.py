@@ -265,7 +265,7 @@ def _trial_config(study: optuna.Study, number: int) -> TrainConfig:
     from med_core.config import TrainConfig
 
     for t in study.get_trials(deepcopy=False):
-        if t.number == number and "config" in t.user_attrs:
+        if t.number == number and CONFIG_ATTR in t.user_attrs:
             return TrainConfig.from_dict(t.user_attrs[CONFIG_ATTR])
     raise DistillError(f"study {study.study_name!r}: trial {number} has no stored config")
 

@@ -42,6 +42,7 @@ __all__ = [
     "PRUNED_AT_EPOCH_ATTR",
     "PRUNED_AT_FOLD_ATTR",
     "REASON_ATTR",
+    "RETRIED_FROM_ATTR",
     "SEED_ATTR",
     "SETTINGS_ATTR",
     "TRACEBACK_ATTR",
@@ -100,6 +101,12 @@ MEMBERS_ATTR = "members"
 SEED_ATTR = "seed"
 #: An enqueued seed repeat: the number of the trial it repeats.
 BAGGED_FROM_ATTR = "bagged_from"
+
+# ------------------------------------------------------------------------ Optuna's own
+#: System attribute Optuna's stale-trial retry callback writes on a re-enqueued trial: the
+#: number of the trial it retries (what ``RetryFailedTrialCallback.retried_trial_number``
+#: reads, an experimental function that warns on every call).
+RETRIED_FROM_ATTR = "failed_trial"
 
 #: User attributes of a failed attempt that its retry does not inherit.
 ATTEMPT_ATTRS = (REASON_ATTR, TRACEBACK_ATTR, MLFLOW_RUN_ATTR, DURATION_ATTR)

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from medauto.keys import CONFIG_ATTR
 from medauto.keys import PRUNED_AT_EPOCH_ATTR
+from medauto.keys import PRUNED_AT_FOLD_ATTR
 from medauto.logging import get_logger
 from medauto.members import Candidate
 from medauto.members import member_dir
 from medauto.members import model_path
 from medauto.members import save_selection_scores
-from medauto.results import CONFIG_ATTR
 from medauto.results import ranked_trials
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def stand_in(study: optuna.Study) -> dict[str, Any]:
 
 
 def _epochs(trial: optuna.trial.FrozenTrial, configured: int) -> int:
-    if "pruned_at_fold" in trial.user_attrs:  # whole folds were trained
+    if PRUNED_AT_FOLD_ATTR in trial.user_attrs:  # whole folds were trained
         return configured
     ran = trial.user_attrs.get(PRUNED_AT_EPOCH_ATTR) or len(trial.intermediate_values)
     return max(1, min(int(ran), configured))

@@ -34,13 +34,14 @@ from typing import Any
 
 from medauto.importance import EVALUATOR_NAME
 from medauto.importance import param_importances
+from medauto.keys import BACKBONE_ATTR
 from medauto.keys import CONFIG_ATTR
 from medauto.keys import EPOCHS_RUN_ATTR
-from medauto.keys import SETTINGS_ATTR
 from medauto.logging import get_logger
 from medauto.report_gallery import gallery_blocks
 from medauto.report_honest import final_honest_blocks
 from medauto.report_honest import retrain_honest_blocks
+from medauto.study import load_settings_dict
 
 if TYPE_CHECKING:
     import optuna
@@ -306,7 +307,7 @@ def _study_blocks(study: optuna.Study, settings: dict[str, Any]) -> list[Block]:
         return [*blocks, ("p", "No trial has completed yet, so there is no best trial.")]
     blocks += [("h2", "Best trial"),
                ("p", f"Trial {best.number}: {settings.get('metric', 'value')} = "
-                     f"{_f(best.value, 4)} ({best.user_attrs.get('backbone', '?')}; epochs "
+                     f"{_f(best.value, 4)} ({best.user_attrs.get(BACKBONE_ATTR, '?')}; epochs "
                      f"trained: {_epochs_run(best)}).")]
     if best.params:
         blocks.append(("table", ["parameter", "value"],
@@ -508,8 +509,7 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = RetrainResult.load(retrain) if isinstance(retrain, (str, Path)) else retrain
-    settings = study.user_attrs.get(SETTINGS_ATTR, {})
-    settings = settings if isinstance(settings, dict) else {}
+    settings = load_settings_dict(study)
     title = title or f"medauto report: {study.study_name}"
     images: dict[str, bytes] = {}
     blocks: list[Block] = [("h1", title), *_study_blocks(study, settings)]

@@ -24,8 +24,8 @@ from medauto.keys import BACKBONE_ATTR
 from medauto.keys import CONFIG_ATTR
 from medauto.keys import DEVICE_ATTR
 from medauto.keys import REASON_ATTR
-from medauto.keys import SETTINGS_ATTR
 from medauto.keys import WORKER_ATTR
+from medauto.study import load_settings_dict
 
 __all__ = [
     "best_config",
@@ -112,7 +112,7 @@ def status_summary(study: optuna.Study) -> dict[str, Any]:
         }
         if ranked else None
     )
-    target = study.user_attrs.get(SETTINGS_ATTR, {}).get("n_trials")
+    target = load_settings_dict(study).get("n_trials")
     return {
         "study": study.study_name,
         "target": target,

@@ -57,6 +57,7 @@ from medauto import _optuna_compat as compat
 from medauto.exceptions import StorageError
 from medauto.keys import ATTEMPT_ATTRS
 from medauto.keys import HEARTBEAT_ATTR
+from medauto.keys import RETRIED_FROM_ATTR
 from medauto.keys import WORKER_ATTR
 from medauto.logging import get_logger
 
@@ -407,7 +408,7 @@ def _new_trial_template(template: FrozenTrial | None) -> FrozenTrial | None:
             distributions={}, user_attrs={WORKER_ATTR: worker_id()}, system_attrs={},
             intermediate_values={}, trial_id=-1,
         )
-    if template.state == TrialState.WAITING and "failed_trial" in template.system_attrs:
+    if template.state == TrialState.WAITING and RETRIED_FROM_ATTR in template.system_attrs:
         template = copy.deepcopy(template)
         for key in ATTEMPT_ATTRS:
             template.user_attrs.pop(key, None)

@@ -24,6 +24,8 @@ from med_core.backbones import _timm as _timm  # registers the timm ViTs
 from med_core.backbones import _torchvision as _torchvision  # registers the 2D families
 from med_core.backbones import _video as _video  # registers the 3D families
 from med_core.backbones._base import Backbone as Backbone
+from med_core.backbones._checkpointing import RecomputeContext as RecomputeContext
+from med_core.backbones._checkpointing import run_units as run_units
 from med_core.backbones._factory import create_backbone as create_backbone
 from med_core.backbones._factory import get_backbone_cfg as get_backbone_cfg
 from med_core.backbones._registry import BackboneCfg as BackboneCfg
@@ -33,8 +35,10 @@ from med_core.backbones._registry import register_backbone as register_backbone
 __all__ = [
     "Backbone",
     "BackboneCfg",
+    "RecomputeContext",
     "create_backbone",
     "get_backbone_cfg",
     "list_backbones",
     "register_backbone",
+    "run_units",
 ]

@@ -35,9 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from collections.abc import Sequence
 from functools import partial
 from types import TracebackType
+from typing import Any
+from typing import cast
 
 import torch
 from torch import nn
@@ -45,6 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "FAMILY_DEFAULTS",
+    "RecomputeContext",
     "check_segments",
     "default_segments",
     "family_default",
@@ -156,13 +160,15 @@ class _FreezeNormStats:
         self._saved = []
 
 
+#: Makes the context a group's recomputation runs in, from the group's norm layers that
+#: would update running statistics (called only when there are some).
+RecomputeContext = Callable[[Sequence[nn.Module]], contextlib.AbstractContextManager[Any]]
+
+
 def _contexts(
-    norms: Sequence[nn.modules.batchnorm._NormBase],
-) -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
-    recompute: contextlib.AbstractContextManager[None] = (
-        _FreezeNormStats(norms) if norms else contextlib.nullcontext()
-    )
-    return contextlib.nullcontext(), recompute
+    norms: Sequence[nn.modules.batchnorm._NormBase], recompute: RecomputeContext
+) -> tuple[contextlib.AbstractContextManager[Any], contextlib.AbstractContextManager[Any]]:
+    return contextlib.nullcontext(), (recompute(norms) if norms else contextlib.nullcontext())
 
 
 def _running_norms(group: Sequence[nn.Module]) -> list[nn.modules.batchnorm._NormBase]:
@@ -181,13 +187,43 @@ def _run_chain(group: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+#: The library's recomputation context (its norms are the ``_running_norms`` of a group).
+_FREEZE = cast(RecomputeContext, _FreezeNormStats)
+
+
 def run_units(
-    units: Sequence[nn.Module], x: torch.Tensor, segments: int, *, keep_last: bool = False
+    units: Sequence[nn.Module],
+    x: torch.Tensor,
+    segments: int,
+    *,
+    keep_last: bool = False,
+    recompute: RecomputeContext | None = None,
+    **checkpoint_options: Any,
 ) -> torch.Tensor:
     """Runs ``units`` in order; with ``segments > 0``, checkpoints the groups.
 
-    Every group is checkpointed, except the last one when ``keep_last`` is set (it then
-    runs normally and keeps its activations).
+    The one checkpoint loop: :meth:`Backbone.forward_features
+    <med_core.backbones.Backbone.forward_features>` runs it with the defaults, and the
+    gradient-checkpointing benchmark's ablations run it with other options.
+
+    Args:
+        units: The units, e.g. ``Backbone.units()``.
+        x: The input of the first unit.
+        segments: ``0`` runs the units plainly; ``k > 0`` checkpoints ``k`` contiguous
+            groups (:func:`segment_bounds`).
+        keep_last: Run the last group normally (it keeps its activations).
+        recompute: The context of a group's recomputation, made from the group's norm
+            layers with running statistics; ``None``: the library's, which leaves them as
+            one forward pass left them (see the module docstring).
+        **checkpoint_options: Passed to :func:`torch.utils.checkpoint.checkpoint`, e.g.
+            ``preserve_rng_state`` or ``determinism_check`` (torch's defaults otherwise).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> units = [nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)]
+        >>> run_units(units, torch.randn(3, 4), 2, keep_last=True).shape
+        torch.Size([3, 2])
     """
     if segments <= 0:
         return _run_chain(units, x)
@@ -202,6 +238,7 @@ def run_units(
             group,
             x,
             use_reentrant=False,
-            context_fn=partial(_contexts, _running_norms(group)),
+            context_fn=partial(_contexts, _running_norms(group), recompute or _FREEZE),
+            **checkpoint_options,
         )
     return x

@@ -29,6 +29,7 @@ from med_core.data._loaders import is_binary_mask_data as is_binary_mask_data
 from med_core.data._medmnist import DATA_DIR_ENV as DATA_DIR_ENV
 from med_core.data._medmnist import default_data_dir as default_data_dir
 from med_core.data._medmnist import download_medmnist as download_medmnist
+from med_core.data._medmnist import medmnist_path as medmnist_path
 from med_core.data._splits import cross_validation_folds as cross_validation_folds
 from med_core.data._splits import stratified_split as stratified_split
 from med_core.data.augment import AugmentSpec as AugmentSpec
@@ -60,6 +61,7 @@ __all__ = [
     "load_csv_manifest",
     "load_dataset",
     "load_image_folder",
+    "medmnist_path",
     "mix_batch",
     "read_image",
     "resolve_policy",

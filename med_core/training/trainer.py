@@ -4,7 +4,8 @@ The trainer holds the state of one run and hands the work out: the epoch loops l
 ``_loop.py``, optimizers and schedules in ``_optim.py``, the checkpoint layout, resume
 checks and restore in ``_resume.py``, file I/O and RNG capture in ``_checkpoint.py``, and
 the process-group plumbing in ``_distributed.py``; the state of one fit and its per-step
-helpers (batch mixing, frames of a caught error, seeds) in ``_fit.py``.
+helpers (batch mixing, frames of a caught error, seeds) in ``_fit.py``; an epoch's progress
+bar, stop-reason name and log line in ``_epoch_report.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import dataclasses
 import functools
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +30,9 @@ from med_core.exceptions import ConfigError
 from med_core.training import _checkpoint as ckpt_io
 from med_core.training import _resume
 from med_core.training._distributed import DistContext
+from med_core.training._epoch_report import EpochBar
+from med_core.training._epoch_report import log_epoch
+from med_core.training._epoch_report import stop_reason
 from med_core.training._fit import _clear_frames
 from med_core.training._fit import _FitState
 from med_core.training._fit import _mix
@@ -407,15 +410,8 @@ class Trainer:
                 cutmix_alpha=state.settings.cutmix_alpha,
                 generator=state.mix_generator,
             )
-        bar = self._progress_bar(epoch, len(state.train_loader))
-        try:
-            on_window = None
-            if bar is not None:
-
-                def on_window(steps: int, mean_loss: float, bar: Any = bar) -> None:
-                    bar.update(steps - bar.n)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-
+        with EpochBar(self.progress, main_process=self.is_main_process,
+                      desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(state.train_loader)) as bar:
             local_sum, local_count = train_epoch(
                 state.train_module,
                 state.train_loader,
@@ -427,7 +423,7 @@ class Trainer:
                 dist=dist,
                 mix=mix,
                 targets=state.targets,
-                on_window=on_window,
+                on_window=bar.on_window,
             )
             loss_sum, count = dist.all_reduce_sum([local_sum, local_count])
             train_time = time.perf_counter() - t0
@@ -442,15 +438,7 @@ class Trainer:
                 "epoch_time_s": time.perf_counter() - t0,
                 "images_per_s": count / train_time if train_time > 0 else math.nan,
             }
-            if bar is not None:
-                bar.update(bar.total - bar.n)
-                bar.set_postfix(
-                    loss=f"{metrics['train_loss']:.4f}",
-                    **{cfg.monitor: f"{metrics.get(cfg.monitor, math.nan):.4f}"},
-                )
-        finally:
-            if bar is not None:
-                bar.close()
+            bar.finish(metrics["train_loss"], cfg.monitor, metrics.get(cfg.monitor, math.nan))
         self._epoch = epoch + 1
         history.epochs.append(metrics)
         for cb in state.callbacks:
@@ -464,28 +452,16 @@ class Trainer:
         improved = history.is_better(value)
         if improved:
             history.best_epoch, history.best_metric = epoch, value
-        reason = self._agree_stop()
-        if reason is not None:
-            history.stop_reason = (
-                reason
-                if reason == "early_stopping"
-                else (reason if reason.startswith("callback:") else f"callback:{reason}")
-            )
-        elif self._epoch >= cfg.epochs:
-            history.stop_reason = "completed"
-        _logger.log(
+        history.stop_reason = stop_reason(self._agree_stop(), completed=self._epoch >= cfg.epochs)
+        log_epoch(
+            _logger,
             self.epoch_log_level if self.is_main_process else logging.DEBUG,  # one per epoch
-            "%sepoch %d/%d: train_loss=%.4f val_loss=%.4f %s=%.4f (%.1f s, %.0f img/s)%s",
-            self.log_prefix,
-            epoch + 1,
-            cfg.epochs,
-            metrics["train_loss"],
-            metrics["val_loss"],
-            cfg.monitor,
-            value,
-            metrics["epoch_time_s"],
-            metrics["images_per_s"],
-            f" -> stop: {history.stop_reason}" if history.stop_reason else "",
+            epoch,
+            metrics,
+            prefix=self.log_prefix,
+            epochs=cfg.epochs,
+            monitor=cfg.monitor,
+            reason=history.stop_reason,
         )
         if self.out_dir is not None:
             _resume.save_epoch(self, state, history, improved=improved)
@@ -496,21 +472,6 @@ class Trainer:
             return reason
         reasons = self.dist.all_gather_object(reason)
         return next((r for r in reasons if r is not None), None)
-
-    def _progress_bar(self, epoch: int, total: int) -> Any:
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
-        if not (show and self.is_main_process):
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(
-            total=total,
-            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-            unit="batch",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            leave=True,
-        )
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate_with(
