@@ -425,7 +425,7 @@ class AutoMLOptimizer:
             overrides=overrides,
             callbacks=callbacks,
             progress=self.trainer_progress,
-            artifact_store=artifact_store_for(self.run_dir),
+            artifact_store=artifact_store_for(self.run_dir), artifact_trials="best",
             oom_retry=self.oom_retry,
             selection=selection,
             trial_cap_s=plan.trial_cap_s if plan is not None else None,
