@@ -222,14 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default=None, help="--space (default: chosen from the data)")
     p.add_argument("--max-train", type=int, default=None,
                    help="first N train images (a cut copy of the data; smoke tests)")
-    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the search")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="Markdown report")
     p.add_argument("--json", type=Path, default=None, help="raw results as JSON")
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the search")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Runs every setting of ``--ks`` and writes the report; 0 when every search exited 0."""
+    argv = list(sys.argv[1:]) if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     ks = [k.strip() for k in args.ks.split(",") if k.strip()]
     command = command_line(__file__, argv)

@@ -18,7 +18,7 @@ to 0.883 in the same budget (issue 13). So :func:`choose_trials_per_device`:
 - on a CPU keeps K = 1: one trial's intra-op threads already use every core;
 - on a GPU, times the search's first trial (the *probe*) and keeps K = 1 when the probe
   was device-bound: its training steps filled at least :data:`BUSY_SHARE` of its wall
-  time and the GPU was at least :data:`UTIL_HIGH` utilised while it trained (sampled
+  time and the GPU was at least :data:`UTIL_HIGH` utilised while it ran (sampled
   with ``torch.cuda.utilization`` or ``nvidia-smi``; unknown counts as busy);
 - otherwise (set-up or launch bound) asks for 2, or :data:`MAX_AUTO` = 3 when the probe
   left the GPU mostly idle (training under half its wall time, or under
@@ -325,13 +325,15 @@ class ConcurrentTrials:
     def _reading(self, trial: optuna.trial.FrozenTrial) -> ProbeReading:
         import torch
 
+        from med_core.device import release_memory
         from medauto.keys import DURATION_ATTR
         from medauto.keys import HISTORY_ATTR
 
         util = self._util.stop() if self._util is not None else None
+        dev = self.devices[0]
+        release_memory(dev)  # the probe's cached blocks count as free
         ips = [r.get("images_per_s") for r in trial.user_attrs.get(HISTORY_ATTR, [])]
         train_s = sum(self.n_train / v for v in ips if isinstance(v, (int, float)) and v > 0)
-        dev = self.devices[0]
         return ProbeReading(
             duration_s=float(trial.user_attrs.get(DURATION_ATTR, 0.0)), train_s=train_s,
             peak_bytes=int(torch.cuda.max_memory_allocated(dev)),
