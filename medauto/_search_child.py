@@ -38,7 +38,7 @@ def run_child(job: dict[str, Any]) -> int:
         run_search(opt, child=role)
     except KeyboardInterrupt:
         return 130
-    except MedautoError as e:  # e.g. no trial of this worker completed: the parent decides
+    except MedautoError as e:  # e.g. too many failures in a row: the parent goes on
         get_logger(__name__).warning("worker stopped: %s", str(e).splitlines()[0])
         return 1
     return 0

@@ -132,8 +132,9 @@ def _devices(device: str) -> list[str]:
 def run_search(
     opt: AutoMLOptimizer, *, wrap: Callable[[Objective], Callable[[optuna.Trial], float]] | None
     = None, child: ChildRole | None = None,
-) -> OptimizationResult:
-    """Opens the study and runs the worker loop; ``wrap`` adapts the objective (DDP)."""
+) -> OptimizationResult | None:
+    """Opens the study and runs the worker loop; ``wrap`` adapts the objective (DDP).
+    Returns the search's result; ``None`` for a child, whose parent reports."""
     from medauto._progress import SearchProgress
     from medauto._worker import run_worker
     from medauto.bagging import with_seed_bagging
@@ -164,7 +165,7 @@ def run_search(
             seed=opt.seed, n_train=len(dataset.train),
             relay=progress.relay if progress.enabled else None)
         _use_plan(opt, objective, concurrent.start(plan))
-    if opt.budget_plan_ is not None:
+    if opt.budget_plan_ is not None and child is None:
         _log_plan(opt, opt.budget_plan_)
     end_trial = tracker.end_trial if child is not None else with_seed_bagging(
         tracker.end_trial, start=start, plan=plan, selection=opt.selection_,
@@ -188,8 +189,10 @@ def run_search(
     finally:
         done = report is not None and report.stop_reason == "target reached"
         tracker.end_study(study, finished=done)
+    if child is not None:
+        return None
     final = None
-    if child is None and opt.final_model:  # no completed trial: built from the best partial one
+    if opt.final_model:  # no completed trial: built from the best partial one
         from medauto.final import build_final
         from medauto.final import final_dir
         from medauto.final import selection_metric

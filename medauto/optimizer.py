@@ -404,7 +404,9 @@ class AutoMLOptimizer:
         """Opens the study and runs the worker loop; ``wrap`` adapts the objective (DDP)."""
         from medauto._search_run import run_search
 
-        return run_search(self, wrap=wrap)
+        result = run_search(self, wrap=wrap)
+        assert result is not None  # only a search's child worker returns none
+        return result
 
     def _result(self, study: optuna.Study, report: WorkerReport,
                 final: FinalResult | None = None) -> OptimizationResult:
