@@ -122,8 +122,9 @@ def run_setting(args: argparse.Namespace, k: str, data: str, work: Path,
     cmd = [sys.executable, "-m", "medauto.cli", "search", "--data", data, "--budget",
            args.budget, "--device", args.device, "--trials-per-device", k, "--study", study,
            "--run-dir", str(run_dir), "--no-progress"]
-    if args.space:
-        cmd += ["--space", args.space]
+    if args.space:  # a YAML path is resolved here: the search runs in its run folder
+        cmd += ["--space", str(Path(args.space).resolve()) if Path(args.space).exists()
+                else args.space]
     if args.data_dir and not Path(data).exists():
         cmd += ["--data-dir", args.data_dir]
     extra = {TIMING_ENV: str(timing)}

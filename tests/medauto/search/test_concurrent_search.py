@@ -97,3 +97,47 @@ def test_a_shared_device_stretches_the_trial_cap_but_never_past_the_search() -> 
     assert two.search_s == plan.search_s  # the deadline does not move
     four = scaled_plan(plan, 4)
     assert four is not None and four.trial_cap_s == plan.search_s
+
+
+def test_sigterm_stops_the_search_and_its_workers_and_records_their_trials(
+    micro_space: Path, micro_data_dir: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MEDAUTO_TRACKING_URI", None)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "medauto.cli", "search", "--data", "breastmnist", "--data-dir",
+         str(micro_data_dir), "--space", str(micro_space), "--trials", "500", "--device", "cpu",
+         "--trials-per-device", "2", "--no-tracking", "--no-progress", "--run-dir", "runs",
+         "--study", "stop", "--selection", "holdout", "--no-final-model"],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    storage = f"sqlite:///{tmp_path / 'runs/medauto.db'}"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:  # until both processes have finished a trial
+            assert parent.poll() is None, parent.communicate()[1][-3000:]
+            if (tmp_path / "runs/medauto.db").exists():
+                try:
+                    done = [t for t in optuna.load_study(study_name="stop", storage=storage)
+                            .get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+                except KeyError:  # the study is not created yet
+                    done = []
+                if len({t.user_attrs.get(WORKER_ATTR) for t in done}) == 2:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the two workers did not both finish a trial")
+        parent.send_signal(signal.SIGTERM)
+        _, err = parent.communicate(timeout=120)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 130, err[-3000:]
+    trials = optuna.load_study(study_name="stop", storage=storage).get_trials(deepcopy=False)
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs[REASON_ATTR] in ("interrupted", "surplus"), t.user_attrs
