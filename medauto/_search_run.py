@@ -146,8 +146,6 @@ def run_search(
     plan = opt._plan() if child is None else scaled_plan(child.plan, child.k)
     opt.budget_plan_ = plan
     opt.budget_start_ = start = time.monotonic() if child is None else child.start
-    timeout_at = (None if opt.timeout is None else start + opt.timeout) if child is None \
-        else child.timeout_at
     # The data is loaded first: a wrong --data must not create (and so pin the data
     # spec of) a study, nor start an MLflow run.
     dataset = opt._load_data()
@@ -158,6 +156,9 @@ def run_search(
     objective = build_objective(opt, space, device, tracker, dataset=dataset, members=members)
     progress = SearchProgress(opt._target(), enabled=False if child else opt.progress,
                               start=start, budget_s=plan.search_s if plan is not None else None)
+    # `timeout` counts from the start of the worker loop (the children get the same instant)
+    timeout_at = child.timeout_at if child is not None else (
+        None if opt.timeout is None else time.monotonic() + opt.timeout)
     concurrent: ConcurrentTrials | None = None
     if child is None and wrap is None:
         concurrent = ConcurrentTrials(
