@@ -28,18 +28,24 @@ REPO = Path(__file__).resolve().parents[3]
 GIB = 1024**3
 
 
+def _search(study: str, trials: int, micro_space: Path, micro_data_dir: Path
+            ) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of ``medauto search`` with two trials at once on the CPU."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MEDAUTO_TRACKING_URI", None)
+    return [sys.executable, "-m", "medauto.cli", "search", "--data", "breastmnist",
+            "--data-dir", str(micro_data_dir), "--space", str(micro_space), "--trials",
+            str(trials), "--device", "cpu", "--trials-per-device", "2", "--no-tracking",
+            "--no-progress", "--run-dir", "runs", "--study", study, "--selection", "holdout",
+            "--no-final-model"], env
+
+
 def test_two_trials_at_once_meet_the_exact_target_without_duplicates(
     micro_space: Path, micro_data_dir: Path, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("MEDAUTO_TRACKING_URI", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "medauto.cli", "search", "--data", "breastmnist", "--data-dir",
-         str(micro_data_dir), "--space", str(micro_space), "--trials", "5", "--device", "cpu",
-         "--trials-per-device", "2", "--no-tracking", "--no-progress", "--run-dir", "runs",
-         "--study", "k2", "--selection", "holdout", "--no-final-model"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
-    )
+    argv, env = _search("k2", 5, micro_space, micro_data_dir)
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "started 1 more worker process(es)" in proc.stderr
     study = optuna.load_study(study_name="k2", storage=f"sqlite:///{tmp_path / 'runs/medauto.db'}")
@@ -55,7 +61,8 @@ def test_two_trials_at_once_meet_the_exact_target_without_duplicates(
     assert all(t.user_attrs[REASON_ATTR] == "surplus" for t in trials if t.state == TrialState.FAIL)
     lr = [t.params["optim.lr"] for t in finished]
     assert len(set(lr)) == len(lr)  # no configuration trained twice
-    first = [t for t in finished if t.user_attrs[WORKER_ATTR] == finished[0].user_attrs[WORKER_ATTR]]
+    one = finished[0].user_attrs[WORKER_ATTR]
+    first = [t for t in finished if t.user_attrs[WORKER_ATTR] == one]
     other = [t for t in finished if t not in first]
     assert any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
                for a in first for b in other)  # trained at the same time
@@ -105,15 +112,8 @@ def test_sigterm_stops_the_search_and_its_workers_and_records_their_trials(
     import signal
     import time
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("MEDAUTO_TRACKING_URI", None)
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "medauto.cli", "search", "--data", "breastmnist", "--data-dir",
-         str(micro_data_dir), "--space", str(micro_space), "--trials", "500", "--device", "cpu",
-         "--trials-per-device", "2", "--no-tracking", "--no-progress", "--run-dir", "runs",
-         "--study", "stop", "--selection", "holdout", "--no-final-model"],
-        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
-    )
+    argv, env = _search("stop", 500, micro_space, micro_data_dir)
+    parent = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     storage = f"sqlite:///{tmp_path / 'runs/medauto.db'}"
     deadline = time.monotonic() + 180
     try:
