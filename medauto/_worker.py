@@ -44,6 +44,7 @@ from optuna.trial import TrialState
 from med_core.device import is_oom as _is_oom
 from med_core.device import release_memory
 from medauto import _optuna_compat as compat
+from medauto._background import BackgroundWriter
 from medauto._progress import trial_summary
 from medauto.keys import DEVICE_ATTR
 from medauto.keys import DURATION_ATTR
@@ -379,7 +380,9 @@ def _run_loop(
 ) -> WorkerReport:
     report = WorkerReport()
     start = time.monotonic()
-    with _long_lived_objects_frozen():
+    # Dashboard notes are written off the critical path; the loop ends once they are in.
+    notes = BackgroundWriter("medauto-notes", on_error=_note_failed)
+    with _long_lived_objects_frozen(), _flushed(notes):
         failures_in_a_row = 0
         while True:
             if timeout is not None and time.monotonic() - start >= timeout:
@@ -413,7 +416,7 @@ def _run_loop(
                 continue
             if progress is not None:
                 progress.update(study)  # counts this trial as running
-            frozen = _run_trial(study, trial, objective, device, on_trial_end)
+            frozen = _run_trial(study, trial, objective, device, on_trial_end, notes)
             _logger.info(trial_summary(study, frozen))
             report.add(frozen.state.name.lower(), frozen.number)
             failures_in_a_row = failures_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
@@ -438,6 +441,7 @@ def _run_trial(
     objective: Callable[[optuna.Trial], float],
     device: str,
     on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None,
+    notes: BackgroundWriter,
 ) -> optuna.trial.FrozenTrial:
     n = trial.number
     with timed("trial_attrs", n):
@@ -471,8 +475,7 @@ def _run_trial(
             _end_trial(study, frozen, on_trial_end)
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            with timed("trial_note", n):
-                save_trial_note(study, trial, frozen)
+            notes.submit("dashboard note", _save_note, study, trial, frozen)
             _release_memory(n)
             return frozen
     with timed("tell", n):
@@ -480,10 +483,27 @@ def _run_trial(
         study.tell(trial, value)
         frozen = study.get_trials(deepcopy=False)[n]
     _end_trial(study, frozen, on_trial_end)
-    with timed("trial_note", n):
-        save_trial_note(study, trial, frozen)
+    notes.submit("dashboard note", _save_note, study, trial, frozen)
     _release_memory(n)
     return frozen
+
+
+def _save_note(study: optuna.Study, trial: optuna.Trial,
+               frozen: optuna.trial.FrozenTrial) -> None:
+    with timed("trial_note", trial.number):
+        save_trial_note(study, trial, frozen)
+
+
+def _note_failed(what: str, exc: BaseException) -> None:
+    _logger.warning("%s failed (%s: %s)", what, type(exc).__name__, exc)
+
+
+@contextmanager
+def _flushed(writer: BackgroundWriter) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        writer.flush()
 
 
 def _end_trial(
@@ -517,6 +537,18 @@ def _long_lived_objects_frozen() -> Iterator[None]:
 
 
 def _release_memory(trial: int | None = None) -> None:
-    """Frees what the last trial left behind (:func:`med_core.device.release_memory`)."""
+    """Frees what the last trial left behind (:func:`med_core.device.release_memory`),
+    then freezes what survived (:func:`gc.freeze`).
+
+    What outlives a trial's full collection is long-lived (modules the first trials
+    imported: torchvision, timm, matplotlib; the sampler's and the storage's state), so
+    the next trial's collection scans only what that trial created; unfrozen, the
+    survivors of every trial would be scanned again after every later trial. Frozen
+    objects are still freed by reference counting; :func:`_long_lived_objects_frozen`
+    unfreezes them all when the loop ends.
+    """
+    import gc
+
     with timed("release_memory", trial):
         release_memory()
+        gc.freeze()

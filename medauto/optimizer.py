@@ -26,7 +26,6 @@ the budget less a small reserve for the final model is spent.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
 
     from med_core.config import TrainConfig
     from med_core.data import MedicalDataset
-    from med_core.training import Callback
     from medauto._worker import WorkerReport
     from medauto.budget import BudgetPlan
     from medauto.ensemble import Predictor
@@ -139,6 +137,9 @@ class AutoMLOptimizer:
         final_model: End :meth:`optimize` with the final ensemble (:mod:`medauto.final`;
             trials keep their models in ``run_dir``); ``False`` in :meth:`from_study`.
         portfolio: Enqueue the space's portfolio when the study is created.
+        trials_per_device: Trials trained at once on each visible GPU (more worker
+            processes of the study, :mod:`medauto.concurrency`); ``"auto"`` chooses from a
+            probe trial (1 on a CPU, at most 3); 1 in :meth:`from_study`.
     """
 
     def __init__(
@@ -173,6 +174,7 @@ class AutoMLOptimizer:
         selection: str = "auto",
         final_model: bool = True,
         portfolio: bool = True,
+        trials_per_device: int | str = "auto",
     ) -> None:
         self.data = data
         self.space = space
@@ -203,6 +205,7 @@ class AutoMLOptimizer:
         self.selection = selection
         self.final_model = final_model
         self.portfolio = portfolio
+        self.trials_per_device = trials_per_device
         self.study_: optuna.Study | None = None
         self.final_: FinalResult | None = None
         self.fingerprint_: DataFingerprint | None = None
@@ -231,6 +234,7 @@ class AutoMLOptimizer:
         study = load_existing_study(study_name, store)
         settings = load_settings(study)
         kwargs.setdefault("final_model", False)
+        kwargs.setdefault("trials_per_device", 1)  # a joining worker is one worker
         kwargs.setdefault("selection", settings.selection)
         return cls(
             settings.data,
@@ -285,8 +289,10 @@ class AutoMLOptimizer:
             from medauto.study import validate_study_name
 
             validate_study_name(self.study_name)
+        from medauto.concurrency import parse_trials_per_device
         from medauto.fingerprint import SELECTION_MODES
 
+        parse_trials_per_device(self.trials_per_device)
         if self.selection not in SELECTION_MODES:
             raise MedautoError(
                 f"selection must be one of {list(SELECTION_MODES)}, got {self.selection!r}"
@@ -390,105 +396,22 @@ class AutoMLOptimizer:
         return load_dataset(DataConfig(dataset=str(self.data), data_dir=data_dir))
 
     def _build_objective(
-        self,
-        space: SearchSpace,
-        device: str,
-        tracker: BaseTracker | None = None,
+        self, space: SearchSpace, device: str, tracker: BaseTracker | None = None,
         dataset: MedicalDataset | None = None,
     ) -> Objective:
-        from medauto.artifacts import artifact_store_for
-        from medauto.objective import Objective
+        from medauto._search_run import build_objective
 
-        data_dir = str(self.data_dir) if self.data_dir is not None else None
-        if dataset is None:
-            dataset = self._load_data()
-        overrides = {
-            "data.dataset": str(self.data),
-            "data.data_dir": data_dir,
-            "monitor": self.metric,
-        }
-
-        plan, start = self.budget_plan_, self.budget_start_
-        selection = self.selection_
-        folds = selection.folds if selection is not None else 1
-
-        def callbacks(trial: optuna.trial.BaseTrial, cfg: TrainConfig) -> list[Callback]:
-            cb = tracker.trial_callback(trial, cfg) if tracker is not None else None
-            out = [] if cb is None else [cb]
-            if plan is not None and start is not None:
-                from medauto.budget import BudgetCallback
-
-                # each fold of a cross-validated trial gets its share of the trial cap
-                out.append(BudgetCallback(trial, search_deadline=start + plan.search_s,
-                                          trial_cap_s=plan.trial_cap_s / folds))
-            return out
-
-        return Objective(
-            space,
-            dataset=dataset,
-            device=device,
-            overrides=overrides,
-            callbacks=callbacks,
-            progress=self.trainer_progress,
-            artifact_store=artifact_store_for(self.run_dir),
-            oom_retry=self.oom_retry,
-            selection=selection,
-            trial_cap_s=plan.trial_cap_s if plan is not None else None,
-            members_root=Path(self.run_dir) if self.final_model else None,
-        )
+        return build_objective(self, space, device, tracker, dataset, members=self.final_model)
 
     def _run(
         self, *, wrap: Callable[[Objective], Callable[[optuna.Trial], float]] | None = None
     ) -> OptimizationResult:
         """Opens the study and runs the worker loop; ``wrap`` adapts the objective (DDP)."""
-        from medauto._progress import SearchProgress
-        from medauto._worker import run_worker
-        from medauto.bagging import with_seed_bagging
-        from medauto.tracking import make_tracker
+        from medauto._search_run import run_search
 
-        self.budget_plan_ = plan = self._plan()  # a bad budget fails before anything runs
-        self.budget_start_ = time.monotonic()
-        timeout = self.timeout
-        # The data is loaded first: a wrong --data must not create (and so pin the data
-        # spec of) a study, nor start an MLflow run.
-        dataset = self._load_data()
-        study, space, device = self._open(dataset)
-        tracker = make_tracker(self.tracking, self.run_dir)
-        tracker.start_study(study)
-        objective = self._build_objective(space, device, tracker, dataset=dataset)
-        if plan is not None:
-            left = plan.search_s - (time.monotonic() - self.budget_start_)
-            timeout = max(1e-3, left if timeout is None else min(timeout, left))
-            _logger.info("%s", plan.describe(final_model=self.final_model))
-        progress = SearchProgress(self._target(), enabled=self.progress, start=self.budget_start_,
-                                  budget_s=plan.search_s if plan is not None else None)
-        report = None
-        try:
-            with progress:
-                report = run_worker(
-                    study,
-                    wrap(objective) if wrap else objective,
-                    target=self._target(),
-                    timeout=timeout,
-                    device=device,
-                    on_trial_end=with_seed_bagging(tracker.end_trial, start=self.budget_start_,
-                                                   plan=plan, selection=self.selection_,
-                                                   final_model=self.final_model),
-                    progress=progress,
-                    max_failures=self.max_failures,
-                )
-        finally:
-            done = report is not None and report.stop_reason == "target reached"
-            tracker.end_study(study, finished=done)
-        if self.final_model:  # no completed trial: built from the best partial one
-            from medauto.final import build_final
-            from medauto.final import final_dir
-            from medauto.final import selection_metric
-
-            self.final_ = build_final(study, dataset, run_dir=self.run_dir, device=device,
-                                      metric=selection_metric(self.metric))
-            tracker.log_final(study, self.final_, final_dir(self.run_dir, study.study_name))
-        return self._result(study, report, self.final_ if self.final_model else None)
+        result = run_search(self, wrap=wrap)
+        assert result is not None  # only a search's child worker returns none
+        return result
 
     def _result(self, study: optuna.Study, report: WorkerReport,
                 final: FinalResult | None = None) -> OptimizationResult:

@@ -42,6 +42,7 @@ import torch
 
 from med_core.training.callbacks import Callback
 from medauto import __version__
+from medauto._background import BackgroundWriter
 from medauto._worker import record_phase
 from medauto._worker import timed
 from medauto.evaluation import HonestEvaluation
@@ -227,7 +228,8 @@ class NullTracker(BaseTracker):
 
 
 class _TrialRun(Callback):
-    """Logs a trial's per-epoch metrics into its MLflow child run (rank 0 only)."""
+    """Logs a trial's per-epoch metrics into its MLflow child run (rank 0 only), through
+    the tracker's background writer (the epoch does not wait for the store)."""
 
     def __init__(self, tracker: MlflowTracker, run_id: str) -> None:
         self.tracker = tracker
@@ -240,12 +242,19 @@ class _TrialRun(Callback):
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch + 1) for k, v in metrics.items()]
-        with self.tracker._guard("log epoch metrics"):
-            self.tracker.client.log_batch(self.run_id, metrics=batch)
+        self.tracker._write("log epoch metrics", self.tracker.client.log_batch, self.run_id,
+                            batch)
 
 
 class MlflowTracker(BaseTracker):
     """Logs a study to MLflow through ``MlflowClient`` with explicit parent/child run ids.
+
+    Only the creation of a trial's run waits for the store (its id is recorded on the
+    trial); every other write of a trial (params, per-epoch metrics, system metrics, the
+    closing tags and status) goes through one background writer
+    (:class:`medauto._background.BackgroundWriter`), in order, off the trial's critical
+    path. :meth:`flush` waits for them; :meth:`end_study` flushes before it closes the
+    study's run.
 
     Args:
         tracking_uri: Any MLflow tracking URI (``sqlite:///...``, ``http://host:5000``,
@@ -273,7 +282,8 @@ class MlflowTracker(BaseTracker):
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._runs: dict[int, str] = {}
-        self._monitors: dict[int, Any] = {}
+        self._monitors: dict[int, Any] = {}  # touched on the writer thread only
+        self._writer = BackgroundWriter("medauto-mlflow", on_error=self._disable)
 
     @property
     def client(self) -> Any:
@@ -292,12 +302,30 @@ class MlflowTracker(BaseTracker):
         try:
             yield
         except Exception as e:  # noqa: BLE001 - tracking must never stop a search
-            self.enabled = False
-            _logger.warning(
-                "MLflow tracking at %s failed (%s: %s) while trying to %s; "
-                "tracking is off for this process, the search goes on",
-                redact_url(self.tracking_uri), type(e).__name__, redact_url(str(e))[:300], what,
-            )
+            self._disable(what, e)
+
+    def _disable(self, what: str, e: BaseException) -> None:
+        """Turns tracking off for this process after ``e`` (the first failure warns)."""
+        if not self.enabled:
+            return
+        self.enabled = False
+        _logger.warning(
+            "MLflow tracking at %s failed (%s: %s) while trying to %s; "
+            "tracking is off for this process, the search goes on",
+            redact_url(self.tracking_uri), type(e).__name__, redact_url(str(e))[:300], what,
+        )
+
+    def _write(self, what: str, fn: Any, *args: Any) -> None:
+        """Queues the MLflow write ``fn(*args)``; skipped once tracking is off."""
+        def write() -> None:
+            if self.enabled:
+                fn(*args)
+
+        self._writer.submit(what, write)
+
+    def flush(self) -> None:
+        """Waits until every queued MLflow write of this process is in the store."""
+        self._writer.flush()
 
     def _reachable(self) -> bool:
         error = _unreachable(self.tracking_uri, self.reach_timeout)
@@ -367,60 +395,65 @@ class MlflowTracker(BaseTracker):
             return None
         from mlflow.entities import Param
 
-        with self._guard("create the trial run"):
-            number = trial.number
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=f"trial-{number}",
-                tags={
-                    "mlflow.parentRunId": self.parent_run_id,
-                    "medauto.trial": str(number),
-                    "medauto.role": "trial",
-                    "medauto.worker": f"{socket.gethostname()}",
-                },
-            )
-            run_id = run.info.run_id
-            params = [Param(k, str(v)) for k, v in sorted(cfg.flatten().items())]
-            for i in range(0, len(params), 90):  # MLflow caps params per batch at 100
-                self.client.log_batch(run_id, params=params[i : i + 90])
-            self._runs[number] = run_id
-            trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
-            monitor = _system_metrics(run_id, self.tracking_uri)
-            if monitor is not None:
-                self._monitors[number] = monitor
-            return _TrialRun(self, run_id)
-        return None
+        number = trial.number
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "medauto.trial": str(number),
+            "medauto.role": "trial",
+            "medauto.worker": f"{socket.gethostname()}",
+        }
+        try:
+            run = self._writer.call("create the trial run", self.client.create_run,
+                                    self.experiment_id, None, tags, f"trial-{number}")
+        except Exception:  # noqa: BLE001 - on_error has warned and turned tracking off
+            return None
+        run_id = run.info.run_id
+        params = [Param(k, str(v)) for k, v in sorted(cfg.flatten().items())]
+        for i in range(0, len(params), 90):  # MLflow caps params per batch at 100
+            self._write("log the trial's params", self.client.log_batch, run_id, (),
+                        params[i : i + 90])
+        self._runs[number] = run_id
+        trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
+        self._write("start the system metrics", self._start_monitor, number, run_id)
+        return _TrialRun(self, run_id)
+
+    def _start_monitor(self, number: int, run_id: str) -> None:
+        monitor = _system_metrics(run_id, self.tracking_uri)
+        if monitor is not None:
+            self._monitors[number] = monitor
 
     def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Closes the trial's run: one this process started, or an orphan — the run of a
-        trial whose worker died (the heartbeat failed it), still RUNNING in MLflow."""
+        """Closes the trial's run (queued on the writer): one this process started, or an
+        orphan — the run of a trial whose worker died (the heartbeat failed it), still
+        RUNNING in MLflow."""
+        run_id = self._runs.pop(trial.number, None)
+        self._writer.submit("close the trial run", self._close_run, trial, run_id)
+
+    def _close_run(self, trial: optuna.trial.FrozenTrial, run_id: str | None) -> None:
         monitor = self._monitors.pop(trial.number, None)
         if monitor is not None:
             monitor.finish()  # flushes its last samples into the run
         if not self.enabled:
             return
-        run_id = self._runs.pop(trial.number, None)
         if run_id is None:
             orphan = trial.user_attrs.get(MLFLOW_RUN_ATTR)
             if not orphan or not trial.state.is_finished():
                 return
-            with self._guard("look up an orphan trial run"):
-                if self.client.get_run(orphan).info.status == "RUNNING":
-                    run_id = orphan
-            if run_id is None:
+            if self.client.get_run(orphan).info.status != "RUNNING":
                 return
+            run_id = orphan
         from mlflow.entities import RunTag
 
         tags = [RunTag("medauto.state", trial.state.name.lower())]
         for key in (REASON_ATTR, PRUNED_AT_EPOCH_ATTR, DEVICE_ATTR, BEST_EPOCH_ATTR):
             if key in trial.user_attrs:
                 tags.append(RunTag(f"medauto.{key}", str(trial.user_attrs[key])[:5000]))
-        with self._guard("close the trial run"):
-            self.client.log_batch(run_id, tags=tags)
-            self.client.set_terminated(run_id, status=_STATUS.get(trial.state.name, "FAILED"))
-
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, status=_STATUS.get(trial.state.name, "FAILED"))
 
     def end_study(self, study: optuna.Study, *, finished: bool) -> None:
+        with timed("tracking_end_study"):
+            self.flush()
         if self.parent_run_id is None or not self.enabled:
             return
         with timed("tracking_end_study"), self._guard("close the study run"):

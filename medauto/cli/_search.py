@@ -17,6 +17,7 @@ from medauto.cli._options import checked_device
 from medauto.cli._options import download_data
 from medauto.cli._options import worker_kwargs
 from medauto.cli._store import StoreRef
+from medauto.exceptions import CLIUsageError
 from medauto.retrain.options import TTA_MODES
 from medauto.retrain.results import RESULTS_FILE
 
@@ -87,16 +88,29 @@ class SearchCommand(Command):
         g.add_argument("--tta", choices=TTA_MODES, default="auto",
                        help="with --no-final-model: flip TTA of the budget's retrain "
                        "(default auto: chosen per model on validation AUC)")
+        p.add_argument(
+            "--trials-per-device", default="auto", metavar="K",
+            help="trials trained at once on each visible GPU, as more worker processes of "
+            "the study (default auto: 1 on a CPU; on a GPU 1-3, chosen from the first "
+            "trial's memory and how much of its time the GPU was busy; see "
+            "docs/distributed.md)",
+        )
         add_store_options(p)
         add_worker_options(p)
 
     def take_action(self, args: argparse.Namespace) -> int:
         from medauto.cli._results import print_retrain_summary
+        from medauto.concurrency import parse_trials_per_device
+        from medauto.exceptions import MedautoError
 
+        try:
+            k = parse_trials_per_device(args.trials_per_device)
+        except MedautoError as e:
+            raise CLIUsageError(f"--trials-per-device: {e}") from None
         ref = StoreRef.from_args(args)
         opt = _optimizer(args, ref, budget=args.budget, budget_seeds=args.budget_seeds,
                          budget_ensemble=args.budget_ensemble,
-                         final_model=not args.no_final_model)
+                         final_model=not args.no_final_model, trials_per_device=k)
         outcome = opt.optimize()
         print_search_result(outcome, ref)
         if outcome.final is not None:

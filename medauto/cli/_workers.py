@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +27,9 @@ from medauto.cli._options import add_worker_options
 from medauto.cli._options import checked_device
 from medauto.cli._options import worker_kwargs
 from medauto.cli._store import StoreRef
+from medauto.concurrency import STOP_GRACE_S
+from medauto.concurrency import packed_worker_env
+from medauto.concurrency import stop_processes
 from medauto.exceptions import CLIUsageError
 from medauto.logging import get_logger
 
@@ -39,9 +41,6 @@ __all__ = ["STOP_GRACE_S", "WorkerCommand", "packed_job", "packed_worker_env",
 
 _logger = get_logger(__name__)
 
-#: Seconds packed children get to record their running trial after the parent passed a
-#: SIGTERM on, before they are killed.
-STOP_GRACE_S = 30.0
 #: Seconds between the parent's redraws of the packed workers' live line.
 _POLL_S = 1.0
 
@@ -109,30 +108,6 @@ class WorkerCommand(Command):
         return 0
 
 
-def packed_worker_env(
-    k: int, threads: int | None = None, base: dict[str, str] | None = None
-) -> dict[str, str]:
-    """The environment of one of ``k`` worker processes packed on one device.
-
-    Each worker gets ``threads`` CPU threads (default: the usable cores divided by ``k``,
-    at least 1) through ``OMP_NUM_THREADS`` (torch's intra-op pool) and
-    ``TORCHINDUCTOR_COMPILE_THREADS`` (parallel compilation). Without this, K processes
-    would each start one thread per core: K-fold oversubscription, and the CPU that
-    launches the GPU kernels of small models would become the bottleneck. Values already
-    set in ``base`` (default ``os.environ``) win.
-    """
-    env = dict(os.environ if base is None else base)
-    if threads is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
-        threads = max(1, cores // k)
-    env.setdefault("OMP_NUM_THREADS", str(threads))
-    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(threads))
-    return env
-
-
 def packed_job(args: argparse.Namespace, study: str, k: int) -> dict[str, Any]:
     """The options of packed child ``k``: the parent's parsed options as data.
 
@@ -184,17 +159,5 @@ def run_packed_workers(args: argparse.Namespace, study: optuna.Study) -> int:
             progress.update(study)
             return max(p.wait() for p in procs)
         except BaseException:
-            _stop(procs)
+            stop_processes(procs, STOP_GRACE_S)
             raise
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()

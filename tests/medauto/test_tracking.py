@@ -29,6 +29,7 @@ def _one_trial(tmp_path: Path, name: str) -> tuple[MlflowClient, MlflowTracker, 
     time.sleep(0.6)  # a few system-metrics samples, where psutil is there
     study.tell(trial, 0.5)
     tracker.end_trial(study, study.trials[0])
+    tracker.flush()  # the trial's writes are queued on the tracker's background writer
     assert tracker.enabled  # nothing failed on the way
     return MlflowClient(uri), tracker, study.trials[0].user_attrs[MLFLOW_RUN_ATTR]
 

@@ -116,3 +116,32 @@ def test_pruned_trial_uploads_curve_and_confusion_matrix(
     frozen = study.get_trials()[0]
     assert frozen.user_attrs["pruned_at_epoch"] == 1
     _check_artifacts(study, run_dir, tmp_path)
+
+
+def test_a_search_draws_artifacts_only_for_trials_that_become_best(
+    tiny_dataset: object, tmp_path: Path
+) -> None:
+    """``artifact_trials="best"`` (the search's): the first completed trial draws, a trial
+    below the study's best does not; both still record their history."""
+    run_dir = tmp_path / "run"
+    objective, cfg = _objective_and_cfg(tiny_dataset, run_dir, epochs=1)
+    objective.artifact_trials = "best"  # type: ignore[attr-defined]
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    first = study.ask()
+    study.tell(first, objective.train(first, cfg))  # type: ignore[attr-defined]
+    _check_artifacts(study, run_dir, tmp_path)
+    study.add_trial(optuna.trial.create_trial(value=2.0))  # above any AUC: the best
+    worse = study.ask()
+    study.tell(worse, objective.train(worse, cfg))  # type: ignore[attr-defined]
+    frozen = study.get_trials()[worse.number]
+    assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.user_attrs["history"]
+    assert get_all_artifact_meta(frozen, storage=study._storage) == []
+
+
+def test_artifact_trials_is_validated(tiny_dataset: object) -> None:
+    from medauto.objective import Objective
+    from medauto.space import SearchSpace
+
+    with pytest.raises(ValueError, match="artifact_trials must be one of"):
+        Objective(SearchSpace.from_yaml("fast"), dataset=tiny_dataset,  # type: ignore[arg-type]
+                  artifact_trials="some")
