@@ -78,6 +78,7 @@ def study_work(storage: str, study: str, n_train: int, n_pool: int) -> dict[str,
     from medauto.keys import EPOCHS_RUN_ATTR
     from medauto.keys import FOLD_VALUES_ATTR
     from medauto.keys import HISTORY_ATTR
+    from medauto.keys import WORKER_ATTR
     from medauto.study import load_settings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -91,7 +92,7 @@ def study_work(storage: str, study: str, n_train: int, n_pool: int) -> dict[str,
         run = int(t.user_attrs.get(EPOCHS_RUN_ATTR, len(t.user_attrs.get(HISTORY_ATTR, []))))
         if not run:
             continue
-        workers.add(t.user_attrs.get("worker"))
+        workers.add(t.user_attrs.get(WORKER_ATTR))
         folds = t.user_attrs.get(FOLD_VALUES_ATTR)
         if settings.selection == "cv" and folds:
             k = len(folds)

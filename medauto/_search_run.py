@@ -154,7 +154,7 @@ def run_search(
     tracker.start_study(study)
     members = opt.final_model if child is None else child.members
     objective = build_objective(opt, space, device, tracker, dataset=dataset, members=members)
-    progress = SearchProgress(opt._target(), enabled=False if child else opt.progress,
+    progress = SearchProgress(opt.target_trials, enabled=False if child else opt.progress,
                               start=start, budget_s=plan.search_s if plan is not None else None)
     # `timeout` counts from the start of the worker loop (the children get the same instant)
     timeout_at = child.timeout_at if child is not None else (
@@ -175,7 +175,7 @@ def run_search(
     try:
         with progress:
             report = run_worker(
-                study, wrap(objective) if wrap else objective, target=opt._target(),
+                study, wrap(objective) if wrap else objective, target=opt.target_trials,
                 timeout=_timeout(opt.budget_plan_, start, timeout_at), device=device,
                 on_trial_end=_with_probe(end_trial, concurrent, opt, objective, plan),
                 progress=progress, max_failures=opt.max_failures,

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from medauto.exceptions import MedautoError
+from medauto.keys import HISTORY_ATTR
 from medauto.logging import get_logger
 
 if TYPE_CHECKING:
@@ -315,7 +316,7 @@ class ConcurrentTrials:
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> int | None:
         """The worker's hook after each of its trials: the first trained one is the probe
         of ``"auto"``; returns the K it chose (children started), else ``None``."""
-        if self.k is not None or not trial.user_attrs.get("history"):
+        if self.k is not None or not trial.user_attrs.get(HISTORY_ATTR):
             return None
         self.k, self.reason = choose_trials_per_device(self._reading(trial), self.devices[0])
         _logger.info("trials per device: %d (%s)", self.k, self.reason)
@@ -327,7 +328,6 @@ class ConcurrentTrials:
 
         from med_core.device import release_memory
         from medauto.keys import DURATION_ATTR
-        from medauto.keys import HISTORY_ATTR
 
         util = self._util.stop() if self._util is not None else None
         dev = self.devices[0]

@@ -248,7 +248,10 @@ class AutoMLOptimizer:
         )
 
     # -- validation and resolution -------------------------------------------------------
-    def _target(self) -> int:
+    @property
+    def target_trials(self) -> int:
+        """The finished trials the study aims for: ``n_trials``, else 20 (10000 with a
+        budget, which ends the search first)."""
         if self.n_trials is not None:
             return self.n_trials
         return 10_000 if self.budget is not None else 20
@@ -265,7 +268,7 @@ class AutoMLOptimizer:
                            retrain_fraction=self.budget_retrain_fraction)
 
     def _validate(self) -> None:
-        n = self._target()
+        n = self.target_trials
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise MedautoError(f"n_trials must be an integer >= 1, got {self.n_trials!r}")
         if self.timeout is not None and self.timeout <= 0:
@@ -346,7 +349,7 @@ class AutoMLOptimizer:
             data=str(self.data),
             metric=self.metric,
             direction=self._direction(),
-            n_trials=self._target(),
+            n_trials=self.target_trials,
             selection=selection.mode,
         )
         study = open_study(name, storage, settings, sampler=sampler, pruner=pruner, seed=self.seed)

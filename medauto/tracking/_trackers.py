@@ -1,51 +1,20 @@
-"""MLflow tracking: one experiment per study, a parent run per study, a child run per trial.
-
-Optuna's own ``MLflowCallback`` logs only after a trial ends, and its nested runs break
-under parallel workers. medauto logs through ``MlflowClient`` with explicit run ids: the
-parent run's id lives in the study's user attributes (``medauto:mlflow_parent_run_id``),
-so every worker, on any machine, attaches its trials' child runs to the same parent, and
-per-epoch metrics are logged as they happen.
-
-Tracking must never stop a search: if the tracking server cannot be reached or an MLflow
-call fails, the tracker warns once and turns itself off for this process.
-
-The retrain's run and the final model's run, each with its MLflow *logged models*
-(:func:`log_retrain`, :meth:`MlflowTracker.log_final`), go to the same experiment as
-children of the study's parent run. Each logged model is a ``python_function`` model
-(loader module :mod:`medauto.serving`), linked to its run as an output and carrying its
-test metrics, so ``mlflow.pyfunc.load_model("models:/<id>")`` and ``mlflow models serve``
-take it as it is. Experiments medauto creates are tagged as classic model-training
-experiments (MLflow 3 opens an untagged one in its GenAI/traces view), and where
-``psutil`` is installed each trial's run also gets MLflow's system metrics (CPU, memory,
-disk, network, GPU).
-
-This module is the one place medauto talks to MLflow.
-"""
+"""The search's trackers: a parent run per study, a child run per trial (see the
+package docstring)."""
 
 from __future__ import annotations
 
-import math
 import socket
-import tempfile
 import time
-import urllib.parse
-import warnings
 from collections.abc import Iterator
-from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
-import torch
-
 from med_core.training.callbacks import Callback
-from medauto import __version__
 from medauto._background import BackgroundWriter
 from medauto._worker import record_phase
 from medauto._worker import timed
-from medauto.evaluation import HonestEvaluation
 from medauto.final import FINAL_FILE
 from medauto.final import FinalResult
 from medauto.keys import BEST_EPOCH_ATTR
@@ -55,8 +24,6 @@ from medauto.keys import PARENT_RUN_ATTR
 from medauto.keys import PRUNED_AT_EPOCH_ATTR
 from medauto.keys import REASON_ATTR
 from medauto.logging import get_logger
-from medauto.model_file import MODEL_KIND
-from medauto.serving import ServedModel
 from medauto.storage import redact_url
 
 if TYPE_CHECKING:
@@ -64,126 +31,23 @@ if TYPE_CHECKING:
 
     from med_core.config import TrainConfig
     from med_core.training import Trainer
-    from medauto.retrain.results import RetrainResult
 
-__all__ = [
-    "BaseTracker",
-    "MlflowTracker",
-    "NullTracker",
-    "default_tracking_uri",
-    "log_retrain",
-    "make_tracker",
-    "tracking_uri",
-]
+from medauto.tracking._results import _log_results_run
+from medauto.tracking._results import _ModelToLog
+from medauto.tracking._store import _artifact_location
+from medauto.tracking._store import _experiment_id
+from medauto.tracking._store import _system_metrics
+from medauto.tracking._store import _unreachable
+from medauto.tracking._store import default_tracking_uri
 
 _logger = get_logger(__name__)
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-#: MLflow 3's experiment tag that picks the UI: this value opens the classic training view
-#: (runs, metrics, models); an untagged experiment may open as GenAI (traces).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-CLASSIC_EXPERIMENT_KIND = "custom_model_development"
-#: Seconds between two system-metrics samples of a trial run (MLflow's default is 10).
-SYSTEM_METRICS_INTERVAL_S = 5.0
 #: Parent runs of a study started this many seconds apart count as one race (see
 #: ``MlflowTracker._create_parent_run``); an older running parent is a dead study's.
 PARENT_RACE_WINDOW_S = 300.0
 #: Seconds a new parent run waits before looking for rivals: longer than a run takes to be
 #: committed, so every rival that started earlier is visible by then.
 PARENT_SETTLE_S = 1.0
-#: ``model_type`` of every model medauto logs.
-MODEL_TYPE = "medauto-classifier"
-
-
-def default_tracking_uri(run_dir: str | Path) -> str:
-    """The zero-setup MLflow store: ``sqlite:///<run_dir>/mlflow.db``."""
-    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
-
-
-def _artifact_location(run_dir: str | Path) -> str:
-    """Where new experiments keep their artifacts: ``run_dir/mlartifacts`` (a URI)."""
-    return (Path(run_dir).resolve() / "mlartifacts").as_uri()
-
-
-def _unreachable(uri: str, timeout: float) -> OSError | None:
-    """The connection error of an HTTP(S) tracking server that does not answer, else ``None``
-    (a database or file store is always "reachable": its errors come from MLflow calls)."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
-        return None
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname or "", port), timeout):
-            return None
-    except OSError as e:
-        return e
-
-
-def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
-    """The id of the experiment ``name``, created (with ``artifact_location``) if missing;
-    an experiment without a kind is tagged as a classic training one."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return str(client.create_experiment(
-            name, artifact_location=artifact_location,
-            tags={EXPERIMENT_KIND_TAG: CLASSIC_EXPERIMENT_KIND},
-        ))
-    if EXPERIMENT_KIND_TAG not in exp.tags:
-        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_EXPERIMENT_KIND)
-    return str(exp.experiment_id)
-
-
-def _system_metrics(run_id: str, uri: str) -> Any:
-    """MLflow's system-metrics monitor, started on ``run_id``; ``None`` without ``psutil``."""
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-    except ImportError:  # MLflow's CPU/disk/network monitors need psutil
-        return None
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
-                                   tracking_uri=uri)
-    monitor.start()
-    return monitor
-
-
-def _log_pyfunc_model(
-    client: Any, experiment_id: str, run_id: str, folder: Path, *, name: str,
-    params: dict[str, str], tags: dict[str, str], metrics: dict[str, float],
-) -> str:
-    """Logs ``folder`` (a model folder or a predictor folder) as a pyfunc logged model of
-    ``run_id``: an output of the run, with ``metrics`` linked to it. Returns its id."""
-    import numpy as np
-    from mlflow.entities import LoggedModelOutput
-    from mlflow.entities import Metric
-    from mlflow.models import ModelSignature
-    from mlflow.pyfunc import save_model
-    from mlflow.types import Schema
-    from mlflow.types import TensorSpec
-
-    served = ServedModel(folder)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8),
-                                  (-1, served.in_chans, *(-1,) * served.spatial_dims))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, served.n_outputs))]),
-    )
-    lm = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
-                                    params=params, tags=tags, model_type=MODEL_TYPE)
-    client.log_outputs(run_id, [LoggedModelOutput(lm.model_id, 0)])
-    with tempfile.TemporaryDirectory(prefix="medauto-mlflow-") as tmp:
-        path = Path(tmp) / "model"
-        with warnings.catch_warnings():  # the signature stands in for an input example
-            warnings.filterwarnings("ignore", message=".*input example.*")
-            save_model(str(path), loader_module="medauto.serving", data_path=str(folder),
-                       signature=signature, pip_requirements=_requirements())
-        client.log_model_artifacts(lm.model_id, str(path))
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=lm.model_id)
-                                      for k, v in metrics.items() if math.isfinite(v)])
-    client.finalize_logged_model(lm.model_id, "READY")
-    return str(lm.model_id)
-
-
-def _requirements() -> list[str]:
-    """What a served model needs: medauto (with med_core) and the torch it was saved with."""
-    return [f"medauto=={__version__}", f"torch=={torch.__version__.split('+')[0]}"]
 
 
 def tracking_uri(tracking: bool | str | BaseTracker | None, run_dir: str | Path) -> str | None:
@@ -498,121 +362,3 @@ def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path)
     return MlflowTracker(uri, artifact_location=_artifact_location(run_dir))
 
 
-def _parent_and_experiment(
-    client: Any, study: optuna.Study, uri: str, artifact_location: str | None
-) -> tuple[str | None, str]:
-    """The study's parent run (``None`` if it is not in this store) and its experiment
-    (the study's experiment, created if missing, when there is no parent here)."""
-    parent = study.user_attrs.get(PARENT_RUN_ATTR)
-    if parent is not None:
-        try:
-            return parent, str(client.get_run(parent).info.experiment_id)
-        except Exception:  # noqa: BLE001 - the search logged elsewhere: no parent here
-            _logger.warning("the study's MLflow parent run %s is not in %s; logging the "
-                            "results run without a parent", parent, redact_url(uri))
-    return None, _experiment_id(client, study.study_name, artifact_location)
-
-
-@dataclass(frozen=True)
-class _ModelToLog:
-    """One logged model of a results run: its folder, name, params and test metrics."""
-
-    name: str
-    folder: Path
-    params: dict[str, str]
-    metrics: dict[str, float]
-
-
-def _log_results_run(
-    study: optuna.Study, uri: str, artifact_location: str | None, *, role: str,
-    params: dict[str, Any],
-    metrics: dict[str, float], tags: dict[str, str], files: Sequence[Path],
-    models: Sequence[_ModelToLog], out: Path,
-) -> dict[str, Any] | None:
-    """A ``role`` run (child of the study's parent run) with its params, metrics, files and
-    pyfunc logged models. Never raises: a failure is logged at WARNING, ``None`` returned."""
-    error = _unreachable(uri, 3.0)
-    if error is not None:
-        _logger.warning("MLflow tracking server %s is unreachable (%s); the %s results are "
-                        "only in %s", redact_url(uri), error, role, out)
-        return None
-    try:
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
-        from mlflow.entities import Param
-        from mlflow.entities import RunTag
-
-        client = MlflowClient(tracking_uri=uri)
-        parent, experiment_id = _parent_and_experiment(client, study, uri, artifact_location)
-        run_tags = {"medauto.role": role, "medauto.study": study.study_name}
-        if parent is not None:
-            run_tags["mlflow.parentRunId"] = parent
-        run_id = client.create_run(experiment_id, run_name=role, tags=run_tags).info.run_id
-        now = int(time.time() * 1000)
-        client.log_batch(
-            run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)],
-            params=[Param(k, str(v)) for k, v in params.items()],
-            tags=[RunTag(k, v) for k, v in tags.items()],
-        )
-        for path in files:
-            client.log_artifact(run_id, str(path))
-        model_tags = {"medauto.study": study.study_name, "medauto.format": MODEL_KIND}
-        model_ids = [
-            _log_pyfunc_model(client, experiment_id, run_id, m.folder, name=m.name,
-                              params=m.params, tags=model_tags, metrics=m.metrics)
-            for m in models
-        ]
-        client.set_terminated(run_id, status="FINISHED")
-    except Exception as e:  # noqa: BLE001 - tracking must never fail finished results
-        _logger.warning("MLflow logging of the %s results failed (%s: %s); the results are "
-                        "in %s", role, type(e).__name__, redact_url(str(e))[:300], out)
-        return None
-    return {"tracking_uri": redact_url(uri), "experiment_id": experiment_id, "run_id": run_id,
-            "parent_run_id": parent, "model_ids": model_ids}
-
-
-def log_retrain(
-    study: optuna.Study, result: RetrainResult, out: Path, uri: str, *, run_dir: Path,
-    files: Sequence[Path] = (),
-) -> dict[str, Any] | None:
-    """Logs a ``retrain`` run (child of the study's parent run) and one pyfunc logged model
-    per retrained model (its folder: ``model.pt``, ``model.json``, the int8 copy).
-
-    Args:
-        study: The retrained study.
-        result: What the retrain measured (``result.models`` name the files under ``out``).
-        out: The retrain folder (``result.models[i].path`` are relative to it).
-        uri: The MLflow tracking URI.
-        run_dir: The search's run folder (a new experiment's artifacts go under it).
-        files: Files logged as artifacts of the run (the results file, the predictions).
-
-    Returns:
-        ``tracking_uri`` (redacted), ``experiment_id``, ``run_id``, ``parent_run_id`` and
-        ``model_ids``; ``None`` when anything failed. Never raises: a failure is logged at
-        WARNING.
-    """
-    params = {"ensemble": result.ensemble, "seeds": ",".join(map(str, result.seeds)),
-              "train_on_val": result.train_on_val, "weights": result.weights,
-              "device": result.device, "trials": ",".join(map(str, result.trials)),
-              "quantize": result.quantization.method if result.quantization else "none"}
-    metrics = {f"test_{k}_mean": v for k, v in result.test_mean.items()}
-    metrics |= {f"test_{k}_std": v for k, v in result.test_std.items()}
-    if result.evaluation:
-        metrics |= HonestEvaluation.from_dict(result.evaluation).flat_metrics("test_")
-    q = result.quantization
-    if q is not None and q.error is None:
-        metrics |= {"int8_test_acc": q.int8_test["acc"], "int8_test_auc": q.int8_test["auc"],
-                    "int8_size_ratio": q.size_ratio}
-    models = [
-        _ModelToLog(m.name, (out / m.path).parent,
-                    {"trial": str(m.trial), "seed": str(m.seed), "backbone": m.backbone,
-                     "weights": m.weights},
-                    {f"test_{k}": v for k, v in m.test.items()})
-        for m in result.models
-    ]
-    return _log_results_run(
-        study, uri, _artifact_location(run_dir), role="retrain", params=params, metrics=metrics,
-        tags={"medauto.trials": ",".join(map(str, result.trials)),
-              "medauto.n_test": str(result.n_test)},
-        files=files, models=models, out=out,
-    )

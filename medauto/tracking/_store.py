@@ -1,0 +1,131 @@
+"""Where medauto's MLflow data lives and the low-level calls every tracker shares:
+URIs, reachability, experiments, system metrics, pyfunc logged models."""
+
+from __future__ import annotations
+
+import math
+import socket
+import tempfile
+import time
+import urllib.parse
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+import torch
+
+from medauto import __version__
+from medauto.logging import get_logger
+from medauto.serving import ServedModel
+
+if TYPE_CHECKING:
+
+    pass
+
+
+_logger = get_logger(__name__)
+#: MLflow 3's experiment tag that picks the UI: this value opens the classic training view
+#: (runs, metrics, models); an untagged experiment may open as GenAI (traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_EXPERIMENT_KIND = "custom_model_development"
+#: Seconds between two system-metrics samples of a trial run (MLflow's default is 10).
+SYSTEM_METRICS_INTERVAL_S = 5.0
+#: ``model_type`` of every model medauto logs.
+MODEL_TYPE = "medauto-classifier"
+
+
+
+
+def default_tracking_uri(run_dir: str | Path) -> str:
+    """The zero-setup MLflow store: ``sqlite:///<run_dir>/mlflow.db``."""
+    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def _artifact_location(run_dir: str | Path) -> str:
+    """Where new experiments keep their artifacts: ``run_dir/mlartifacts`` (a URI)."""
+    return (Path(run_dir).resolve() / "mlartifacts").as_uri()
+
+
+def _unreachable(uri: str, timeout: float) -> OSError | None:
+    """The connection error of an HTTP(S) tracking server that does not answer, else ``None``
+    (a database or file store is always "reachable": its errors come from MLflow calls)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout):
+            return None
+    except OSError as e:
+        return e
+
+
+def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
+    """The id of the experiment ``name``, created (with ``artifact_location``) if missing;
+    an experiment without a kind is tagged as a classic training one."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return str(client.create_experiment(
+            name, artifact_location=artifact_location,
+            tags={EXPERIMENT_KIND_TAG: CLASSIC_EXPERIMENT_KIND},
+        ))
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_EXPERIMENT_KIND)
+    return str(exp.experiment_id)
+
+
+def _system_metrics(run_id: str, uri: str) -> Any:
+    """MLflow's system-metrics monitor, started on ``run_id``; ``None`` without ``psutil``."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:  # MLflow's CPU/disk/network monitors need psutil
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                   tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def _log_pyfunc_model(
+    client: Any, experiment_id: str, run_id: str, folder: Path, *, name: str,
+    params: dict[str, str], tags: dict[str, str], metrics: dict[str, float],
+) -> str:
+    """Logs ``folder`` (a model folder or a predictor folder) as a pyfunc logged model of
+    ``run_id``: an output of the run, with ``metrics`` linked to it. Returns its id."""
+    import numpy as np
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.entities import Metric
+    from mlflow.models import ModelSignature
+    from mlflow.pyfunc import save_model
+    from mlflow.types import Schema
+    from mlflow.types import TensorSpec
+
+    served = ServedModel(folder)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8),
+                                  (-1, served.in_chans, *(-1,) * served.spatial_dims))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, served.n_outputs))]),
+    )
+    lm = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
+                                    params=params, tags=tags, model_type=MODEL_TYPE)
+    client.log_outputs(run_id, [LoggedModelOutput(lm.model_id, 0)])
+    with tempfile.TemporaryDirectory(prefix="medauto-mlflow-") as tmp:
+        path = Path(tmp) / "model"
+        with warnings.catch_warnings():  # the signature stands in for an input example
+            warnings.filterwarnings("ignore", message=".*input example.*")
+            save_model(str(path), loader_module="medauto.serving", data_path=str(folder),
+                       signature=signature, pip_requirements=_requirements())
+        client.log_model_artifacts(lm.model_id, str(path))
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=lm.model_id)
+                                      for k, v in metrics.items() if math.isfinite(v)])
+    client.finalize_logged_model(lm.model_id, "READY")
+    return str(lm.model_id)
+
+
+def _requirements() -> list[str]:
+    """What a served model needs: medauto (with med_core) and the torch it was saved with."""
+    return [f"medauto=={__version__}", f"torch=={torch.__version__.split('+')[0]}"]
+
+
