@@ -63,15 +63,26 @@ def _unreachable(uri: str, timeout: float) -> OSError | None:
 
 def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
     """The id of the experiment ``name``, created (with ``artifact_location``) if missing;
-    an experiment without a kind is tagged as a classic training one."""
+    an experiment without a kind is tagged as a classic training one. Workers doing this
+    at once are fine: the one that loses a race to create or tag it reads the winner's."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return str(client.create_experiment(
-            name, artifact_location=artifact_location,
-            tags={EXPERIMENT_KIND_TAG: CLASSIC_EXPERIMENT_KIND},
-        ))
+        try:
+            return str(client.create_experiment(
+                name, artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: CLASSIC_EXPERIMENT_KIND},
+            ))
+        except Exception:  # noqa: BLE001 - another worker created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
     if EXPERIMENT_KIND_TAG not in exp.tags:
-        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_EXPERIMENT_KIND)
+        try:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG,
+                                      CLASSIC_EXPERIMENT_KIND)
+        except Exception:  # noqa: BLE001 - another worker tagged it first
+            if EXPERIMENT_KIND_TAG not in client.get_experiment(exp.experiment_id).tags:
+                raise
     return str(exp.experiment_id)
 
 

@@ -70,7 +70,8 @@ def test_without_psutil_trial_runs_are_tracked_without_system_metrics(tmp_path: 
 def test_workers_joining_a_new_study_at_once_share_one_parent_run(tmp_path: Path) -> None:
     """Four trackers (as four workers) start a new study in the same instant: each sees no
     parent yet, yet they end with one parent run between them, and no stray RUNNING one
-    (a stray parent was left RUNNING by the killed-worker test)."""
+    (a stray parent was left RUNNING by the killed-worker test). The experiment exists,
+    untagged, so they also race to tag it (that race once turned tracking off)."""
     import threading
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -79,7 +80,6 @@ def test_workers_joining_a_new_study_at_once_share_one_parent_run(tmp_path: Path
     MlflowTracker(uri, experiment="other").start_study(  # a parent of another study
         optuna.create_study(study_name="bystander"))
     trackers = [MlflowTracker(uri, experiment="race") for _ in range(4)]
-    # The experiment exists first: creating it is not what races here.
     trackers[0].client.create_experiment("race")
     barrier = threading.Barrier(len(trackers))
 
