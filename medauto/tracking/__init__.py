@@ -26,6 +26,7 @@ from medauto.tracking._results import log_retrain as log_retrain
 from medauto.tracking._store import CLASSIC_EXPERIMENT_KIND as CLASSIC_EXPERIMENT_KIND
 from medauto.tracking._store import EXPERIMENT_KIND_TAG as EXPERIMENT_KIND_TAG
 from medauto.tracking._store import default_tracking_uri as default_tracking_uri
+from medauto.tracking._store import mlflow_client as mlflow_client
 from medauto.tracking._trackers import BaseTracker as BaseTracker
 from medauto.tracking._trackers import MlflowTracker as MlflowTracker
 from medauto.tracking._trackers import NullTracker as NullTracker
@@ -41,5 +42,6 @@ __all__ = [
     "default_tracking_uri",
     "log_retrain",
     "make_tracker",
+    "mlflow_client",
     "tracking_uri",
 ]

@@ -26,6 +26,7 @@ from medauto.tracking._store import _artifact_location
 from medauto.tracking._store import _experiment_id
 from medauto.tracking._store import _log_pyfunc_model
 from medauto.tracking._store import _unreachable
+from medauto.tracking._store import mlflow_client
 
 _logger = get_logger(__name__)
 
@@ -69,12 +70,11 @@ def _log_results_run(
                         "only in %s", redact_url(uri), error, role, out)
         return None
     try:
-        from mlflow import MlflowClient
         from mlflow.entities import Metric
         from mlflow.entities import Param
         from mlflow.entities import RunTag
 
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         parent, experiment_id = _parent_and_experiment(client, study, uri, artifact_location)
         run_tags = {"medauto.role": role, "medauto.study": study.study_name}
         if parent is not None:

@@ -3,7 +3,10 @@ URIs, reachability, experiments, system metrics, pyfunc logged models."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
 import socket
 import tempfile
 import time
@@ -40,6 +43,73 @@ MODEL_TYPE = "medauto-classifier"
 def default_tracking_uri(run_dir: str | Path) -> str:
     """The zero-setup MLflow store: ``sqlite:///<run_dir>/mlflow.db``."""
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def mlflow_client(uri: str) -> Any:
+    """An ``MlflowClient`` of ``uri``. A new local SQLite store starts as a copy of an
+    empty one made once per MLflow version in the user's cache folder
+    (``$XDG_CACHE_HOME/medauto``, else ``~/.cache/medauto``): MLflow builds a new database
+    by running its schema migrations, about 3 s of every first search in a run folder.
+    Without a usable cache, MLflow builds the store itself as before."""
+    from mlflow import MlflowClient
+
+    path = _sqlite_path(uri)
+    if path is not None and not path.exists():
+        _seed_store(path)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a plain ``sqlite:///`` URI (``None``: another store, or options)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or "?" in uri or uri == prefix:
+        return None
+    return Path(uri[len(prefix):])
+
+
+def _seed_store(path: Path) -> None:
+    """Copies the cached empty store to ``path`` (made first if missing); every step is
+    atomic, so workers that open one new store at once all see a whole database."""
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medauto"
+    template = cache / f"mlflow-{mlflow.__version__}.db"
+    try:
+        if not template.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            fresh = template.with_name(f".{template.name}.{os.getpid()}")
+            mlflow.MlflowClient(tracking_uri=f"sqlite:///{fresh}").search_experiments()
+            os.replace(fresh, template)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        copy = path.with_name(f".{path.name}.{os.getpid()}")
+        shutil.copyfile(template, copy)
+        _point_default_experiment_here(copy)
+        try:
+            os.link(copy, path)  # fails if another worker's copy got there first
+        except FileExistsError:
+            pass
+        finally:
+            copy.unlink()
+    except Exception as e:  # noqa: BLE001 - MLflow builds the store itself then
+        _logger.debug("no MLflow store template (%s: %s)", type(e).__name__, e)
+
+
+def _point_default_experiment_here(db: Path) -> None:
+    """MLflow gives a new store's ``Default`` experiment (id 0) the artifact folder
+    ``<working directory>/mlruns/0``; the template holds the folder of the process that
+    made it. Rewrites that one row as a new store here would have it.
+
+    Raises:
+        RuntimeError: the row is not there (another schema): no template is used then.
+    """
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        n = con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        (str(Path.cwd() / "mlruns" / "0"),)).rowcount
+    if n != 1:
+        db.unlink()
+        raise RuntimeError(f"{db}: no Default experiment to point at {Path.cwd()}")
 
 
 def _artifact_location(run_dir: str | Path) -> str:

@@ -39,6 +39,7 @@ from medauto.tracking._store import _experiment_id
 from medauto.tracking._store import _system_metrics
 from medauto.tracking._store import _unreachable
 from medauto.tracking._store import default_tracking_uri
+from medauto.tracking._store import mlflow_client
 
 _logger = get_logger(__name__)
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -152,9 +153,8 @@ class MlflowTracker(BaseTracker):
     @property
     def client(self) -> Any:
         if self._client is None:
-            from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     @contextmanager

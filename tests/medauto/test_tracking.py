@@ -102,3 +102,32 @@ def test_workers_joining_a_new_study_at_once_share_one_parent_run(tmp_path: Path
     assert [r.info.run_id for r in alive] == list(parents)
     stored = optuna.load_study(study_name="race", storage=storage).user_attrs
     assert set(stored.values()) & parents
+
+
+def test_new_local_stores_start_from_one_cached_empty_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first store builds the template (MLflow's migrations, seconds); later new stores
+    are copies that MLflow opens as its own, with the Default experiment pointing where a
+    new store would point it, and one store seeded by several workers at once is whole."""
+    import threading
+
+    from medauto.tracking import mlflow_client
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    mlflow_client(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}").search_experiments()
+    (template,) = (tmp_path / "cache" / "medauto").glob("mlflow-*.db")
+    uri = f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+    threads = [threading.Thread(target=mlflow_client, args=(uri,)) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["mlflow.db"]  # no leftovers
+    tracker = MlflowTracker(uri)
+    tracker.start_study(optuna.create_study(study_name="seeded"))
+    assert tracker.enabled and tracker.parent_run_id
+    (default,) = [e for e in MlflowClient(uri).search_experiments() if e.name == "Default"]
+    assert default.artifact_location == str(tmp_path / "mlruns" / "0")
+    assert template.stat().st_size > 0
