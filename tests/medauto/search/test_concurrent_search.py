@@ -23,6 +23,7 @@ from medauto.concurrency import scaled_plan
 from medauto.exceptions import MedautoError
 from medauto.keys import REASON_ATTR
 from medauto.keys import WORKER_ATTR
+from medauto.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[3]
 GIB = 1024**3
@@ -114,15 +115,18 @@ def test_sigterm_stops_the_search_and_its_workers_and_records_their_trials(
 
     argv, env = _search("stop", 500, micro_space, micro_data_dir)
     parent = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    storage = f"sqlite:///{tmp_path / 'runs/medauto.db'}"
+    # medauto's storage, not a plain Optuna one: polling a store that the search is creating
+    # must not race it to create the schema (a plain one did: alembic_version UNIQUE failed)
+    url = f"sqlite:///{tmp_path / 'runs/medauto.db'}"
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline:  # until both processes have finished a trial
             assert parent.poll() is None, parent.communicate()[1][-3000:]
             if (tmp_path / "runs/medauto.db").exists():
                 try:
-                    done = [t for t in optuna.load_study(study_name="stop", storage=storage)
-                            .get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+                    study = optuna.load_study(study_name="stop", storage=open_storage(url))
+                    done = [t for t in study.get_trials(deepcopy=False)
+                            if t.state == TrialState.COMPLETE]
                 except KeyError:  # the study is not created yet
                     done = []
                 if len({t.user_attrs.get(WORKER_ATTR) for t in done}) == 2:
@@ -136,7 +140,8 @@ def test_sigterm_stops_the_search_and_its_workers_and_records_their_trials(
         if parent.poll() is None:
             parent.kill()
     assert parent.returncode == 130, err[-3000:]
-    trials = optuna.load_study(study_name="stop", storage=storage).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name="stop", storage=open_storage(url)).get_trials(
+        deepcopy=False)
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     for t in trials:
         if t.state == TrialState.FAIL:
