@@ -23,7 +23,7 @@ class Command:
     name: ClassVar[str]
     #: What Ctrl-C/SIGTERM leaves behind, for the "interrupted" line (commands that run
     #: trials record the running one and resume; the others only stop).
-    on_interrupt: ClassVar[str] = "stopped; no trial of the study was recorded"
+    on_interrupt: ClassVar[str] = "stopped; the study itself is unchanged"
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
