@@ -27,7 +27,9 @@ def test_calls_run_in_order_on_another_thread_and_flush_waits_for_them() -> None
     assert time.monotonic() - t0 < 1.0 and seen == []  # the caller did not wait
     release.set()
     writer.flush()
-    assert seen == [(0, "t"), (1, "t"), (2, "t")] and errors == []
+    assert [i for i, _ in seen] == [0, 1, 2] and errors == []
+    assert len({name for _, name in seen}) == 1 and seen[0][1].startswith("t")
+    assert seen[0][1] != threading.current_thread().name
 
 
 def test_a_failing_call_is_reported_and_the_writer_goes_on() -> None:
