@@ -59,6 +59,7 @@ from medauto.trial_note import save_trial_note
 __all__ = [
     "TIMING_ENV",
     "WorkerReport",
+    "ask",
     "classify_failure",
     "record_phase",
     "run_worker",
@@ -366,6 +367,15 @@ def run_worker(
         raise
 
 
+def ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()`` for a medauto worker. Optuna warns that heartbeats are meant for
+    ``Study.optimize``; the worker loop runs the same heartbeat thread and stale-trial
+    check itself, so the warning is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        return study.ask()
+
+
 def _run_loop(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -401,12 +411,8 @@ def _run_loop(
             if finished + counts[TrialState.RUNNING] >= target and not counts[TrialState.WAITING]:
                 time.sleep(poll_interval)
                 continue
-            with warnings.catch_warnings():
-                # Optuna warns that heartbeats are meant for Study.optimize; this loop runs the
-                # same heartbeat thread and stale-trial check itself.
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                with timed("ask"):
-                    trial = study.ask()
+            with timed("ask"):
+                trial = ask(study)
             with timed("surplus_check", trial.number):
                 surplus = _is_surplus(study, trial, target)
             if surplus:

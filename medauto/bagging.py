@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial
 
+from medauto._worker import ask
 from medauto.exceptions import MedautoError
 from medauto.keys import BACKBONE_ATTR
 from medauto.keys import BAGGED_FROM_ATTR
@@ -127,7 +128,7 @@ def _take_waiting_portfolio(study: optuna.Study) -> list[tuple[str, dict[str, ob
                for e in SearchSpace.from_dict(load_settings(study).space).portfolio}
     taken = []
     for _ in waiting:
-        trial = study.ask()  # Optuna serves the oldest waiting trial
+        trial = ask(study)  # Optuna serves the oldest waiting trial
         name = trial.user_attrs.get(PORTFOLIO_ATTR)
         trial.set_user_attr(REASON_ATTR, DEFERRED)
         study.tell(trial, state=TrialState.FAIL)
