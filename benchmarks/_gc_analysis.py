@@ -131,7 +131,7 @@ def summarize(run: Run, fam_plan: list[tuple[str, str, tuple[int, ...], int]]) -
             "ref_size": list(ref_size),
             "ref_batch": ref_batch,
             "max_segments": cfg.max_segments,
-            "library_default": cfg.default_segments,
+            "library_default": None,  # the library's default is a memory budget now
             "proposed": chosen["segments"] if chosen else None,
             "proposed_keep_last": bool(chosen.get("keep_last")) if chosen else None,
             "proposed_label": (
@@ -150,18 +150,8 @@ def summarize(run: Run, fam_plan: list[tuple[str, str, tuple[int, ...], int]]) -
             "holds": None,
             "holds_of": None,
         }
-        lib = next(
-            (
-                r
-                for r in ref
-                if r["segments"] == cfg.default_segments
-                and bool(r.get("keep_last")) == cfg.default_keep_last
-                and r["status"] == "ok"
-            ),
-            None,
-        )
-        entry["library_default_saved_pct"] = lib.get("mem_saved_pct") if lib else None
-        entry["library_default_overhead_pct"] = lib.get("overhead_pct") if lib else None
+        entry["library_default_saved_pct"] = None
+        entry["library_default_overhead_pct"] = None
         if chosen:
             others = [
                 r
@@ -270,8 +260,8 @@ def _resolve_segments(tokens: Sequence[str], cfg: Any, chosen: int | None = None
             k = 0
         elif t == "max":
             k = cfg.max_segments
-        elif t == "default":
-            k = cfg.default_segments
+        elif t == "default":  # the library default is a memory budget, not a count
+            continue
         elif t == "proposed":
             if chosen is None:
                 continue

@@ -427,8 +427,6 @@ def _seg_label(segments: int, keep_last: bool, cfg: Any) -> str:
     tags = []
     if segments == cfg.max_segments:
         tags.append("max")
-    if segments == cfg.default_segments and keep_last == cfg.default_keep_last:
-        tags.append("lib default")
     label = f"{segments} ({', '.join(tags)})" if tags else str(segments)
     return label + (" keep last" if keep_last else "")
 

@@ -512,9 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         continue
                     size, rb, _, _ = ref_of(name)
                     s = next(e for e in run.summary if e["backbone"] == name)
-                    cfg = get_backbone_cfg(name)
-                    k = int(s["proposed"] or cfg.default_segments or 0)
-                    kl = bool(s["proposed_keep_last"]) if s["proposed"] else cfg.default_keep_last
+                    k = int(s["proposed"] or 0)
+                    kl = bool(s["proposed_keep_last"]) if s["proposed"] else False
                     for seg in (0, k):
                         rec = sweep.max_batch(fam, name, size, seg, rb, keep_last=kl and seg > 0)
                         rec["segments_source"] = (

@@ -221,8 +221,9 @@ class ModelConfig(_ConfigBase):
         backbone: A registered backbone name (see ``med_core.backbones.list_backbones()``)
             or ``"timm/<name>"``.
         pretrained: Load pretrained weights from the local torch/timm cache.
-        checkpoint_segments: Gradient-checkpoint segments; ``None`` turns checkpointing off,
-            ``0`` means the backbone family's default.
+        checkpoint_segments: Gradient checkpointing; ``None`` turns it off, ``0`` means the
+            backbone family's default (a memory budget, planned from the units' measured
+            activation bytes), ``k`` means k segments of near-equal unit counts.
         dropout: Dropout probability before the final linear layer.
     """
 

@@ -8,8 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from med_core.backbones._checkpointing import Groups
+from med_core.backbones._checkpointing import check_memory_budget
 from med_core.backbones._checkpointing import check_segments
-from med_core.backbones._checkpointing import run_units
+from med_core.backbones._checkpointing import plan_groups
+from med_core.backbones._checkpointing import run_groups
+from med_core.backbones._checkpointing import segment_groups
+from med_core.backbones._checkpointing import unit_activation_bytes
 from med_core.backbones._registry import BackboneCfg
 
 __all__ = ["Backbone"]
@@ -28,11 +33,11 @@ class Backbone(nn.Module, abc.ABC):
       including downsampling/merging layers between stages);
     * :meth:`forward_head` – final norm, global pooling and flattening.
 
-    Gradient checkpointing is a stored segment count that :meth:`forward_features` reads;
-    it is active only when ``self.training and torch.is_grad_enabled()`` and never changes
-    parameters, buffers or ``state_dict`` keys, so a checkpointed backbone pickles and
-    deep-copies like any module. See :mod:`med_core.backbones._checkpointing` for the exact
-    meaning of ``segments``.
+    Gradient checkpointing is a stored setting (a memory budget, or a segment count) that
+    :meth:`forward_features` reads; it is active only when ``self.training and
+    torch.is_grad_enabled()`` and never changes parameters, buffers or ``state_dict`` keys,
+    so a checkpointed backbone pickles and deep-copies like any module. See
+    :mod:`med_core.backbones._checkpointing` for the exact meaning of both.
 
     Attributes:
         cfg: The registry metadata of this backbone.
@@ -59,8 +64,10 @@ class Backbone(nn.Module, abc.ABC):
         self.num_features = cfg.num_features
         self.img_size = img_size
         self.small_input = small_input
-        self._ckpt_segments = 0  # 0: off; k > 0: k groups
+        self._ckpt_segments = 0  # k > 0: k groups of near-equal unit counts
         self._ckpt_keep_last = False  # the last of the k groups runs un-checkpointed
+        self._ckpt_budget: float | None = None  # a memory budget: groups by measured bytes
+        self._ckpt_plans: dict[tuple[Any, ...], Groups] = {}  # per input shape and dtype
 
     # ----------------------------------------------------------------- the three steps
     @abc.abstractmethod
@@ -78,8 +85,26 @@ class Backbone(nn.Module, abc.ABC):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and units: the last feature map (or token sequence) before the head."""
         x = self.forward_stem(x)
-        active = self._ckpt_segments if self.training and torch.is_grad_enabled() else 0
-        return run_units(self.units(), x, active, keep_last=self._ckpt_keep_last)
+        units = self.units()
+        if not (
+            self.training and torch.is_grad_enabled() and self.is_gradient_checkpointing_enabled()
+        ):
+            return run_groups(units, x, ())
+        return run_groups(units, x, self._groups(units, x))
+
+    def _groups(self, units: list[nn.Module], x: torch.Tensor) -> Groups:
+        """The checkpointed ranges for this input: from the segment count, or planned from
+        the units' measured activation bytes (once per input shape, dtype and autocast)."""
+        if self._ckpt_budget is None:
+            return segment_groups(len(units), self._ckpt_segments, keep_last=self._ckpt_keep_last)
+        key = (tuple(x.shape[1:]), x.dtype, x.device.type, torch.is_autocast_enabled(x.device.type))
+        plan = self._ckpt_plans.get(key)
+        if plan is None:
+            if torch.compiler.is_compiling():  # no measuring inside a traced graph: equal units
+                return plan_groups([1.0] * len(units), self._ckpt_budget)
+            plan = plan_groups(unit_activation_bytes(units, x), self._ckpt_budget)
+            self._ckpt_plans[key] = plan
+        return plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` or ``(B, C, D, H, W)`` → ``(B, num_features)``."""
@@ -116,79 +141,118 @@ class Backbone(nn.Module, abc.ABC):
 
     # ------------------------------------------------------------ gradient checkpointing
     def enable_gradient_checkpointing(
-        self, segments: int | None = None, *, keep_last: bool | None = None
+        self,
+        segments: int | None = None,
+        *,
+        keep_last: bool | None = None,
+        memory_budget: float | None = None,
     ) -> None:
-        """Checkpoints the units in ``segments`` contiguous groups during training.
+        """Checkpoints the units during training, by memory budget or by segment count.
 
         Args:
-            segments: Number of groups, in ``[1, cfg.max_segments]``; ``None`` uses
-                ``cfg.default_segments``. More segments keep more group inputs but
-                recompute smaller groups at a time.
-            keep_last: Run the last group without checkpointing (it keeps its activations
-                and is not recomputed; needs ``segments >= 2``). ``None``: the family
-                default ``cfg.default_keep_last`` when ``segments`` is ``None`` too, else
-                ``False`` (an explicit ``segments`` alone checkpoints every group).
+            segments: ``None`` (the default): plan the groups from the units' measured
+                activation bytes so that about ``memory_budget`` of them stay resident
+                (``plan_groups`` in ``med_core.backbones._checkpointing``). An integer in
+                ``[1, cfg.max_segments]``: that many groups of near-equal unit counts,
+                every one checkpointed.
+            keep_last: With ``segments``, run the last group without checkpointing (it
+                keeps its activations and is not recomputed; needs ``segments >= 2``).
+            memory_budget: The share of activation bytes kept, in ``(0, 1)``; ``None``:
+                the family's default ``cfg.default_memory_budget``. Only without
+                ``segments``.
 
         Raises:
-            ValueError: if ``segments`` is not an integer in ``[1, cfg.max_segments]``, or
-                ``keep_last`` is set with ``segments == 1`` (nothing would be checkpointed).
+            ValueError: for a ``segments`` outside ``[1, cfg.max_segments]``, a
+                ``memory_budget`` outside ``(0, 1)``, ``keep_last`` without ``segments`` or
+                with ``segments == 1``, or ``segments`` and ``memory_budget`` together.
             NotImplementedError: if the backbone has no units (not the case for any
                 registered name; ``timm/`` models override this method).
 
         Example:
+            >>> import torch
             >>> from med_core.backbones import create_backbone
             >>> net = create_backbone("resnet18", img_size=28)
             >>> net.enable_gradient_checkpointing()
-            >>> net.is_gradient_checkpointing_enabled(), net.checkpoint_segments
-            (True, 2)
-            >>> net.checkpoint_keep_last  # the resnet family's default (FAMILY_DEFAULTS)
-            True
-            >>> net.enable_gradient_checkpointing(4)
-            >>> net.checkpoint_segments, net.checkpoint_keep_last
-            (4, False)
+            >>> net.checkpoint_memory_budget, net.checkpoint_plan  # planned on first use
+            (0.4, None)
+            >>> _ = net(torch.randn(4, 3, 28, 28))
+            >>> net.checkpoint_plan  # layer1 and most of layer2 hold the bytes
+            ((0, 1), (1, 3))
+            >>> net.enable_gradient_checkpointing(4, keep_last=True)
+            >>> net.checkpoint_segments, net.checkpoint_plan
+            (4, ((0, 2), (2, 4), (4, 6)))
             >>> net.enable_gradient_checkpointing(0)
             Traceback (most recent call last):
             ...
             ValueError: segments for backbone 'resnet18' must be an integer in [1, 8] ..., got 0
         """
-        if self.cfg.max_segments is None or self.cfg.default_segments is None:
+        cfg = self.cfg
+        if cfg.max_segments is None or cfg.default_memory_budget is None:
             raise NotImplementedError(f"backbone {self.name!r} has no checkpointable units")
-        if segments is None:
-            segments = self.cfg.default_segments
-            if keep_last is None:
-                keep_last = self.cfg.default_keep_last
-        k = check_segments(segments, self.cfg.max_segments, name=self.name)
         if not isinstance(keep_last, (bool, type(None))):
             raise ValueError(f"keep_last must be a bool or None, got {keep_last!r}")
+        if segments is None:
+            if keep_last is not None:
+                raise ValueError(
+                    f"keep_last needs an explicit segments for backbone {self.name!r} (a memory "
+                    "budget always runs the last units plainly)"
+                )
+            budget = cfg.default_memory_budget if memory_budget is None else memory_budget
+            self._ckpt_budget = check_memory_budget(budget, name=self.name)
+            self._ckpt_segments, self._ckpt_keep_last, self._ckpt_plans = 0, False, {}
+            return
+        if memory_budget is not None:
+            raise ValueError(
+                f"segments and memory_budget exclude each other for backbone {self.name!r}, "
+                f"got segments={segments!r}, memory_budget={memory_budget!r}"
+            )
+        k = check_segments(segments, cfg.max_segments, name=self.name)
         if keep_last and k < 2:
             raise ValueError(
                 f"keep_last=True needs segments >= 2 for backbone {self.name!r} (with one "
                 f"group nothing would be checkpointed), got segments={k}"
             )
-        self._ckpt_segments = k
-        self._ckpt_keep_last = bool(keep_last)
+        self._ckpt_segments, self._ckpt_keep_last = k, bool(keep_last)
+        self._ckpt_budget, self._ckpt_plans = None, {}
 
     def disable_gradient_checkpointing(self) -> None:
         """Turns gradient checkpointing off (a no-op when it is off)."""
-        self._ckpt_segments = 0
-        self._ckpt_keep_last = False
+        self._ckpt_segments, self._ckpt_keep_last = 0, False
+        self._ckpt_budget, self._ckpt_plans = None, {}
 
     def is_gradient_checkpointing_enabled(self) -> bool:
         """Whether training-mode forward passes checkpoint the units."""
-        return self._ckpt_segments > 0
+        return self._ckpt_segments > 0 or self._ckpt_budget is not None
 
     @property
     def checkpoint_segments(self) -> int | None:
-        """The active segment count, or ``None`` when checkpointing is off."""
+        """The explicit segment count, or ``None`` (off, or a memory budget)."""
         return self._ckpt_segments or None
 
     @property
     def checkpoint_keep_last(self) -> bool:
-        """Whether the last group runs un-checkpointed (``False`` when checkpointing is off)."""
+        """Whether the last of the explicit segments runs un-checkpointed."""
         return self._ckpt_keep_last
+
+    @property
+    def checkpoint_memory_budget(self) -> float | None:
+        """The memory budget the groups are planned for, or ``None``."""
+        return self._ckpt_budget
+
+    @property
+    def checkpoint_plan(self) -> Groups | None:
+        """The checkpointed unit ranges: of the segment count, or the budget's plan of the
+        latest input shape planned; ``None`` when off or before the first training pass."""
+        if self._ckpt_segments:
+            return segment_groups(
+                len(self.units()), self._ckpt_segments, keep_last=self._ckpt_keep_last
+            )
+        return next(reversed(self._ckpt_plans.values()), None)
 
     def extra_repr(self) -> str:
         ckpt = f"segments={self._ckpt_segments}" if self._ckpt_segments else "off"
         if self._ckpt_keep_last:
             ckpt += ", keep_last"
+        if self._ckpt_budget is not None:
+            ckpt = f"memory_budget={self._ckpt_budget}"
         return f"name={self.name!r}, num_features={self.num_features}, checkpointing={ckpt}"

@@ -1,40 +1,46 @@
-"""Gradient checkpointing over a flat list of units, in contiguous segments.
+"""Gradient checkpointing over a flat list of units, in contiguous groups.
 
-Definition (the contract of ``Backbone.enable_gradient_checkpointing(segments)``):
+A backbone exposes ``N`` checkpointable *units*: its blocks, flattened across stages,
+including the downsampling/merging layers between stages (``cfg.max_segments == N``).
+Checkpointing runs some contiguous groups of units under non-reentrant
+``torch.utils.checkpoint.checkpoint``: only a group's input is kept for backward, and the
+group is recomputed during backward. Two ways to choose the groups
+(``Backbone.enable_gradient_checkpointing``):
 
-* A backbone exposes ``N`` checkpointable *units*: its blocks, flattened across stages,
-  including the downsampling/merging layers between stages (``cfg.max_segments == N``).
-* ``segments = k`` (``1 <= k <= N``) splits the units into ``k`` contiguous groups of
-  near-equal size: group ``i`` holds units ``[i*N//k, (i+1)*N//k)``.
-* **Every** group runs under non-reentrant ``torch.utils.checkpoint.checkpoint``: only
-  the group's input is kept for backward, and the group is recomputed during backward.
-* ``keep_last=True`` (keyword-only, ``segments >= 2``) leaves the last group
-  un-checkpointed, as :func:`torch.utils.checkpoint.checkpoint_sequential` does: its
-  activations are kept, and it is not recomputed. Backward needs them first, so
-  recomputing them would not lower the peak of the backward pass, only add time.
+* **A memory budget** (the default, ``memory_budget=b`` in ``(0, 1)``). On the first
+  training forward pass at a new input shape the backbone measures, per unit, the bytes
+  one sample saves for backward (:func:`unit_activation_bytes`, two small sub-batches of
+  the real input), and :func:`plan_groups` checkpoints the *prefix* of units that holds
+  more than ``b`` of those bytes, in the fewest contiguous groups of at most ``b`` each;
+  the tail (at most ``b``) runs plainly. Backward frees the tail before it recomputes
+  the groups one at a time, so the activations resident at any moment are about ``b`` of
+  the un-checkpointed ones (plus one input tensor per group). Splitting by bytes matters:
+  in a CNN the first stages hold most activation bytes but a similar share of the FLOPs
+  as the later ones, so equal unit counts (the earlier default) left one recomputed group
+  holding most of the activations, and the peak hardly moved
+  (``docs/benchmarks/gradient_checkpointing.md``). The recomputation costs the forward
+  time of the checkpointed prefix only.
+* **An explicit segment count** ``segments = k`` (``1 <= k <= N``): ``k`` groups of
+  near-equal unit counts, group ``i`` holding units ``[i*N//k, (i+1)*N//k)``, every group
+  checkpointed; ``keep_last=True`` (``k >= 2``) runs the last group plainly, as
+  :func:`torch.utils.checkpoint.checkpoint_sequential` does.
 
-With ``keep_last=False`` (the default for an explicit ``segments``), ``segments`` means
-exactly "k checkpointed groups", so the memory held between forward and backward is the
-stem's and the head's saved tensors plus one input tensor per group; during backward, one
-group's activations are rebuilt at a time. More segments → more saved group inputs (the
-boundaries of ``k`` are a subset of those of ``m*k``) but a smaller recomputation peak.
-
-Defaults: :data:`FAMILY_DEFAULTS` holds the family defaults chosen from the GPU benchmark
-(``benchmarks/gradient_checkpointing.py --propose-defaults``); a family without an entry
-uses ``round(sqrt(units))`` groups, all checkpointed.
+Defaults: :data:`FAMILY_DEFAULTS` holds each family's memory budget, chosen from the GPU
+benchmark (``benchmarks/gradient_checkpointing.py --peak-report``); a family without an
+entry uses :data:`DEFAULT_MEMORY_BUDGET`.
 
 Normalization layers with running statistics (BatchNorm) would update them twice, once
-in the forward pass and again when the group is recomputed. The recomputation therefore
-runs with ``momentum = 0`` and ``num_batches_tracked`` detached (:class:`_FreezeNormStats`),
-so a checkpointed training step leaves the model in exactly the state of an ordinary one,
-at no extra kernel per layer (an earlier version cloned and copied back the statistics of
-every layer around every recomputation: six small kernels per BatchNorm layer).
+in the forward pass and again when the group is recomputed. The recomputation (and the
+measuring passes) therefore run with ``momentum = 0`` and ``num_batches_tracked``
+detached (:class:`_FreezeNormStats`), so a checkpointed training step leaves the model in
+exactly the state of an ordinary one, at no extra kernel per layer. The measuring passes
+also run under :func:`torch.random.fork_rng`, so dropout and stochastic depth draw the same
+masks as without checkpointing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from collections.abc import Sequence
 from functools import partial
@@ -47,52 +53,70 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
     "FAMILY_DEFAULTS",
+    "Groups",
     "RecomputeContext",
+    "check_memory_budget",
     "check_segments",
-    "default_segments",
     "family_default",
+    "plan_groups",
+    "run_groups",
     "run_units",
     "segment_bounds",
+    "segment_groups",
+    "unit_activation_bytes",
 ]
 
-#: Family → ``(segments, keep_last)`` used by ``enable_gradient_checkpointing()`` without
-#: arguments, chosen from ``docs/benchmarks/gradient_checkpointing.json`` (one H200, bf16,
-#: 224² batch 64; 64³ batch 16 for volumes) by the benchmark's rule: ≥ 50 % of activation
-#: memory saved for ≤ 35 % more step time, then the least overhead (ties within the run's
-#: noise go to the larger saving). Where no setting meets the rule (marked "miss"), the
-#: default is the setting with the least overhead among those saving ≥ 50 %; in those
-#: families one forward pass alone is 37-43 % of a training step, so recomputing most of
-#: it cannot cost less than that. Regenerate with
+#: Family → the share of activation bytes kept resident when
+#: ``enable_gradient_checkpointing()`` is called without arguments (:func:`plan_groups`).
+#: Chosen from ``docs/benchmarks/gradient_checkpointing.json`` by the benchmark's rule (the
+#: largest gain in the largest batch under a memory cap, for ≤ 30 % more step time at the
+#: same batch). Regenerate with
 #: ``python benchmarks/gradient_checkpointing.py --propose-defaults <results.json>``.
-FAMILY_DEFAULTS: dict[str, tuple[int, bool]] = {
-    "convnext": (2, True),  # convnext_tiny: 67 % saved, +26 %
-    "efficientnet": (2, True),  # efficientnet_b2: 70 % saved, +24 %
-    "efficientnet_v2": (2, True),  # efficientnet_v2_s: 56 % saved, +59 % (miss)
-    "maxvit": (4, True),  # maxvit_t: 85 % saved, +15 %
-    "mobilenet": (2, True),  # mobilenet_v3_large: 59 % saved, +13 %
-    "regnet": (4, True),  # regnet_y_1_6gf: 75 % saved, +62 % (miss)
-    "resnet": (2, True),  # resnet50: 66 % saved, +37 % (miss by 2 points)
-    "resnet3d": (2, True),  # r3d_18 (64³): 73 % saved, +23 %
-    "swin": (8, True),  # swin_t: 87 % saved, +27 %
-    "swin3d": (1, False),  # swin3d_t (64³): 99 % saved, +41 % (miss)
-    "vit": (1, False),  # vit_small: 97 % saved, +40 % (miss)
+FAMILY_DEFAULTS: dict[str, float] = {
+    "convnext": 0.4,
+    "efficientnet": 0.4,
+    "efficientnet_v2": 0.4,
+    "maxvit": 0.4,
+    "mobilenet": 0.4,
+    "regnet": 0.4,
+    "resnet": 0.4,
+    "resnet3d": 0.4,
+    "swin": 0.4,
+    "swin3d": 0.4,
+    "vit": 0.4,
 }
+#: The memory budget of a family without an entry in :data:`FAMILY_DEFAULTS`.
+DEFAULT_MEMORY_BUDGET = 0.4
+
+#: A checkpointing plan: the ``[lo, hi)`` unit ranges that run checkpointed, in order;
+#: units outside every range run plainly.
+Groups = tuple[tuple[int, int], ...]
 
 
-def default_segments(num_units: int) -> int:
-    """The fallback segment count for ``num_units`` units: ``round(sqrt(num_units))``, ≥ 1."""
-    return max(1, math.floor(math.sqrt(num_units) + 0.5))
-
-
-def family_default(family: str, num_units: int) -> tuple[int, bool]:
-    """``(segments, keep_last)`` for a backbone of ``family`` with ``num_units`` units.
+def family_default(family: str) -> float:
+    """The default memory budget of ``family`` (:data:`FAMILY_DEFAULTS`).
 
     Example:
-        >>> family_default("vit", 12), family_default("resnet", 16)
-        ((1, False), (2, True))
+        >>> family_default("resnet"), family_default("timm")
+        (0.4, 0.4)
     """
-    return FAMILY_DEFAULTS.get(family, (default_segments(num_units), False))
+    return FAMILY_DEFAULTS.get(family, DEFAULT_MEMORY_BUDGET)
+
+
+def check_memory_budget(budget: object, *, name: str) -> float:
+    """Validates a memory budget for backbone ``name``.
+
+    Raises:
+        ValueError: unless ``budget`` is a real number with ``0 < budget < 1``.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < 1:
+        raise ValueError(
+            f"memory_budget for backbone {name!r} must be a number in (0, 1) (the share of "
+            f"activation memory kept resident), got {budget!r}"
+        )
+    return float(budget)
 
 
 def check_segments(segments: object, num_units: int, *, name: str) -> int:
@@ -191,6 +215,149 @@ def _run_chain(group: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
 _FREEZE = cast(RecomputeContext, _FreezeNormStats)
 
 
+def segment_groups(num_units: int, segments: int, *, keep_last: bool = False) -> Groups:
+    """The checkpointed ranges of an explicit segment count (:func:`segment_bounds`).
+
+    Example:
+        >>> segment_groups(8, 3, keep_last=True)
+        ((0, 2), (2, 5))
+    """
+    bounds = segment_bounds(num_units, segments)
+    return tuple(bounds[:-1] if keep_last else bounds)
+
+
+def plan_groups(unit_bytes: Sequence[float], memory_budget: float) -> Groups:
+    """The checkpointed ranges that keep about ``memory_budget`` of the activation bytes.
+
+    ``unit_bytes[i]`` is what unit ``i`` saves for backward. The longest tail of units
+    whose bytes sum to at most ``memory_budget`` of the total runs plainly; the prefix
+    before it is split, greedily from the front, into the fewest contiguous groups of at
+    most that many bytes each (a unit larger than the budget is a group of its own). With
+    every unit at 0 bytes nothing is checkpointed.
+
+    Example:
+        >>> plan_groups([40, 30, 10, 10, 5, 5], 0.4)  # a CNN: early units hold the bytes
+        ((0, 1), (1, 2))
+        >>> plan_groups([1] * 12, 0.4)  # a ViT: equal blocks
+        ((0, 4), (4, 8))
+    """
+    total = float(sum(unit_bytes))
+    if total <= 0:
+        return ()
+    cap = memory_budget * total
+    cut, tail = len(unit_bytes), 0.0
+    while cut > 0 and tail + unit_bytes[cut - 1] <= cap:
+        cut -= 1
+        tail += unit_bytes[cut]
+    groups: list[tuple[int, int]] = []
+    lo, acc = 0, 0.0
+    for i in range(cut):
+        if i > lo and acc + unit_bytes[i] > cap:
+            groups.append((lo, i))
+            lo, acc = i, 0.0
+        acc += unit_bytes[i]
+    if lo < cut:
+        groups.append((lo, cut))
+    return tuple(groups)
+
+
+def _saved_bytes(units: Sequence[nn.Module], x: torch.Tensor, skip: set[int]) -> list[int]:
+    """Bytes each unit saves for backward on ``x`` (each storage counted once, at the
+    first unit that saves it; storages in ``skip``, the parameters and buffers, not at all)."""
+    seen = set(skip)
+    per_unit = [0] * len(units)
+    current = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            per_unit[current] += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        for current, unit in enumerate(units):  # noqa: B007 - read by pack()
+            x = unit(x)
+    return per_unit
+
+
+def unit_activation_bytes(units: Sequence[nn.Module], x: torch.Tensor) -> list[float]:
+    """Per-sample bytes each unit saves for backward, measured on slices of ``x``.
+
+    Two forward passes over the units, on the first 2 and the first 4 samples of ``x``
+    (the difference removes what does not grow with the batch, such as autocast's weight
+    copies); with fewer than 4 samples, one pass over all of them, divided by their count.
+    The passes run with gradients enabled (that is what saves tensors), leave norm
+    running statistics untouched and restore the random-number state, so a training step
+    that measures first is the same step as one that does not. Call it in the context
+    (autocast, device) the training step runs in.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> units = [nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)]
+        >>> [int(b) for b in unit_activation_bytes(units, torch.randn(4, 8))]
+        [32, 32, 0]
+
+    (The last ``Linear`` saves its input, which ``ReLU`` already saved as its output: one
+    storage, counted once.)
+    """
+    n = x.shape[0]
+    sizes: tuple[int, ...] = (2, 4) if n >= 4 else (n,)
+    skip = {t.untyped_storage().data_ptr() for u in units for t in (*u.parameters(), *u.buffers())}
+    norms = _running_norms(units)
+    devices = [x.device] if x.device.type != "cpu" else []
+    with torch.random.fork_rng(devices=devices, device_type=x.device.type), torch.enable_grad():
+        with _FreezeNormStats(norms):
+            runs = [_saved_bytes(units, x[:b].detach().clone(), skip) for b in sizes]
+    if len(runs) == 1:
+        return [v / sizes[0] for v in runs[0]]
+    small, large = runs
+    step = sizes[1] - sizes[0]
+    return [max(0.0, (hi - lo) / step) for lo, hi in zip(small, large, strict=True)]
+
+
+def run_groups(
+    units: Sequence[nn.Module],
+    x: torch.Tensor,
+    groups: Groups,
+    *,
+    recompute: RecomputeContext | None = None,
+    **checkpoint_options: Any,
+) -> torch.Tensor:
+    """Runs ``units`` in order, the ranges in ``groups`` under checkpointing.
+
+    The one checkpoint loop: :meth:`Backbone.forward_features
+    <med_core.backbones.Backbone.forward_features>` runs it with the backbone's plan, and
+    the gradient-checkpointing benchmark's ablations run it with other options.
+
+    Args:
+        units: The units, e.g. ``Backbone.units()``.
+        x: The input of the first unit.
+        groups: Ascending, non-overlapping ``[lo, hi)`` ranges to checkpoint
+            (:func:`plan_groups`, :func:`segment_groups`); ``()`` runs everything plainly.
+        recompute: The context of a group's recomputation, made from the group's norm
+            layers with running statistics; ``None``: the library's, which leaves them as
+            one forward pass left them (see the module docstring).
+        **checkpoint_options: Passed to :func:`torch.utils.checkpoint.checkpoint`, e.g.
+            ``preserve_rng_state`` or ``determinism_check`` (torch's defaults otherwise).
+    """
+    done = 0
+    for lo, hi in groups:
+        x = _run_chain(units[done:lo], x)
+        group = tuple(units[lo:hi])
+        x = checkpoint(
+            _run_chain,
+            group,
+            x,
+            use_reentrant=False,
+            context_fn=partial(_contexts, _running_norms(group), recompute or _FREEZE),
+            **checkpoint_options,
+        )
+        done = hi
+    return _run_chain(units[done:], x)
+
+
 def run_units(
     units: Sequence[nn.Module],
     x: torch.Tensor,
@@ -200,23 +367,17 @@ def run_units(
     recompute: RecomputeContext | None = None,
     **checkpoint_options: Any,
 ) -> torch.Tensor:
-    """Runs ``units`` in order; with ``segments > 0``, checkpoints the groups.
-
-    The one checkpoint loop: :meth:`Backbone.forward_features
-    <med_core.backbones.Backbone.forward_features>` runs it with the defaults, and the
-    gradient-checkpointing benchmark's ablations run it with other options.
+    """Runs ``units`` in order; with ``segments > 0``, checkpoints the groups of an explicit
+    segment count (:func:`segment_groups`) through :func:`run_groups`.
 
     Args:
         units: The units, e.g. ``Backbone.units()``.
         x: The input of the first unit.
         segments: ``0`` runs the units plainly; ``k > 0`` checkpoints ``k`` contiguous
-            groups (:func:`segment_bounds`).
+            groups of near-equal unit counts (:func:`segment_bounds`).
         keep_last: Run the last group normally (it keeps its activations).
-        recompute: The context of a group's recomputation, made from the group's norm
-            layers with running statistics; ``None``: the library's, which leaves them as
-            one forward pass left them (see the module docstring).
-        **checkpoint_options: Passed to :func:`torch.utils.checkpoint.checkpoint`, e.g.
-            ``preserve_rng_state`` or ``determinism_check`` (torch's defaults otherwise).
+        recompute: See :func:`run_groups`.
+        **checkpoint_options: See :func:`run_groups`.
 
     Example:
         >>> import torch
@@ -225,20 +386,5 @@ def run_units(
         >>> run_units(units, torch.randn(3, 4), 2, keep_last=True).shape
         torch.Size([3, 2])
     """
-    if segments <= 0:
-        return _run_chain(units, x)
-    bounds = segment_bounds(len(units), segments)
-    for i, (lo, hi) in enumerate(bounds):
-        group = tuple(units[lo:hi])
-        if keep_last and i == len(bounds) - 1:
-            x = _run_chain(group, x)
-            continue
-        x = checkpoint(
-            _run_chain,
-            group,
-            x,
-            use_reentrant=False,
-            context_fn=partial(_contexts, _running_norms(group), recompute or _FREEZE),
-            **checkpoint_options,
-        )
-    return x
+    groups = segment_groups(len(units), segments, keep_last=keep_last) if segments > 0 else ()
+    return run_groups(units, x, groups, recompute=recompute, **checkpoint_options)

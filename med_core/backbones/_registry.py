@@ -62,12 +62,11 @@ class BackboneCfg:
             including the downsampling/merging layers between stages); the largest valid
             ``segments``. ``None`` for ``timm/`` pass-through models, which checkpoint at
             timm's own granularity.
-        default_segments: ``segments`` used when checkpointing is enabled without a count:
-            the family's entry of ``_checkpointing.FAMILY_DEFAULTS`` (chosen from the GPU
-            benchmark), else ``round(sqrt(max_segments))`` (see ``docs/backbones.md``).
+        default_memory_budget: The share of activation bytes kept when checkpointing is
+            enabled without arguments: the family's entry of
+            ``_checkpointing.FAMILY_DEFAULTS`` (chosen from the GPU benchmark, see
+            ``docs/backbones.md``). ``None`` exactly when ``max_segments`` is.
         small_input: One line describing the small-input surgery ("" when none).
-        default_keep_last: With the default segments, leave the last group
-            un-checkpointed (``keep_last``); needs ``default_segments >= 2``.
 
     Raises:
         ValueError: when a field breaks its rule (the message names field and value).
@@ -80,9 +79,8 @@ class BackboneCfg:
     natural_size: tuple[int, ...]
     min_size: int | None
     max_segments: int | None
-    default_segments: int | None
+    default_memory_budget: float | None
     small_input: str = ""
-    default_keep_last: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, rule: str) -> None:
@@ -107,18 +105,15 @@ class BackboneCfg:
             bad("natural_size", f"a tuple of {self.spatial_dims} integers > 0")
         if self.min_size is not None and not pos_int(self.min_size):
             bad("min_size", "None or an integer > 0")
-        if (self.max_segments is None) != (self.default_segments is None):
-            bad("default_segments", "None exactly when max_segments is None")
-        if self.max_segments is not None:
-            if not pos_int(self.max_segments):
-                bad("max_segments", "None or an integer > 0")
-            d = self.default_segments
-            if not (pos_int(d) and d is not None and d <= self.max_segments):
-                bad("default_segments", f"an integer in [1, {self.max_segments}]")
-        if not isinstance(self.default_keep_last, bool) or (
-            self.default_keep_last and (self.default_segments or 0) < 2
+        if (self.max_segments is None) != (self.default_memory_budget is None):
+            bad("default_memory_budget", "None exactly when max_segments is None")
+        if self.max_segments is not None and not pos_int(self.max_segments):
+            bad("max_segments", "None or an integer > 0")
+        budget = self.default_memory_budget
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, float) or not 0 < budget < 1
         ):
-            bad("default_keep_last", "a bool, True only with default_segments >= 2")
+            bad("default_memory_budget", "None or a float in (0, 1)")
 
 
 @dataclass(frozen=True)

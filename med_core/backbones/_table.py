@@ -26,7 +26,7 @@ def markdown_table() -> str:
     """One row per registered backbone, grouped by family, in registration order."""
     rows = [
         "| name | family | source | dims | natural size | min_size | features "
-        "| units | default segments | small-input surgery (below min_size) |",
+        "| units | default memory budget | small-input surgery (below min_size) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {name: i for i, name in enumerate(_BACKBONES)}
@@ -34,7 +34,9 @@ def markdown_table() -> str:
     for name in names:
         c = lookup(name).cfg
         size = "×".join(map(str, c.natural_size))
-        default = f"{c.default_segments}{', last kept' if c.default_keep_last else ''}"
+        default = (
+            "timm's own" if c.default_memory_budget is None else f"{c.default_memory_budget:.0%}"
+        )
         rows.append(
             f"| `{name}` | {c.family} | {c.source} | {c.spatial_dims}D | {size} | {c.min_size} "
             f"| {c.num_features} | {c.max_segments} | {default} | {c.small_input} |"

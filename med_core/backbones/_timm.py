@@ -135,8 +135,7 @@ def _register_all() -> None:
             natural_size=(224, 224),
             min_size=32,  # 2 x patch 16
             max_segments=n_units,
-            default_segments=family_default("vit", n_units)[0],
-            default_keep_last=family_default("vit", n_units)[1],
+            default_memory_budget=family_default("vit"),
             small_input="patch size 16→4 (img_size passed to timm; position embedding resampled)",
         )
         builder: Callable[..., Backbone] = partial(ViTBackbone.build, name, cfg, timm_name)
@@ -166,7 +165,7 @@ def _passthrough_cfg(model: Any) -> BackboneCfg:
         natural_size=tuple(int(v) for v in input_size[1:]),
         min_size=None,
         max_segments=None,
-        default_segments=None,
+        default_memory_budget=None,
         small_input="",
     )
 
@@ -232,19 +231,25 @@ class TimmBackbone(Backbone):
         return output
 
     def enable_gradient_checkpointing(
-        self, segments: int | None = None, *, keep_last: bool | None = None
+        self,
+        segments: int | None = None,
+        *,
+        keep_last: bool | None = None,
+        memory_budget: float | None = None,
     ) -> None:
-        """Turns on timm's own checkpointing (``segments`` and ``keep_last`` must be ``None``).
+        """Turns on timm's own checkpointing (``segments``, ``keep_last`` and
+        ``memory_budget`` must be ``None``).
 
         Raises:
-            NotImplementedError: if ``segments`` or ``keep_last`` is given (timm fixes the
-                granularity) or the timm model does not support gradient checkpointing.
+            NotImplementedError: if any of them is given (timm fixes the granularity) or
+                the timm model does not support gradient checkpointing.
         """
-        if segments is not None or keep_last is not None:
+        if segments is not None or keep_last is not None or memory_budget is not None:
             raise NotImplementedError(
                 f"backbone {self.name!r} checkpoints through timm's set_grad_checkpointing at "
-                f"timm's own granularity; segments and keep_last must be None, got "
-                f"segments={segments!r}, keep_last={keep_last!r}"
+                f"timm's own granularity; segments, keep_last and memory_budget must be None, "
+                f"got segments={segments!r}, keep_last={keep_last!r}, "
+                f"memory_budget={memory_budget!r}"
             )
         try:
             self.model.set_grad_checkpointing(True)

@@ -439,8 +439,7 @@ def _register_all() -> None:
             natural_size=(side, side),
             min_size=64,  # 2 x total stride 32
             max_segments=n_units,
-            default_segments=family_default(family, n_units)[0],
-            default_keep_last=family_default(family, n_units)[1],
+            default_memory_budget=family_default(family),
             small_input=_SMALL[family],
         )
         builder: Callable[..., Backbone] = partial(adapter.build, name, cfg)

@@ -123,8 +123,7 @@ def _register_all() -> None:
             natural_size=natural,
             min_size=min_size,
             max_segments=n_units,
-            default_segments=family_default(family, n_units)[0],
-            default_keep_last=family_default(family, n_units)[1],
+            default_memory_budget=family_default(family),
             small_input=small,
         )
         builder: Callable[..., Backbone] = partial(adapter.build, name, cfg)

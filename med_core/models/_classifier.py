@@ -63,7 +63,7 @@ def build_classifier(
             (validated through ``ModelConfig.from_dict``). ``cfg.backbone`` names the
             backbone, ``cfg.pretrained`` loads cached weights, ``cfg.dropout`` is the
             head's dropout and ``cfg.checkpoint_segments`` sets gradient checkpointing:
-            ``None`` off, ``0`` the family's default segments, ``k`` k segments.
+            ``None`` off, ``0`` the family's default memory budget, ``k`` k segments.
         num_classes: Output logits (for multi-label tasks: the number of labels).
         in_chans: Input channels (1 for grayscale).
         img_size: Input size the model will see (see ``create_backbone``); ``None`` means
@@ -85,8 +85,8 @@ def build_classifier(
         >>> model = build_classifier(cfg, num_classes=3, in_chans=1, img_size=28)
         >>> model(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 3])
-        >>> model.backbone.checkpoint_segments, model.spatial_dims
-        (2, 2)
+        >>> model.backbone.checkpoint_memory_budget, model.spatial_dims
+        (0.4, 2)
         >>> volumes = build_classifier({"backbone": "r3d_18"}, num_classes=2, in_chans=1,
         ...                            img_size=16)
         >>> volumes.spatial_dims

@@ -34,7 +34,7 @@ from med_core.backbones import get_backbone_cfg
 __all__ = [
     "GRAD_ATOL",
     "GRAD_RTOL",
-    "MAX_SAVED_FRACTION",
+    "SAVED_FRACTION_MARGIN",
     "BackboneSuite",
     "CheckpointingSuite",
     "build_cached",
@@ -52,28 +52,13 @@ __all__ = [
 GRAD_RTOL = 1e-4
 GRAD_ATOL = 1e-5
 
-#: With the family's default checkpointing (``FAMILY_DEFAULTS``: segments and whether the
-#: last group is kept), activation bytes saved for backward must be at most this fraction
-#: of the non-checkpointed bytes, for the family's representative at
-#: :func:`checkpoint_test_size`. Measured (torch 2.15, CPU): resnet18 0.35,
-#: mobilenet_v3_small 0.58, efficientnet_b0 0.34, efficientnet_v2_s 0.48, regnet_y_400mf
-#: 0.20, convnext_tiny 0.28, maxvit_t 0.15, swin_t 0.11 (these keep their last group, whose
-#: activations backward needs at once), vit_tiny 0.02, r3d_18 below 0.35, swin3d_t 0.03;
-#: the bounds leave about 1.25x headroom. At these small test inputs the kept last group
-#: holds a larger share than at 224 px, where the GPU benchmark measures the real saving.
-MAX_SAVED_FRACTION: dict[str, float] = {
-    "resnet": 0.43,
-    "mobilenet": 0.72,
-    "efficientnet": 0.42,
-    "efficientnet_v2": 0.60,
-    "regnet": 0.26,
-    "convnext": 0.34,
-    "vit": 0.05,
-    "maxvit": 0.18,
-    "swin": 0.14,
-    "resnet3d": 0.35,
-    "swin3d": 0.05,
-}
+#: With the family's default checkpointing (a memory budget ``b``, ``FAMILY_DEFAULTS``),
+#: activation bytes saved for backward must be at most ``b + SAVED_FRACTION_MARGIN`` of
+#: the non-checkpointed bytes at :func:`checkpoint_test_size`. The margin covers what the
+#: plan does not govern: one input tensor per checkpointed group, and the stem's and the
+#: head's saved tensors. Measured (torch 2.14, CPU, b = 0.4): 0.35 (vit_base) to 0.52
+#: (mc3_18 at 12³, where the stem's share is largest).
+SAVED_FRACTION_MARGIN = 0.15
 
 SMALL_SIDE = 28
 
@@ -171,7 +156,7 @@ def check_cfg_matches(model: Backbone) -> None:
     assert model.num_features == cfg.num_features
     units = model.units()
     assert len(units) == cfg.max_segments, (len(units), cfg.max_segments)
-    assert cfg.default_segments is not None and 1 <= cfg.default_segments
+    assert cfg.default_memory_budget is not None and 0 < cfg.default_memory_budget < 1
     unit_ids = {id(u) for u in units}
     assert len(unit_ids) == len(units), "units must be distinct modules"
     assert unit_ids <= {id(m) for m in model.model.modules()}, "units must be in .model"
@@ -244,7 +229,7 @@ def saved_activation_bytes(
 
 
 def check_saved_bytes_drop(model: Backbone, x: torch.Tensor, max_fraction: float) -> float:
-    """With default segments, saved activation bytes ≤ ``max_fraction`` of the
+    """With the default checkpointing, saved activation bytes ≤ ``max_fraction`` of the
     non-checkpointed bytes. Returns the measured fraction."""
     m = copy.deepcopy(model)
     m.disable_gradient_checkpointing()
@@ -333,7 +318,9 @@ class CheckpointingSuite:
 
     def test_saved_bytes_drop(self, ckpt_model: tuple[Backbone, torch.Tensor]) -> None:
         model, x = ckpt_model
-        check_saved_bytes_drop(model, x, MAX_SAVED_FRACTION[model.cfg.family])
+        budget = model.cfg.default_memory_budget
+        assert budget is not None
+        check_saved_bytes_drop(model, x, budget + SAVED_FRACTION_MARGIN)
 
     def test_more_segments_save_more(self, ckpt_model: tuple[Backbone, torch.Tensor]) -> None:
         """Documented direction: each segment keeps its input, so saved bytes are
@@ -375,7 +362,8 @@ class CheckpointingSuite:
         plain = saved_activation_bytes(model, x)
         model.enable_gradient_checkpointing()
         assert model.is_gradient_checkpointing_enabled()
-        assert model.checkpoint_segments == model.cfg.default_segments
+        assert model.checkpoint_segments is None  # a memory budget, not a count
+        assert model.checkpoint_memory_budget == model.cfg.default_memory_budget
         assert saved_activation_bytes(model, x) < plain
         model.enable_gradient_checkpointing(n)
         assert model.checkpoint_segments == n

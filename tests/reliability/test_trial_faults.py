@@ -121,13 +121,13 @@ class _OomFault:
 
     ``needs``: the step fails unless its batch is at most this size AND gradient
     checkpointing is on (what ``--oom-retry`` changes); ``first``: only the first N steps
-    fail, whatever they run with. Every step's (batch size, checkpoint segments) is kept.
+    fail, whatever they run with. Every step's (batch size, checkpointing on) is kept.
     """
 
     def __init__(self, *, needs: int | None = None, first: int = 0) -> None:
         self.needs = needs
         self.first = first
-        self.seen: list[tuple[int, int | None]] = []
+        self.seen: list[tuple[int, bool]] = []
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         real = _loop.TrainStep.forward
@@ -135,9 +135,9 @@ class _OomFault:
 
         def forward(step: _loop.TrainStep, x: torch.Tensor, target: torch.Tensor) -> Any:
             backbone: Any = step.model.backbone
-            segments: int | None = backbone.checkpoint_segments
-            fault.seen.append((int(x.shape[0]), segments))
-            fits = fault.needs is not None and x.shape[0] <= fault.needs and segments
+            checkpointed = bool(backbone.is_gradient_checkpointing_enabled())
+            fault.seen.append((int(x.shape[0]), checkpointed))
+            fits = fault.needs is not None and x.shape[0] <= fault.needs and checkpointed
             if len(fault.seen) <= fault.first or (fault.needs is not None and not fits):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
             return real(step, x, target)
@@ -170,7 +170,7 @@ def test_oom_retry_halves_the_batch_and_turns_checkpointing_on(
     cfg = trial.user_attrs["config"]  # what was really trained
     assert cfg["batch_size"] == 8 and cfg["model"]["checkpoint_segments"] == 0
     first, *rest = fault.seen
-    assert first == (16, None)  # the suggested configuration ran first and failed
+    assert first == (16, False)  # the suggested configuration ran first and failed
     assert rest and all(b <= 8 and s for b, s in rest)  # the retry: half batch, checkpointing
 
 

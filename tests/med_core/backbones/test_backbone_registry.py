@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from med_core.backbones import create_backbone
 from med_core.backbones import get_backbone_cfg
 from med_core.backbones import list_backbones
 from med_core.backbones import register_backbone
+from med_core.backbones._checkpointing import DEFAULT_MEMORY_BUDGET
 from med_core.backbones._checkpointing import FAMILY_DEFAULTS
 from med_core.exceptions import UnknownBackboneError
 from med_core.testing.backbones import check_checkpoint_matches
@@ -88,10 +88,7 @@ def test_list_backbones_filters() -> None:
 def test_cfg_is_consistent(name: str) -> None:
     cfg = get_backbone_cfg(name)
     assert cfg.max_segments is not None and cfg.min_size is not None
-    segments, keep_last = FAMILY_DEFAULTS.get(
-        cfg.family, (max(1, math.floor(math.sqrt(cfg.max_segments) + 0.5)), False)
-    )
-    assert (cfg.default_segments, cfg.default_keep_last) == (segments, keep_last)
+    assert cfg.default_memory_budget == FAMILY_DEFAULTS.get(cfg.family, DEFAULT_MEMORY_BUDGET)
     assert len(cfg.natural_size) == cfg.spatial_dims
     assert min(cfg.natural_size[-2:]) >= cfg.min_size > 28
     assert cfg.small_input
@@ -107,7 +104,7 @@ _GOOD = dict(
     natural_size=(32, 32),
     min_size=16,
     max_segments=4,
-    default_segments=2,
+    default_memory_budget=0.4,
 )
 
 
@@ -122,8 +119,13 @@ _GOOD = dict(
         ("natural_size", [32, 32], "BackboneCfg.natural_size"),
         ("min_size", -1, "BackboneCfg.min_size: must be None or an integer > 0, got -1"),
         ("max_segments", 0, "BackboneCfg.max_segments: must be None or an integer > 0"),
-        ("max_segments", None, "BackboneCfg.default_segments: must be None exactly when"),
-        ("default_segments", 5, r"BackboneCfg.default_segments: must be an integer in \[1, 4\]"),
+        ("max_segments", None, "BackboneCfg.default_memory_budget: must be None exactly when"),
+        (
+            "default_memory_budget",
+            1.0,
+            r"BackboneCfg.default_memory_budget: must be None or a "
+            r"float in \(0, 1\), got 1.0",
+        ),
     ],
 )
 def test_cfg_validation(field: str, value: object, fragment: str) -> None:
@@ -195,7 +197,10 @@ def test_timm_passthrough_checkpointing() -> None:
     torch.manual_seed(0)
     net = create_backbone("timm/test_vit", img_size=32)
     x = torch.randn(2, 3, 32, 32)
-    fragment = r"timm's own granularity; segments and keep_last must be None, got segments=2"
+    fragment = (
+        r"timm's own granularity; segments, keep_last and memory_budget must be None, "
+        r"got segments=2"
+    )
     with pytest.raises(NotImplementedError, match=fragment):
         net.enable_gradient_checkpointing(2)
     assert not net.is_gradient_checkpointing_enabled()

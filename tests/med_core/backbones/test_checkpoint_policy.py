@@ -13,6 +13,8 @@ from med_core.backbones import get_backbone_cfg
 from med_core.backbones import list_backbones
 from med_core.backbones._checkpointing import FAMILY_DEFAULTS
 from med_core.backbones._checkpointing import _FreezeNormStats
+from med_core.backbones._checkpointing import plan_groups
+from med_core.backbones._checkpointing import unit_activation_bytes
 from med_core.backbones._registry import FAMILIES
 
 
@@ -93,18 +95,80 @@ def test_keep_last_needs_two_groups() -> None:
 
 def test_family_defaults_table_is_valid_for_every_registered_backbone() -> None:
     assert set(FAMILY_DEFAULTS) <= set(FAMILIES) - {"timm"}
-    for family, (segments, keep_last) in FAMILY_DEFAULTS.items():
+    for family, budget in FAMILY_DEFAULTS.items():
         names = [n for n in list_backbones() if get_backbone_cfg(n).family == family]
         assert names, f"no registered backbone of family {family!r}"
-        for name in names:
-            cfg = get_backbone_cfg(name)
-            assert cfg.max_segments is not None and 1 <= segments <= cfg.max_segments, name
-            assert not keep_last or segments >= 2, name
-            assert (cfg.default_segments, cfg.default_keep_last) == (segments, keep_last)
+        assert 0 < budget < 1, family
+        assert all(get_backbone_cfg(n).default_memory_budget == budget for n in names)
 
 
-def test_enable_without_arguments_uses_the_family_default() -> None:
-    net = create_backbone("vit_tiny", img_size=32)
+def test_enable_without_arguments_plans_the_family_budget_from_measured_bytes() -> None:
+    torch.manual_seed(0)
+    net = create_backbone("resnet18", img_size=28)
     net.enable_gradient_checkpointing()
-    assert net.checkpoint_segments == FAMILY_DEFAULTS["vit"][0]
-    assert net.checkpoint_keep_last is FAMILY_DEFAULTS["vit"][1]
+    assert net.checkpoint_memory_budget == FAMILY_DEFAULTS["resnet"]
+    assert net.checkpoint_plan is None  # planned on the first training pass
+    x = torch.randn(4, 3, 28, 28)
+    net(x).sum().backward()
+    units = net.units()
+    per_unit = unit_activation_bytes(units, net.forward_stem(x))
+    plan = net.checkpoint_plan
+    assert plan == plan_groups(per_unit, FAMILY_DEFAULTS["resnet"]) and plan
+    # by bytes, not by unit count: layer1 (units 0-1, full resolution) holds most bytes,
+    # so its groups are shorter than half the net, and the plainly run tail is longer
+    assert plan[-1][1] < len(units) // 2
+    assert sum(per_unit[plan[-1][1] :]) <= FAMILY_DEFAULTS["resnet"] * sum(per_unit)
+    assert "memory_budget=0.4" in repr(net)
+
+
+def test_plan_groups_keeps_at_most_the_budget_in_the_tail_and_in_each_group() -> None:
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        sizes = (
+            torch.rand(int(torch.randint(1, 20, (1,), generator=rng)), generator=rng) * 10
+        ).tolist()
+        budget = float(torch.rand(1, generator=rng) * 0.8 + 0.1)
+        groups = plan_groups(sizes, budget)
+        cap = budget * sum(sizes)
+        tail_start = groups[-1][1] if groups else 0
+        assert sum(sizes[tail_start:]) <= cap + 1e-9
+        covered = [i for lo, hi in groups for i in range(lo, hi)]
+        assert covered == list(range(tail_start))  # contiguous from the first unit
+        for lo, hi in groups:
+            assert hi - lo == 1 or sum(sizes[lo:hi]) <= cap + 1e-9
+    assert plan_groups([0, 0, 0], 0.5) == ()
+    assert plan_groups([10, 1], 0.4) == ((0, 1),)  # a unit above the budget: its own group
+
+
+def test_the_measuring_pass_leaves_rng_and_batchnorm_state_alone() -> None:
+    """A budgeted step (which measures first) equals an ordinary one exactly, with dropout
+    drawing the same masks: vit_tiny has stochastic depth, resnet18 BatchNorm."""
+    for name, kwargs in (("vit_tiny", {"drop_path_rate": 0.2}), ("resnet18", {})):
+        torch.manual_seed(0)
+        ref = create_backbone(name, img_size=32, **kwargs)
+        ckpt = copy.deepcopy(ref)
+        ckpt.enable_gradient_checkpointing(memory_budget=0.3)
+        x = torch.randn(4, 3, 32, 32)
+        torch.manual_seed(1)
+        g_ref = _step(ref, x)
+        torch.manual_seed(1)
+        g_ckpt = _step(ckpt, x)
+        assert ckpt.checkpoint_plan
+        for n in g_ref:
+            torch.testing.assert_close(g_ckpt[n], g_ref[n], rtol=1e-5, atol=1e-6, msg=n)
+        for (n, a), (_, b) in zip(ref.named_buffers(), ckpt.named_buffers(), strict=True):
+            assert torch.equal(a, b), n
+
+
+def test_memory_budget_arguments_are_checked() -> None:
+    net = create_backbone("resnet18", img_size=16)
+    for bad in (0, 1, 1.5, -0.1, True, "0.4"):
+        with pytest.raises(
+            ValueError, match=r"memory_budget for backbone 'resnet18' must be a number in \(0, 1\)"
+        ):
+            net.enable_gradient_checkpointing(memory_budget=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="segments and memory_budget exclude each other"):
+        net.enable_gradient_checkpointing(2, memory_budget=0.4)
+    with pytest.raises(ValueError, match="keep_last needs an explicit segments"):
+        net.enable_gradient_checkpointing(keep_last=True)
+    assert not net.is_gradient_checkpointing_enabled()

@@ -52,16 +52,18 @@ def test_build_from_plain_dict_and_train_config() -> None:
 
 
 @pytest.mark.parametrize(
-    ("segments", "expected", "keep_last"),
-    [(None, None, False), (0, 2, True), (1, 1, False), (8, 8, False)],
+    ("segments", "expected", "budget"),
+    [(None, None, None), (0, None, 0.4), (1, 1, None), (8, 8, None)],
 )
-def test_checkpoint_segments(segments: int | None, expected: int | None, keep_last: bool) -> None:
-    """0 = the family's default from FAMILY_DEFAULTS (resnet: 2 groups, last one kept)."""
+def test_checkpoint_segments(
+    segments: int | None, expected: int | None, budget: float | None
+) -> None:
+    """0 = the family's default memory budget from FAMILY_DEFAULTS; k = k segments."""
     cfg = ModelConfig(backbone="resnet18", checkpoint_segments=segments)
     model = build_classifier(cfg, num_classes=2, in_chans=3, img_size=28)
     assert model.backbone.checkpoint_segments == expected
-    assert model.backbone.is_gradient_checkpointing_enabled() == (expected is not None)
-    assert model.backbone.checkpoint_keep_last == keep_last
+    assert model.backbone.checkpoint_memory_budget == budget
+    assert model.backbone.is_gradient_checkpointing_enabled() == (segments is not None)
 
 
 def test_checkpointed_classifier_trains_like_the_plain_one() -> None:
