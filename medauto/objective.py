@@ -136,18 +136,31 @@ class _FitTimer:
         self.last = now
 
 
+#: The most times one trial is trained again after running out of memory.
+MAX_OOM_RETRIES = 3
+
+
 def _oom_fallback(cfg: TrainConfig) -> TrainConfig | None:
-    """``cfg`` with gradient checkpointing on and half the batch; ``None`` if no smaller."""
+    """The next configuration to try after ``cfg`` ran out of memory.
+
+    First gradient checkpointing at the same batch (the family's default memory budget:
+    the same training at more compute, so the trial is the configuration the sampler
+    asked for); with checkpointing already on, half the batch. ``None`` at batch 1.
+    """
     from med_core.config import TrainConfig
 
-    segments = cfg.model.checkpoint_segments
-    batch = max(1, cfg.batch_size // 2)
-    if segments is not None and batch == cfg.batch_size:
+    if cfg.model.checkpoint_segments is None:
+        return TrainConfig.from_flat({"model.checkpoint_segments": 0}, base=cfg)
+    if cfg.batch_size <= 1:
         return None
-    changes: dict[str, Any] = {"batch_size": batch}
-    if segments is None:
-        changes["model.checkpoint_segments"] = 0  # the backbone family's default
-    return TrainConfig.from_flat(changes, base=cfg)
+    return TrainConfig.from_flat({"batch_size": cfg.batch_size // 2}, base=cfg)
+
+
+def _fit_key(cfg: TrainConfig) -> tuple[Any, ...]:
+    """What sets a step's memory besides the batch: a configuration that ran out of
+    memory at some batch also does at any larger one."""
+    return (cfg.model.backbone, cfg.model.checkpoint_segments, cfg.data.img_size,
+            cfg.amp_dtype, cfg.channels_last, cfg.compile)
 
 
 class Objective:
@@ -171,10 +184,13 @@ class Objective:
             completed trial of the study when it ends, so the plotting (about 0.7 s a
             trial) is paid O(log n) times instead of n times, and the best trial always
             has its pictures.
-        oom_retry: On out-of-memory, train the trial once more with gradient checkpointing
-            on (the backbone's default segments) and half the batch size; the retry's
-            settings are recorded in the ``oom_retry`` user attribute, and ``config``
-            holds what was really trained. A second OOM propagates (reason ``oom``).
+        oom_retry: On out-of-memory, train the trial again: first with gradient
+            checkpointing on at the same batch, then at half the batch, up to
+            :data:`MAX_OOM_RETRIES` times (:func:`_oom_fallback`). The objective remembers
+            what ran out of memory, so a later trial of a configuration known not to fit
+            starts at the first rung that might. The attempts are recorded in the
+            ``oom_retry`` user attribute, and ``config`` holds what was really trained.
+            An OOM on the last rung propagates (reason ``oom``).
         selection: How a trial is scored (:class:`~medauto.fingerprint.Selection`):
             holdout on the validation split (default) or k-fold CV on train+val.
         trial_cap_s: If given (a budgeted search), the longest a trial may train. A probe
@@ -198,7 +214,7 @@ class Objective:
         out_dir: Path | None = None,
         progress: bool = False,
         artifact_store: Any = None,
-        oom_retry: bool = False,
+        oom_retry: bool = True,
         selection: Selection | None = None,
         trial_cap_s: float | None = None,
         members_root: Path | None = None,
@@ -223,6 +239,7 @@ class Objective:
 
         self.last_epochs_run = 0
         self._timings: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self._oom_batches: dict[tuple[Any, ...], int] = {}  # _fit_key → smallest OOM batch
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         cfg = self.suggest(trial)
@@ -231,26 +248,55 @@ class Objective:
         from med_core.device import is_oom
         from med_core.device import release_memory
 
-        try:
-            return self.train(trial, cfg)
-        except Exception as exc:
-            smaller = _oom_fallback(cfg) if is_oom(exc) else None
-            if smaller is None:
-                raise
-            first_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        # Outside the except block, so the first attempt's frames and tensors can be freed.
-        release_memory()
-        retry = {
-            "batch_size": smaller.batch_size,
-            "checkpoint_segments": smaller.model.checkpoint_segments,
-            "first_error": first_error[:300],
-        }
-        _logger.warning(
-            "trial %d ran out of memory; retrying once with gradient checkpointing on and "
-            "batch_size %d", trial.number, smaller.batch_size,
-        )
-        trial.set_user_attr(OOM_RETRY_ATTR, retry)
-        return self.train(trial, smaller)
+        attempts: list[dict[str, Any]] = []
+        cfg = self._known_to_fit(cfg, attempts)
+        while True:
+            if attempts:
+                trial.set_user_attr(OOM_RETRY_ATTR, self._retry_record(cfg, attempts))
+            try:
+                return self.train(trial, cfg)
+            except Exception as exc:
+                smaller = _oom_fallback(cfg) if is_oom(exc) else None
+                if smaller is None or len(attempts) >= MAX_OOM_RETRIES:
+                    raise
+                self._oom_batches[_fit_key(cfg)] = min(
+                    cfg.batch_size, self._oom_batches.get(_fit_key(cfg), cfg.batch_size))
+                attempts.append(self._attempt(cfg, f"{type(exc).__name__}: "
+                                              f"{str(exc).splitlines()[0] if str(exc) else ''}"))
+            # Outside the except block, so the failed attempt's frames and tensors can be freed.
+            release_memory()
+            _logger.warning(
+                "trial %d ran out of memory at batch_size %d%s; retrying with %s",
+                trial.number, cfg.batch_size,
+                " with checkpointing" if cfg.model.checkpoint_segments is not None else "",
+                "gradient checkpointing on" if cfg.model.checkpoint_segments is None
+                else f"batch_size {smaller.batch_size}")
+            cfg = smaller
+
+    def _known_to_fit(self, cfg: TrainConfig, attempts: list[dict[str, Any]]) -> TrainConfig:
+        """``cfg``, or the first fallback rung not known to run out of memory (each rung
+        skipped is added to ``attempts`` as known, without training it)."""
+        while len(attempts) < MAX_OOM_RETRIES:
+            failed = self._oom_batches.get(_fit_key(cfg))
+            smaller = _oom_fallback(cfg)
+            if failed is None or cfg.batch_size < failed or smaller is None:
+                break
+            attempts.append(self._attempt(cfg, f"known: ran out of memory at batch_size "
+                                               f"{failed} in an earlier trial"))
+            cfg = smaller
+        return cfg
+
+    @staticmethod
+    def _attempt(cfg: TrainConfig, error: str) -> dict[str, Any]:
+        return {"batch_size": cfg.batch_size,
+                "checkpoint_segments": cfg.model.checkpoint_segments, "error": error[:300]}
+
+    @staticmethod
+    def _retry_record(cfg: TrainConfig, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+        """The ``oom_retry`` attribute: what is trained now, and what ran out of memory."""
+        return {"batch_size": cfg.batch_size,
+                "checkpoint_segments": cfg.model.checkpoint_segments,
+                "first_error": attempts[0]["error"], "attempts": attempts}
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> TrainConfig:
         """The trial's TrainConfig: the space's suggestion on top of the overrides."""

@@ -126,9 +126,10 @@ class AutoMLOptimizer:
         trainer_progress: Show per-epoch bars of each trial.
         tracking: MLflow tracking: ``None``/``True`` → a local store ``run_dir/mlflow.db``;
             a tracking URI; ``False`` → off; or a ``medauto.tracking.BaseTracker``.
-        oom_retry: Retry a trial that runs out of memory once, with gradient checkpointing
-            on and half the batch size (recorded in the ``oom_retry`` user attribute); a
-            second OOM prunes it with reason ``oom``.
+        oom_retry: Train a trial that runs out of memory again, with gradient
+            checkpointing on at the same batch, then at half the batch (up to three times;
+            recorded in the ``oom_retry`` user attribute); an OOM on the last rung prunes it
+            with reason ``oom``. ``False``: the first OOM prunes it.
         max_failures: Stop with a :class:`~medauto.exceptions.MedautoError` after this many
             trials in a row failed in this process (a broken space or environment would
             otherwise fail trial after trial forever); ``None`` never stops.
@@ -169,7 +170,7 @@ class AutoMLOptimizer:
         progress: bool | None = None,
         trainer_progress: bool = False,
         tracking: bool | str | BaseTracker | None = None,
-        oom_retry: bool = False,
+        oom_retry: bool = True,
         max_failures: int | None = 10,
         selection: str = "auto",
         final_model: bool = True,

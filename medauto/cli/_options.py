@@ -156,9 +156,9 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
     add_tracking_options(p)
     p.add_argument(
-        "--oom-retry", action="store_true",
-        help="retry a trial that runs out of memory once, with gradient checkpointing on "
-        "and half the batch size",
+        "--oom-retry", action=argparse.BooleanOptionalAction, default=True,
+        help="train a trial that runs out of memory again: with gradient checkpointing on "
+        "at the same batch, then at half the batch (up to 3 times; default on)",
     )
     p.add_argument(
         "--max-failures", type=int, default=10, metavar="N",

@@ -8,8 +8,9 @@ that the search goes on to its target:
 * NaN / inf loss → PRUNED, reason ``nan_loss`` (the trainer's own non-finite check fires);
 * ``torch.OutOfMemoryError`` in the training step → PRUNED (the samplers learn from PRUNED
   trials; TPE ignores FAIL ones and would propose the same configuration again), reason
-  ``oom``; with ``--oom-retry`` retried once with gradient checkpointing on and half the
-  batch, which is what the fault needs to go away;
+  ``oom`` with ``--no-oom-retry``; by default retried with gradient checkpointing on at the
+  same batch, then at half the batch (up to three retries), which is what the fault needs
+  to go away;
 * an exception in a backbone constructor → FAIL with the error as reason, the study goes on;
   a backbone that always fails stops the search after ``--max-failures`` trials in a row
   instead of failing forever;
@@ -44,13 +45,14 @@ FAULTS: list[dict[str, Any]] = [
      "goes on"},
     {"id": "inf", "fault": "inf training loss", "expected": "PRUNED, reason nan_loss; study "
      "goes on"},
-    {"id": "oom", "fault": "torch.OutOfMemoryError in the training step",
+    {"id": "oom", "fault": "torch.OutOfMemoryError in the training step (--no-oom-retry)",
      "expected": "PRUNED (the sampler learns from it), reason oom; study goes on"},
-    {"id": "oom-retry", "fault": "torch.OutOfMemoryError that needs a smaller batch "
-     "(--oom-retry)", "expected": "retried once with gradient checkpointing on and half "
-     "the batch; COMPLETE; attempt recorded in user attr oom_retry"},
-    {"id": "oom-twice", "fault": "torch.OutOfMemoryError also in the --oom-retry attempt",
-     "expected": "PRUNED, reason oom, after exactly one retry"},
+    {"id": "oom-retry", "fault": "torch.OutOfMemoryError that needs checkpointing and a "
+     "smaller batch", "expected": "retried with gradient checkpointing on, then at half "
+     "the batch; COMPLETE; attempts recorded in user attr oom_retry; the next trial of that "
+     "configuration starts at the rung that fit"},
+    {"id": "oom-twice", "fault": "torch.OutOfMemoryError on every retry rung",
+     "expected": "PRUNED, reason oom, after three retries"},
     {"id": "backbone", "fault": "exception in a backbone constructor",
      "expected": "FAIL, reason 'error: <Type>: <message>', user attr backbone names it; "
      "study goes on"},
@@ -150,41 +152,48 @@ def test_oom_prunes_the_trial_so_the_sampler_learns(
 ) -> None:
     fault = _OomFault(first=1)
     fault.install(monkeypatch)
+    assert _search(tmp_path, micro_data_dir, micro_space, "--no-oom-retry") == 0
+    trials = _trials(tmp_path)
+    assert _states(trials) == [("PRUNED", "oom"), ("COMPLETE", None)]
+    assert "oom_retry" not in trials[0].user_attrs  # --no-oom-retry: no retry
+
+
+def test_oom_retry_turns_checkpointing_on_then_halves_the_batch(
+    tmp_path: Path, micro_data_dir: Path, micro_space: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default: batch 16 fits neither plainly nor checkpointed, batch 8 checkpointed
+    does. The second trial (the same configuration) starts at the rung that fit."""
+    fault = _OomFault(needs=8)
+    fault.install(monkeypatch)
+    assert _search(tmp_path, micro_data_dir, micro_space) == 0
+    first_trial, second_trial = _trials(tmp_path)
+    assert first_trial.state == second_trial.state == TrialState.COMPLETE
+    retry = first_trial.user_attrs["oom_retry"]
+    assert retry["batch_size"] == 8 and retry["checkpoint_segments"] == 0
+    assert "OutOfMemoryError" in retry["first_error"]
+    assert [(a["batch_size"], a["checkpoint_segments"]) for a in retry["attempts"]] == [
+        (16, None), (16, 0)]  # the same batch checkpointed first, then half of it
+    cfg = first_trial.user_attrs["config"]  # what was really trained
+    assert cfg["batch_size"] == 8 and cfg["model"]["checkpoint_segments"] == 0
+    assert fault.seen[:2] == [(16, False), (16, True)]
+    first_fit = fault.seen.index((8, True))
+    known = second_trial.user_attrs["oom_retry"]["attempts"]
+    assert all(a["error"].startswith("known: ran out of memory") for a in known)
+    # the second trial trained at once at the rung that fit: no step of it failed
+    assert all(s == (8, True) for s in fault.seen[first_fit:]), fault.seen
+
+
+def test_oom_on_every_rung_prunes_after_the_last_retry(
+    tmp_path: Path, micro_data_dir: Path, micro_space: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault = _OomFault(first=4)  # the first attempt and its three retries all fail
+    fault.install(monkeypatch)
     assert _search(tmp_path, micro_data_dir, micro_space) == 0
     trials = _trials(tmp_path)
     assert _states(trials) == [("PRUNED", "oom"), ("COMPLETE", None)]
-    assert "oom_retry" not in trials[0].user_attrs  # no retry unless asked for
-
-
-def test_oom_retry_halves_the_batch_and_turns_checkpointing_on(
-    tmp_path: Path, micro_data_dir: Path, micro_space: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fault = _OomFault(needs=8)  # batch 16 without checkpointing never fits
-    fault.install(monkeypatch)
-    assert _search(tmp_path, micro_data_dir, micro_space, "--oom-retry", trials=1) == 0
-    (trial,) = _trials(tmp_path)
-    assert trial.state == TrialState.COMPLETE
-    retry = trial.user_attrs["oom_retry"]
-    assert retry["batch_size"] == 8 and retry["checkpoint_segments"] == 0
-    assert "OutOfMemoryError" in retry["first_error"]
-    cfg = trial.user_attrs["config"]  # what was really trained
-    assert cfg["batch_size"] == 8 and cfg["model"]["checkpoint_segments"] == 0
-    first, *rest = fault.seen
-    assert first == (16, False)  # the suggested configuration ran first and failed
-    assert rest and all(b <= 8 and s for b, s in rest)  # the retry: half batch, checkpointing
-
-
-def test_oom_in_the_retry_too_prunes_after_one_retry(
-    tmp_path: Path, micro_data_dir: Path, micro_space: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fault = _OomFault(first=2)  # the first attempt and its retry both fail
-    fault.install(monkeypatch)
-    assert _search(tmp_path, micro_data_dir, micro_space, "--oom-retry") == 0
-    trials = _trials(tmp_path)
-    assert _states(trials) == [("PRUNED", "oom"), ("COMPLETE", None)]
-    assert trials[0].user_attrs["oom_retry"]["batch_size"] == 8
-    assert "oom_retry" not in trials[1].user_attrs
-    assert [b for b, _ in fault.seen[:2]] == [16, 8]  # exactly one retry
+    assert fault.seen[:4] == [(16, False), (16, True), (8, True), (4, True)]
+    assert len(trials[0].user_attrs["oom_retry"]["attempts"]) == 3
+    assert trials[1].user_attrs["config"]["batch_size"] == 4  # known not to fit above
 
 
 # -- backbone constructor ----------------------------------------------------------------
