@@ -68,6 +68,7 @@ class Backbone(nn.Module, abc.ABC):
         self._ckpt_keep_last = False  # the last of the k groups runs un-checkpointed
         self._ckpt_budget: float | None = None  # a memory budget: groups by measured bytes
         self._ckpt_plans: dict[tuple[Any, ...], Groups] = {}  # per input shape and dtype
+        self._ckpt_selective = False  # inside groups, keep convolution/matmul outputs
 
     # ----------------------------------------------------------------- the three steps
     @abc.abstractmethod
@@ -90,7 +91,7 @@ class Backbone(nn.Module, abc.ABC):
             self.training and torch.is_grad_enabled() and self.is_gradient_checkpointing_enabled()
         ):
             return run_groups(units, x, ())
-        return run_groups(units, x, self._groups(units, x))
+        return run_groups(units, x, self._groups(units, x), selective=self._ckpt_selective)
 
     def _groups(self, units: list[nn.Module], x: torch.Tensor) -> Groups:
         """The checkpointed ranges for this input: from the segment count, or planned from
@@ -146,6 +147,7 @@ class Backbone(nn.Module, abc.ABC):
         *,
         keep_last: bool | None = None,
         memory_budget: float | None = None,
+        selective: bool = False,
     ) -> None:
         """Checkpoints the units during training, by memory budget or by segment count.
 
@@ -160,6 +162,9 @@ class Backbone(nn.Module, abc.ABC):
             memory_budget: The share of activation bytes kept, in ``(0, 1)``; ``None``:
                 the family's default ``cfg.default_memory_budget``. Only without
                 ``segments``.
+            selective: Inside the checkpointed groups, keep the outputs of convolutions,
+                matrix products and attention, and recompute only the cheap ops between
+                them (``SELECTIVE_SAVE_OPS``): less recomputation, less saving.
 
         Raises:
             ValueError: for a ``segments`` outside ``[1, cfg.max_segments]``, a
@@ -200,6 +205,7 @@ class Backbone(nn.Module, abc.ABC):
             budget = cfg.default_memory_budget if memory_budget is None else memory_budget
             self._ckpt_budget = check_memory_budget(budget, name=self.name)
             self._ckpt_segments, self._ckpt_keep_last, self._ckpt_plans = 0, False, {}
+            self._set_selective(selective)
             return
         if memory_budget is not None:
             raise ValueError(
@@ -214,11 +220,25 @@ class Backbone(nn.Module, abc.ABC):
             )
         self._ckpt_segments, self._ckpt_keep_last = k, bool(keep_last)
         self._ckpt_budget, self._ckpt_plans = None, {}
+        self._set_selective(selective)
+
+    def _set_selective(self, selective: bool) -> None:
+        """Records ``selective``; with it, in-place activations in the units write new
+        tensors instead (a tensor that a selective checkpoint keeps must not be changed
+        afterwards, and e.g. EfficientNet's squeeze-excitation applies ``SiLU(inplace=True)``
+        right to a convolution's output). That changes memory, not results."""
+        self._ckpt_selective = bool(selective)
+        if selective:
+            for unit in self.units():
+                for m in unit.modules():
+                    if getattr(m, "inplace", False) is True:
+                        m.inplace = False
 
     def disable_gradient_checkpointing(self) -> None:
         """Turns gradient checkpointing off (a no-op when it is off)."""
         self._ckpt_segments, self._ckpt_keep_last = 0, False
         self._ckpt_budget, self._ckpt_plans = None, {}
+        self._ckpt_selective = False
 
     def is_gradient_checkpointing_enabled(self) -> bool:
         """Whether training-mode forward passes checkpoint the units."""
@@ -233,6 +253,11 @@ class Backbone(nn.Module, abc.ABC):
     def checkpoint_keep_last(self) -> bool:
         """Whether the last of the explicit segments runs un-checkpointed."""
         return self._ckpt_keep_last
+
+    @property
+    def checkpoint_selective(self) -> bool:
+        """Whether the checkpointed groups keep convolution/matmul outputs."""
+        return self._ckpt_selective
 
     @property
     def checkpoint_memory_budget(self) -> float | None:
@@ -255,4 +280,6 @@ class Backbone(nn.Module, abc.ABC):
             ckpt += ", keep_last"
         if self._ckpt_budget is not None:
             ckpt = f"memory_budget={self._ckpt_budget}"
+        if self._ckpt_selective:
+            ckpt += ", selective"
         return f"name={self.name!r}, num_features={self.num_features}, checkpointing={ckpt}"

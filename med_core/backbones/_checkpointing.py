@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from functools import partial
 from types import TracebackType
@@ -51,12 +52,14 @@ from typing import cast
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "FAMILY_DEFAULTS",
     "Groups",
     "RecomputeContext",
+    "SELECTIVE_SAVE_OPS",
     "check_memory_budget",
     "check_segments",
     "family_default",
@@ -189,10 +192,47 @@ class _FreezeNormStats:
 RecomputeContext = Callable[[Sequence[nn.Module]], contextlib.AbstractContextManager[Any]]
 
 
+#: aten ops whose outputs a *selective* checkpoint keeps (convolutions, matrix products,
+#: attention kernels: the FLOPs); the norms, activations and other memory-bound ops between
+#: them are recomputed (``torch.utils.checkpoint.create_selective_checkpoint_contexts``).
+SELECTIVE_SAVE_OPS: tuple[str, ...] = (
+    "convolution.default",
+    "mm.default",
+    "addmm.default",
+    "bmm.default",
+    "_scaled_dot_product_efficient_attention.default",
+    "_scaled_dot_product_flash_attention.default",
+    "_scaled_dot_product_cudnn_attention.default",
+    "_scaled_dot_product_flash_attention_for_cpu.default",
+)
+
+
+def _save_ops() -> list[Any]:
+    """The :data:`SELECTIVE_SAVE_OPS` this torch build has, as op overloads."""
+    ops = []
+    for name in SELECTIVE_SAVE_OPS:
+        packet, _, overload = name.partition(".")
+        if hasattr(torch.ops.aten, packet):
+            ops.append(getattr(getattr(torch.ops.aten, packet), overload))
+    return ops
+
+
+@contextlib.contextmanager
+def _entered(*managers: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for m in managers:
+            stack.enter_context(m)
+        yield
+
+
 def _contexts(
-    norms: Sequence[nn.modules.batchnorm._NormBase], recompute: RecomputeContext
+    norms: Sequence[nn.modules.batchnorm._NormBase], recompute: RecomputeContext, selective: bool
 ) -> tuple[contextlib.AbstractContextManager[Any], contextlib.AbstractContextManager[Any]]:
-    return contextlib.nullcontext(), (recompute(norms) if norms else contextlib.nullcontext())
+    frozen = recompute(norms) if norms else contextlib.nullcontext()
+    if not selective:
+        return contextlib.nullcontext(), frozen
+    forward, again = create_selective_checkpoint_contexts(_save_ops())
+    return forward, _entered(again, frozen)
 
 
 def _running_norms(group: Sequence[nn.Module]) -> list[nn.modules.batchnorm._NormBase]:
@@ -322,6 +362,7 @@ def run_groups(
     x: torch.Tensor,
     groups: Groups,
     *,
+    selective: bool = False,
     recompute: RecomputeContext | None = None,
     **checkpoint_options: Any,
 ) -> torch.Tensor:
@@ -336,6 +377,8 @@ def run_groups(
         x: The input of the first unit.
         groups: Ascending, non-overlapping ``[lo, hi)`` ranges to checkpoint
             (:func:`plan_groups`, :func:`segment_groups`); ``()`` runs everything plainly.
+        selective: Inside the groups, keep the outputs of :data:`SELECTIVE_SAVE_OPS` and
+            recompute only the ops between them (less saved, much less recomputed).
         recompute: The context of a group's recomputation, made from the group's norm
             layers with running statistics; ``None``: the library's, which leaves them as
             one forward pass left them (see the module docstring).
@@ -351,7 +394,7 @@ def run_groups(
             group,
             x,
             use_reentrant=False,
-            context_fn=partial(_contexts, _running_norms(group), recompute or _FREEZE),
+            context_fn=partial(_contexts, _running_norms(group), recompute or _FREEZE, selective),
             **checkpoint_options,
         )
         done = hi
@@ -364,6 +407,7 @@ def run_units(
     segments: int,
     *,
     keep_last: bool = False,
+    selective: bool = False,
     recompute: RecomputeContext | None = None,
     **checkpoint_options: Any,
 ) -> torch.Tensor:
@@ -376,6 +420,7 @@ def run_units(
         segments: ``0`` runs the units plainly; ``k > 0`` checkpoints ``k`` contiguous
             groups of near-equal unit counts (:func:`segment_bounds`).
         keep_last: Run the last group normally (it keeps its activations).
+        selective: See :func:`run_groups`.
         recompute: See :func:`run_groups`.
         **checkpoint_options: See :func:`run_groups`.
 
@@ -387,4 +432,6 @@ def run_units(
         torch.Size([3, 2])
     """
     groups = segment_groups(len(units), segments, keep_last=keep_last) if segments > 0 else ()
-    return run_groups(units, x, groups, recompute=recompute, **checkpoint_options)
+    return run_groups(
+        units, x, groups, selective=selective, recompute=recompute, **checkpoint_options
+    )
