@@ -305,8 +305,9 @@ class CheckpointingSuite:
         yield model, input_for(ckpt_name, size, 3)
 
     def test_checkpoint_matches(self, ckpt_model: tuple[Backbone, torch.Tensor]) -> None:
-        """Checkpointed steps with the default segments and with one segment per unit
-        each equal the ordinary step from the same state (loss, gradients, buffers; see
+        """Checkpointed steps with the default memory budget, with one segment per unit
+        and with the default budget made selective each equal the ordinary step from the
+        same state (loss, gradients, buffers; see
         :func:`check_same_step`)."""
         model, x = ckpt_model
         plain = copy.deepcopy(model)
@@ -315,6 +316,9 @@ class CheckpointingSuite:
             ckpt = copy.deepcopy(model)
             ckpt.enable_gradient_checkpointing(segments)
             check_same_step(plain, ckpt, loss, train_step(ckpt, x))
+        selective = copy.deepcopy(model)
+        selective.enable_gradient_checkpointing(selective=True)
+        check_same_step(plain, selective, loss, train_step(selective, x))
 
     def test_saved_bytes_drop(self, ckpt_model: tuple[Backbone, torch.Tensor]) -> None:
         model, x = ckpt_model
