@@ -69,6 +69,7 @@ class Backbone(nn.Module, abc.ABC):
         self._ckpt_budget: float | None = None  # a memory budget: groups by measured bytes
         self._ckpt_plans: dict[tuple[Any, ...], Groups] = {}  # per input shape and dtype
         self._ckpt_selective = False  # inside groups, keep convolution/matmul outputs
+        self._ckpt_offload = False  # the plain units' saved tensors in host memory
 
     # ----------------------------------------------------------------- the three steps
     @abc.abstractmethod
@@ -91,7 +92,13 @@ class Backbone(nn.Module, abc.ABC):
             self.training and torch.is_grad_enabled() and self.is_gradient_checkpointing_enabled()
         ):
             return run_groups(units, x, ())
-        return run_groups(units, x, self._groups(units, x), selective=self._ckpt_selective)
+        return run_groups(
+            units,
+            x,
+            self._groups(units, x),
+            selective=self._ckpt_selective,
+            offload=self._ckpt_offload,
+        )
 
     def _groups(self, units: list[nn.Module], x: torch.Tensor) -> Groups:
         """The checkpointed ranges for this input: from the segment count, or planned from
@@ -148,6 +155,7 @@ class Backbone(nn.Module, abc.ABC):
         keep_last: bool | None = None,
         memory_budget: float | None = None,
         selective: bool = False,
+        offload: bool = False,
     ) -> None:
         """Checkpoints the units during training, by memory budget or by segment count.
 
@@ -165,6 +173,9 @@ class Backbone(nn.Module, abc.ABC):
             selective: Inside the checkpointed groups, keep the outputs of convolutions,
                 matrix products and attention, and recompute only the cheap ops between
                 them (``SELECTIVE_SAVE_OPS``): less recomputation, less saving.
+            offload: Keep what the plainly run units save for backward in pinned host
+                memory (``torch.autograd.graph.save_on_cpu``): for volumes, where the
+                kept tail is what fills the device.
 
         Raises:
             ValueError: for a ``segments`` outside ``[1, cfg.max_segments]``, a
@@ -206,6 +217,7 @@ class Backbone(nn.Module, abc.ABC):
             self._ckpt_budget = check_memory_budget(budget, name=self.name)
             self._ckpt_segments, self._ckpt_keep_last, self._ckpt_plans = 0, False, {}
             self._set_selective(selective)
+            self._ckpt_offload = bool(offload)
             return
         if memory_budget is not None:
             raise ValueError(
@@ -221,6 +233,7 @@ class Backbone(nn.Module, abc.ABC):
         self._ckpt_segments, self._ckpt_keep_last = k, bool(keep_last)
         self._ckpt_budget, self._ckpt_plans = None, {}
         self._set_selective(selective)
+        self._ckpt_offload = bool(offload)
 
     def _set_selective(self, selective: bool) -> None:
         """Records ``selective``; with it, in-place activations in the units write new
@@ -232,13 +245,13 @@ class Backbone(nn.Module, abc.ABC):
             for unit in self.units():
                 for m in unit.modules():
                     if getattr(m, "inplace", False) is True:
-                        m.inplace = False
+                        setattr(m, "inplace", False)  # noqa: B010 - nn.Module typing
 
     def disable_gradient_checkpointing(self) -> None:
         """Turns gradient checkpointing off (a no-op when it is off)."""
         self._ckpt_segments, self._ckpt_keep_last = 0, False
         self._ckpt_budget, self._ckpt_plans = None, {}
-        self._ckpt_selective = False
+        self._ckpt_selective = self._ckpt_offload = False
 
     def is_gradient_checkpointing_enabled(self) -> bool:
         """Whether training-mode forward passes checkpoint the units."""
@@ -253,6 +266,11 @@ class Backbone(nn.Module, abc.ABC):
     def checkpoint_keep_last(self) -> bool:
         """Whether the last of the explicit segments runs un-checkpointed."""
         return self._ckpt_keep_last
+
+    @property
+    def checkpoint_offload(self) -> bool:
+        """Whether the plainly run units keep their saved tensors in host memory."""
+        return self._ckpt_offload
 
     @property
     def checkpoint_selective(self) -> bool:
@@ -282,4 +300,6 @@ class Backbone(nn.Module, abc.ABC):
             ckpt = f"memory_budget={self._ckpt_budget}"
         if self._ckpt_selective:
             ckpt += ", selective"
+        if self._ckpt_offload:
+            ckpt += ", offload"
         return f"name={self.name!r}, num_features={self.num_features}, checkpointing={ckpt}"

@@ -251,6 +251,13 @@ def _run_chain(group: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _run_offloaded(group: Sequence[nn.Module], x: torch.Tensor, *, pin: bool) -> torch.Tensor:
+    if not group:
+        return x
+    with torch.autograd.graph.save_on_cpu(pin_memory=pin):
+        return _run_chain(group, x)
+
+
 #: The library's recomputation context (its norms are the ``_running_norms`` of a group).
 _FREEZE = cast(RecomputeContext, _FreezeNormStats)
 
@@ -363,6 +370,7 @@ def run_groups(
     groups: Groups,
     *,
     selective: bool = False,
+    offload: bool = False,
     recompute: RecomputeContext | None = None,
     **checkpoint_options: Any,
 ) -> torch.Tensor:
@@ -379,15 +387,19 @@ def run_groups(
             (:func:`plan_groups`, :func:`segment_groups`); ``()`` runs everything plainly.
         selective: Inside the groups, keep the outputs of :data:`SELECTIVE_SAVE_OPS` and
             recompute only the ops between them (less saved, much less recomputed).
+        offload: Keep what the plainly run units save for backward in pinned host memory
+            (:func:`torch.autograd.graph.save_on_cpu`) instead of on the device: the
+            device holds about one group's activations at a time, at the cost of copies.
         recompute: The context of a group's recomputation, made from the group's norm
             layers with running statistics; ``None``: the library's, which leaves them as
             one forward pass left them (see the module docstring).
         **checkpoint_options: Passed to :func:`torch.utils.checkpoint.checkpoint`, e.g.
             ``preserve_rng_state`` or ``determinism_check`` (torch's defaults otherwise).
     """
+    plain = partial(_run_offloaded, pin=x.is_cuda) if offload else _run_chain
     done = 0
     for lo, hi in groups:
-        x = _run_chain(units[done:lo], x)
+        x = plain(units[done:lo], x)
         group = tuple(units[lo:hi])
         x = checkpoint(
             _run_chain,
@@ -398,7 +410,7 @@ def run_groups(
             **checkpoint_options,
         )
         done = hi
-    return _run_chain(units[done:], x)
+    return plain(units[done:], x)
 
 
 def run_units(

@@ -237,20 +237,27 @@ class TimmBackbone(Backbone):
         keep_last: bool | None = None,
         memory_budget: float | None = None,
         selective: bool = False,
+        offload: bool = False,
     ) -> None:
         """Turns on timm's own checkpointing (``segments``, ``keep_last`` and
-        ``memory_budget`` must be ``None``, ``selective`` ``False``).
+        ``memory_budget`` must be ``None``, ``selective`` and ``offload`` ``False``).
 
         Raises:
             NotImplementedError: if any of them is given (timm fixes the granularity) or
                 the timm model does not support gradient checkpointing.
         """
-        if segments is not None or keep_last is not None or memory_budget is not None or selective:
+        if (
+            segments is not None
+            or keep_last is not None
+            or memory_budget is not None
+            or selective
+            or offload
+        ):
             raise NotImplementedError(
                 f"backbone {self.name!r} checkpoints through timm's set_grad_checkpointing at "
                 f"timm's own granularity; segments, keep_last and memory_budget must be None, "
                 f"got segments={segments!r}, keep_last={keep_last!r}, "
-                f"memory_budget={memory_budget!r}, selective={selective!r}"
+                f"memory_budget={memory_budget!r}, selective={selective!r}, offload={offload!r}"
             )
         try:
             self.model.set_grad_checkpointing(True)

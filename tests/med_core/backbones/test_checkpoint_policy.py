@@ -16,6 +16,7 @@ from med_core.backbones._checkpointing import _FreezeNormStats
 from med_core.backbones._checkpointing import plan_groups
 from med_core.backbones._checkpointing import unit_activation_bytes
 from med_core.backbones._registry import FAMILIES
+from med_core.testing.backbones import saved_activation_bytes
 
 
 def _step(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -196,3 +197,25 @@ def test_selective_checkpointing_is_exact(name: str) -> None:
         torch.testing.assert_close(g_sel[n], g_ref[n], rtol=1e-5, atol=1e-6, msg=n)
     for (n, a), (_, b) in zip(ref.named_buffers(), sel.named_buffers(), strict=True):
         assert torch.equal(a, b), n
+
+
+def test_offloaded_checkpointing_is_exact_and_keeps_the_tail_off_the_device() -> None:
+    """``offload=True`` keeps what the plain tail saves in host memory: the step is the
+    same, and the tail's saved tensors are handed to ``save_on_cpu`` (the innermost
+    saved-tensor hooks), so a counting hook around the model sees far fewer bytes than
+    with the same plan on the device."""
+    torch.manual_seed(0)
+    ref = create_backbone("r3d_18", img_size=16)
+    off, on_device = copy.deepcopy(ref), copy.deepcopy(ref)
+    off.enable_gradient_checkpointing(offload=True)
+    on_device.enable_gradient_checkpointing()
+    assert off.checkpoint_offload and "offload" in repr(off)
+    x = torch.randn(4, 3, 16, 16, 16)
+    g_ref, g_off = _step(ref, x), _step(off, x)
+    for n in g_ref:
+        torch.testing.assert_close(g_off[n], g_ref[n], rtol=1e-5, atol=1e-6, msg=n)
+    _step(on_device, x)  # plans the same groups
+    assert off.checkpoint_plan == on_device.checkpoint_plan
+    held_off = saved_activation_bytes(off, x)
+    held_on = saved_activation_bytes(on_device, x)
+    assert held_off < 0.7 * held_on, (held_off, held_on)
