@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import re
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -160,6 +162,8 @@ def parts(bench: ModuleType) -> SimpleNamespace:
 
     return SimpleNamespace(
         CkptOptions=_gc_measure.CkptOptions,
+        build_bench=_gc_measure.build_bench,
+        saved_tensor_bytes=_gc_measure.saved_tensor_bytes,
         ScriptCheckpointed=_gc_measure.ScriptCheckpointed,
         search_max_batch=_gc_measure.search_max_batch,
         ProbeWorker=_gc_measure.ProbeWorker,
@@ -188,6 +192,23 @@ def test_script_runner_matches_library_path(parts: SimpleNamespace, norm_stats: 
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=n)
     for a, b in zip(lib.buffers(), scr.buffers(), strict=True):  # BN statistics: exact
         assert torch.equal(a, b)
+
+
+def test_counting_saved_tensors_frees_the_forward(parts: SimpleNamespace) -> None:
+    """The saved-bytes count leaves nothing of its forward behind: with a pack hook that
+    returned the tensor itself, a ReLU's output (saved by its own grad_fn) stayed alive in
+    a reference cycle, and every configuration of the sweep leaked its activations."""
+    ns = SimpleNamespace(in_chans=3, channels_last=False, amp_dtype=None)
+    bench = parts.build_bench("resnet", "resnet18", (16, 16), torch.device("cpu"), ns)
+    features = bench.configure(0, parts.CkptOptions())
+    outputs: list[weakref.ref[torch.Tensor]] = []
+    for unit in bench.backbone.units():
+        unit.register_forward_hook(lambda m, a, out: outputs.append(weakref.ref(out)))
+    x, y = bench.batch(2)
+    assert parts.saved_tensor_bytes(bench, features, x, y) > 0
+    gc.collect()
+    assert len(outputs) == len(bench.backbone.units())
+    assert [r() for r in outputs] == [None] * len(outputs)
 
 
 def test_rule_picks_least_overhead_meeting_both_bounds(parts: SimpleNamespace) -> None:
