@@ -1,9 +1,12 @@
 """The rule that proposes each family's default ``segments`` from the measurements, and the
-plot of memory saved against step time.
+plot of memory saved against step time; for the peak report, the largest batch predicted
+from two peaks, the verdict against the issue's targets and the proposed memory budgets.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,23 @@ from benchmarks._gc_measure import _pct_saved
 from benchmarks._gc_measure import _size_label
 from med_core.backbones import get_backbone_cfg
 
-__all__ = ["add_relative", "choose", "meets_rule", "propose_defaults", "summarize", "write_plot"]
+__all__ = [
+    "TARGET_BATCH_GAIN",
+    "TARGET_MAX_OVERHEAD_PCT",
+    "TARGET_PEAK_CHANGE_PCT",
+    "add_peak_relative",
+    "add_relative",
+    "choose",
+    "choose_budget",
+    "meets_rule",
+    "merge_peak_runs",
+    "peak_verdict",
+    "predict_max_batch",
+    "propose_budget_defaults",
+    "propose_defaults",
+    "summarize",
+    "write_plot",
+]
 
 
 # ============================================================================ analysis
@@ -303,3 +322,197 @@ def propose_defaults(data: dict[str, Any]) -> str:
             lines.append(f"    # {e['family']}: none meets the rule ({ref}: {e.get('why_not')})")
     lines.append("}")
     return "\n".join(lines)
+
+
+# ============================================================================ peak report
+#: The issue's targets for the default setting (H200, ratios within one run).
+TARGET_BATCH_GAIN = 2.0
+TARGET_MAX_OVERHEAD_PCT = 30.0
+TARGET_PEAK_CHANGE_PCT = -40.0
+
+
+def predict_max_batch(
+    batch: int, peak_mib: float | None, peak2_mib: float | None, cap_mib: float
+) -> dict[str, float | int | None]:
+    """The largest batch under ``cap_mib`` predicted from the step's peak at ``batch`` and
+    at ``2 * batch``, assuming the peak is linear in the batch: ``per_sample_mib`` = the
+    difference / ``batch``, ``static_mib`` = what is left at batch 0 (parameters,
+    gradients, optimizer state, workspaces), ``predicted_max_batch`` =
+    ``floor((cap - static) / per_sample)`` (``None`` without both peaks or when the
+    peak does not grow with the batch; 0 when even the static part exceeds the cap).
+
+    Example:
+        >>> predict_max_batch(64, 1124.0, 2148.0, 20 * 1024)
+        {'per_sample_mib': 16.0, 'static_mib': 100.0, 'predicted_max_batch': 1273}
+    """
+    none: dict[str, float | int | None] = {
+        "per_sample_mib": None,
+        "static_mib": None,
+        "predicted_max_batch": None,
+    }
+    if peak_mib is None or peak2_mib is None or batch <= 0:
+        return none
+    per = (peak2_mib - peak_mib) / batch
+    if per <= 0:
+        return none
+    static = peak_mib - batch * per
+    return {
+        "per_sample_mib": per,
+        "static_mib": static,
+        "predicted_max_batch": max(0, math.floor((cap_mib - static) / per)),
+    }
+
+
+def _ratio(new: float | None, base: float | None) -> float | None:
+    return new / base if new is not None and base else None
+
+
+def add_peak_relative(entry: dict[str, Any]) -> None:
+    """Fills each setting's changes against the family's ``off`` setting: ``overhead_pct``
+    (step time at the fixed batch), ``peak_change_pct`` (peak at the fixed batch; < 0 is
+    less), ``predicted_gain`` and ``verified_gain`` (largest batch, ×)."""
+    off = next((s for s in entry["settings"] if s["setting"] == "off"), None)
+
+    def verified(s: dict[str, Any] | None) -> int | None:
+        v = (s or {}).get("verified") or {}
+        return v.get("max_batch") or None
+
+    for s in entry["settings"]:
+        if s["status"] != "ok" or off is None or off["status"] != "ok":
+            s.update(overhead_pct=None, peak_change_pct=None, predicted_gain=None)
+            s["verified_gain"] = None
+            continue
+        s["overhead_pct"] = _pct_more(off.get("step_ms"), s.get("step_ms"))
+        change = _pct_more(off.get("peak_mib"), s.get("peak_mib"))
+        s["peak_change_pct"] = change
+        s["predicted_gain"] = _ratio(s.get("predicted_max_batch"), off.get("predicted_max_batch"))
+        s["verified_gain"] = _ratio(verified(s), verified(off))
+
+
+def _check(
+    target: str,
+    value: float | None,
+    passes: Callable[[float], bool],
+    shown: Callable[[float], str],
+    miss: Callable[[float], str],
+    unmeasured: str = "not measured",
+) -> dict[str, Any]:
+    """One target check of ``value``: ``ok`` (``None`` when there is no value) and
+    ``text``: the value shown and, for a miss, by how much."""
+    if value is None:
+        return {"target": target, "ok": None, "text": unmeasured}
+    ok = passes(value)
+    return {"target": target, "ok": ok, "text": shown(value) + ("" if ok else f": {miss(value)}")}
+
+
+def peak_verdict(entry: dict[str, Any]) -> dict[str, Any]:
+    """The family's ``default`` setting against the issue's targets: largest batch ≥ 2×
+    the batch without checkpointing (the verified search where it ran, else the
+    prediction), ≤ 30 % more step time at the fixed batch, peak at the fixed batch
+    −40 % or less. Each check has ``ok`` (``None``: not measured) and a text that says
+    by how much a miss misses."""
+    d = next((s for s in entry["settings"] if s["setting"] == "default"), None)
+    if d is None or d["status"] != "ok":
+        return {"meets": None, "checks": [], "text": "default not measured"}
+    gain, source = d.get("verified_gain"), "verified"
+    if gain is None:
+        gain, source = d.get("predicted_gain"), "predicted"
+    g, o, p = TARGET_BATCH_GAIN, TARGET_MAX_OVERHEAD_PCT, TARGET_PEAK_CHANGE_PCT
+    checks = [
+        _check(
+            f"largest batch ≥ {g:g}×",
+            gain,
+            lambda v: v >= g,
+            lambda v: f"{v:.2f}× ({source})",
+            lambda v: f"{g - v:.2f}× short",
+        ),
+        _check(
+            f"step time ≤ +{o:g} %",
+            d.get("overhead_pct"),
+            lambda v: v <= o,
+            lambda v: f"{v:+.0f} %",
+            lambda v: f"{v - o:.0f} points over",
+        ),
+        _check(
+            f"peak at the fixed batch ≤ {p:g} %",
+            d.get("peak_change_pct"),
+            lambda v: v <= p,
+            lambda v: f"{v:+.0f} %",
+            lambda v: f"{v - p:.0f} points short",
+            unmeasured="not measured (no device memory on CPU)",
+        ),
+    ]
+    oks = [c["ok"] for c in checks]
+    meets = None if None in oks else all(oks)
+    misses = [f"{c['target']}: {c['text']}" for c in checks if c["ok"] is False]
+    text = "meets all targets" if meets else "; ".join(misses) or "not all measured"
+    return {"meets": meets, "checks": checks, "text": text}
+
+
+def choose_budget(entry: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """The explicit-budget setting to propose for a family and whether it is within the
+    time target: the largest predicted max-batch gain among those with overhead ≤ 30 %
+    (ties: less overhead); if none is, the least overhead (a miss)."""
+    cands = [
+        s
+        for s in entry["settings"]
+        if s["status"] == "ok"
+        and s.get("budget") is not None
+        and s["setting"] != "default"
+        and s.get("overhead_pct") is not None
+    ]
+    if not cands:
+        return None, False
+    good = [s for s in cands if s["overhead_pct"] <= TARGET_MAX_OVERHEAD_PCT]
+    if good:
+        best = max(good, key=lambda s: (s.get("predicted_gain") or 0.0, -s["overhead_pct"]))
+        return best, True
+    return min(cands, key=lambda s: s["overhead_pct"]), False
+
+
+def propose_budget_defaults(data: dict[str, Any]) -> str:
+    """The ``FAMILY_DEFAULTS: dict[str, float]`` literal that a peak-report JSON proposes
+    (see :func:`choose_budget`); families without a measured budget are a comment."""
+    dev = data.get("env", {}).get("GPU") or data.get("device", "?")
+    lines = [
+        *(f"# from {c}" for c in str(data.get("command", "?")).splitlines()),
+        f"# device {dev}, dtype {data.get('dtype', '?')}, status {data.get('status', '?')}",
+        f"# rule: the largest predicted max-batch gain with step time ≤ "
+        f"+{TARGET_MAX_OVERHEAD_PCT:g} %; else the least overhead (miss)",
+        "FAMILY_DEFAULTS: dict[str, float] = {",
+    ]
+    for e in sorted(data.get("peak", []), key=lambda e: e["family"]):
+        best, ok = choose_budget(e)
+        ref = f"{e['backbone']} {_size_label(e['size'])} b{e['batch']}"
+        if best is None:
+            lines.append(f"    # {e['family']}: no budget measured ({ref}: {e.get('reason')})")
+            continue
+        gain = best.get("predicted_gain")
+        peak = best.get("peak_change_pct")
+        lines.append(
+            f'    "{e["family"]}": {best["budget"]:g},  # {ref}: '
+            f"predicted max batch {'–' if gain is None else f'{gain:.2f}'}×, "
+            f"{best['overhead_pct']:+.0f} % step time, peak "
+            f"{'–' if peak is None else f'{peak:+.0f}'} %" + ("" if ok else " (miss)")
+        )
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def merge_peak_runs(datas: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One peak-report JSON from several (e.g. the families split over two GPU calls):
+    the first one's environment and arguments, every command, status and note, and the
+    families in order (a family measured twice: the later run)."""
+    if not datas:
+        raise ValueError("no peak-report JSON given")
+    merged = dict(datas[0])
+    by_family: dict[str, dict[str, Any]] = {}
+    for d in datas:
+        for e in d.get("peak", []):
+            by_family[e["family"]] = e
+    merged["peak"] = list(by_family.values())
+    merged["command"] = "\n".join(str(d.get("command", "")) for d in datas)
+    merged["status"] = "; ".join(str(d.get("status", "?")) for d in datas)
+    merged["elapsed_s"] = sum(float(d.get("elapsed_s") or 0.0) for d in datas)
+    merged["notes"] = list(dict.fromkeys(n for d in datas for n in d.get("notes", [])))
+    return merged

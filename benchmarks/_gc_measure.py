@@ -14,9 +14,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks._common import Deadline
+from benchmarks._common import Timing
 from benchmarks._common import fmt
 from benchmarks._common import is_fatal_device_error
 from benchmarks._common import is_oom
@@ -58,6 +61,7 @@ __all__ = [
     "build_bench",
     "saved_tensor_bytes",
     "search_max_batch",
+    "time_steps_into",
 ]
 
 
@@ -275,6 +279,22 @@ class Bench:
         self.script.segments = segments
         return self.script
 
+    def configure_setting(self, setting: str) -> Callable[[torch.Tensor], Any]:
+        """Sets checkpointing by a peak-report setting and returns the feature function.
+
+        ``"off"``: no checkpointing; ``"default"``: ``enable_gradient_checkpointing()`` (the
+        family's memory budget); a number such as ``"0.3"``: that ``memory_budget``. The
+        budget's plan is measured on the next training forward.
+        """
+        self.script.segments = 0
+        if setting == "off":
+            self.backbone.disable_gradient_checkpointing()
+        elif setting == "default":
+            self.backbone.enable_gradient_checkpointing()
+        else:
+            self.backbone.enable_gradient_checkpointing(memory_budget=float(setting))
+        return self.backbone
+
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(n, self.in_chans, *self.size, device=self.device)
         if self.channels_last and x.ndim == 4:
@@ -295,12 +315,30 @@ class Bench:
         return F.cross_entropy(logits.float(), y)
 
     def step(
-        self, features: Callable[[torch.Tensor], Any], x: torch.Tensor, y: torch.Tensor
+        self,
+        features: Callable[[torch.Tensor], Any],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mark: Callable[[str], None] | None = None,
     ) -> None:
-        """One training step: forward, loss, backward, SGD step, grads to ``None``."""
-        self.forward_loss(features, x, y).backward()
+        """One training step: forward, loss, backward, SGD step, grads to ``None``.
+
+        ``mark`` (memory snapshots) is called with ``"forward"``, ``"backward"``,
+        ``"optimizer"`` and ``"end"`` as each phase starts (``"end"``: after it).
+        """
+        if mark is not None:
+            mark("forward")
+        loss = self.forward_loss(features, x, y)
+        if mark is not None:
+            mark("backward")
+        loss.backward()
+        del loss
+        if mark is not None:
+            mark("optimizer")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if mark is not None:
+            mark("end")
 
 
 def build_bench(
@@ -398,6 +436,7 @@ class Run:
     summary: list[dict[str, Any]] = field(default_factory=list)
     ablation: list[dict[str, Any]] = field(default_factory=list)
     profile: list[dict[str, Any]] = field(default_factory=list)
+    peak: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     status: str = "running"
     elapsed_s: float = 0.0
@@ -422,6 +461,7 @@ class Run:
             "summary": self.summary,
             "ablation": self.ablation,
             "profile": self.profile,
+            "peak": self.peak,
             "notes": self.notes,
         }
 
@@ -443,6 +483,35 @@ def _size_label(size: Sequence[int]) -> str:
 
 
 # ============================================================================ measuring
+def time_steps_into(
+    row: dict[str, Any],
+    step: Callable[[], object],
+    batch: int,
+    device: torch.device,
+    args: argparse.Namespace,
+    deadline: Deadline,
+) -> Timing:
+    """Times ``step`` (warm already: no warm-up; ``--repeats``, at least 3 or all of them,
+    within ``--max-config-seconds``) and fills ``row``'s ``step_ms`` (median),
+    ``host_ms``, ``min_ms``, ``spread_pct``, ``samples_ms`` and ``images_per_s``."""
+    timing = time_steps(
+        step,
+        device,
+        warmup=0,
+        repeats=args.repeats,
+        min_repeats=min(3, args.repeats),
+        max_seconds=args.max_config_seconds,
+        deadline=deadline,
+    )
+    row["step_ms"] = timing.median_ms
+    row["host_ms"] = timing.host_ms
+    row["min_ms"] = timing.min_ms
+    row["spread_pct"] = timing.spread_pct
+    row["samples_ms"] = [round(s, 3) for s in timing.samples_ms]
+    row["images_per_s"] = batch / (timing.median_ms / 1e3) if timing.median_ms > 0 else None
+    return timing
+
+
 class Sweep:
     """Runs configurations with OOM/error handling, the deadline and incremental flushes."""
 
@@ -512,15 +581,28 @@ class Sweep:
             row.update(status="OOM", reason=f"not run: OOM at batch {self._oom_at[key]}")
             return row
         t0 = time.perf_counter()
-        failed: BaseException | None = None
-        try:
+        with self.guarded(row):
             bench = self.bench(family, name, size)
             self._measure_into(row, bench, batch, segments, options, time_forward)
-        except Exception as exc:  # recorded per configuration; fatal device errors re-raised below
-            failed = exc
+        if row["status"] == "OOM":
+            self._oom_at[key] = min(batch, self._oom_at.get(key, batch))
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        return row
+
+    @contextlib.contextmanager
+    def guarded(self, row: dict[str, Any]) -> Iterator[None]:
+        """Runs the block as one measurement: an exception ends the block and is recorded in
+        ``row`` (``status`` ``"OOM"`` or ``"error"``, ``reason``; a device error that leaves
+        CUDA unusable also sets :attr:`fatal`) instead of propagating. Afterwards the
+        gradients are dropped and the device memory released (after a failure with a
+        garbage collection first: the traceback's frames may hold tensors)."""
+        failed = False
+        try:
+            yield
+        except Exception as exc:  # recorded per configuration
+            failed = True
             if is_oom(exc):
                 row.update(status="OOM", reason=_first_line(exc))
-                self._oom_at[key] = min(batch, self._oom_at.get(key, batch))
             else:
                 row.update(status="error", reason=_first_line(exc, 200))
                 log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
@@ -529,13 +611,7 @@ class Sweep:
         finally:
             if self._bench is not None:
                 self._bench.optimizer.zero_grad(set_to_none=True)
-        if failed is not None:
-            del failed
-            release_device_memory(self.device, collect=True)
-        else:
-            release_device_memory(self.device)
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        return row
+        release_device_memory(self.device, collect=failed)
 
     def _measure_into(
         self,
@@ -572,21 +648,9 @@ class Sweep:
         if cuda:  # peak = timed steps only (the allocator's cache stays warm)
             synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-        timing = time_steps(
-            lambda: bench.step(features, x, y),
-            dev,
-            warmup=0,
-            repeats=args.repeats,
-            min_repeats=min(3, args.repeats),
-            max_seconds=args.max_config_seconds,
-            deadline=self.deadline,
+        timing = time_steps_into(
+            row, partial(bench.step, features, x, y), batch, dev, args, self.deadline
         )
-        row["step_ms"] = timing.median_ms
-        row["host_ms"] = timing.host_ms
-        row["min_ms"] = timing.min_ms
-        row["spread_pct"] = timing.spread_pct
-        row["samples_ms"] = [round(s, 3) for s in timing.samples_ms]
-        row["images_per_s"] = batch / (timing.median_ms / 1e3) if timing.median_ms > 0 else None
         if cuda:
             row["peak_mib"] = torch.cuda.max_memory_allocated(dev) / MIB
             row["peak_reserved_mib"] = torch.cuda.max_memory_reserved(dev) / MIB
@@ -623,8 +687,17 @@ class Sweep:
         start: int,
         *,
         keep_last: bool = False,
+        setting: str | None = None,
+        factor: float = 2.0,
+        tol: float = 0.1,
     ) -> dict[str, Any]:
         """Largest batch whose training step fits under ``--mem-cap-gib``.
+
+        Checkpointing is ``segments``/``keep_last``, or the peak-report ``setting`` (see
+        :meth:`Bench.configure_setting`) when one is given. The search
+        (:func:`search_max_batch`) starts at ``start`` and steps by ``factor`` until the
+        fit changes, then bisects to within ``tol``. The record also holds the step time
+        and images/s at the largest batch that fits (the child times one step there).
 
         Every probe runs in a child process (:class:`ProbeWorker`); a child that hit an
         OOM exits, and the next probe starts a fresh one, so nothing a failed step left
@@ -639,9 +712,13 @@ class Sweep:
             "size": list(size),
             "segments": segments,
             "keep_last": keep_last,
+            "setting": setting,
             "cap_gib": args.mem_cap_gib,
+            "start": start,
             "max_batch": None,
             "first_fail": None,
+            "step_ms": None,
+            "images_per_s": None,
             "status": "ok",
             "reason": "",
             "probes": [],
@@ -657,6 +734,7 @@ class Sweep:
             "size": list(size),
             "segments": segments,
             "keep_last": keep_last,
+            "setting": setting,
             "device": str(self.device),
             "cap_gib": args.mem_cap_gib,
             "dtype": "bf16" if args.amp_dtype == torch.bfloat16 else "fp32",
@@ -665,13 +743,13 @@ class Sweep:
             "seed": args.seed,
         }
         worker = ProbeWorker(spec)
+        label = setting or f"seg={segments or 'off'}{' keep last' if keep_last else ''}"
 
         def probe(b: int) -> bool:
             res = worker.probe(b)
             rec["probes"].append({"batch": b, **res})
             log(
-                f"  max-batch {name} {_size_label(size)} seg={segments or 'off'}"
-                f"{' keep last' if keep_last else ''}: b={b} "
+                f"  max-batch {name} {_size_label(size)} {label}: b={b} "
                 f"{'fits' if res['fits'] else 'no: ' + res['why']} "
                 f"peak={fmt(res['peak_mib'], 0)} MiB ({res['seconds']:.1f} s)"
             )
@@ -681,46 +759,71 @@ class Sweep:
             return time.perf_counter() > t_end or self.deadline.expired()
 
         try:
-            lo, hi = search_max_batch(probe, max(1, start), args.max_batch_limit, out_of_time)
+            lo, hi = search_max_batch(
+                probe,
+                max(1, min(start, args.max_batch_limit)),
+                args.max_batch_limit,
+                out_of_time,
+                factor=factor,
+                tol=tol,
+            )
         finally:
             worker.close()
         rec["max_batch"], rec["first_fail"] = lo, hi
+        at_max = next((p for p in rec["probes"] if p["fits"] and p["batch"] == lo), None)
+        if at_max is not None and at_max.get("step_ms"):
+            rec["step_ms"] = at_max["step_ms"]
+            rec["images_per_s"] = lo / (at_max["step_ms"] / 1e3)
         if hi is None and lo >= args.max_batch_limit:
             rec["reason"] = f"≥ limit {args.max_batch_limit}"
-        elif out_of_time() and (hi is None or hi - lo > max(1, lo // 10)):
+        elif out_of_time() and (hi is None or hi - lo > max(1, int(lo * tol))):
             rec["reason"] = "search stopped early (time)"
         return rec
 
 
 def search_max_batch(
-    probe: Callable[[int], bool], start: int, limit: int, out_of_time: Callable[[], bool]
+    probe: Callable[[int], bool],
+    start: int,
+    limit: int,
+    out_of_time: Callable[[], bool],
+    *,
+    factor: float = 2.0,
+    tol: float = 0.1,
 ) -> tuple[int, int | None]:
-    """``(largest batch that fits, smallest that failed or None)`` by doubling from
-    ``start`` (halving when ``start`` fails), then bisection to within 10 %.
+    """``(largest batch that fits, smallest that failed or None)``: from ``start``, grow
+    the batch by ``factor`` while it fits (shrink by ``factor`` while it fails), then
+    bisect until the gap is at most ``tol`` of the largest fit (or 1).
+
+    ``factor=2`` doubles from a guess; a start at 0.9 × a predicted largest batch with
+    ``factor = 1.1 / 0.9`` probes the bracket 0.9× / 1.1× the prediction first.
 
     Example:
         >>> search_max_batch(lambda b: b <= 37, 8, 4096, lambda: False)
         (36, 38)
+        >>> search_max_batch(lambda b: b <= 37, 36, 4096, lambda: False, factor=1.1 / 0.9, tol=0.05)
+        (37, 38)
     """
+    if factor <= 1.0:
+        raise ValueError(f"factor must be > 1, got {factor}")
     lo, hi = 0, None
     b = start
     while b <= limit and not out_of_time():
         if probe(b):
             lo = b
-            b *= 2
+            b = max(b + 1, round(b * factor))
         else:
             hi = b
             break
     if lo == 0 and hi is not None:  # even the start batch fails: go down
-        b = hi // 2
+        b = min(hi - 1, int(hi / factor))
         while b >= 1 and not out_of_time():
             if probe(b):
                 lo = b
                 break
             hi = b
-            b //= 2
+            b = min(b - 1, int(b / factor))
     if hi is not None and lo > 0:
-        while hi - lo > max(1, lo // 10) and not out_of_time():
+        while hi - lo > max(1, int(lo * tol)) and not out_of_time():
             mid = (lo + hi) // 2
             if probe(mid):
                 lo = mid
@@ -734,8 +837,10 @@ class ProbeWorker:
 
     The parent writes a batch size per line to its stdin; the child runs two training
     steps under ``torch.cuda.set_per_process_memory_fraction(cap / total)`` and answers one
-    ``PROBE {json}`` line: ``fits``, ``why``, ``peak_mib``, ``seconds``. After a failure
-    the child exits, and the next :meth:`probe` starts a new one.
+    ``PROBE {json}`` line: ``fits``, ``why``, ``peak_mib``, ``step_ms`` (the second step,
+    timed as :func:`~benchmarks._common.time_steps` does; ``None`` when it does not fit),
+    ``seconds``. After a failure the child exits, and the next :meth:`probe` starts a new
+    one.
     """
 
     def __init__(self, spec: dict[str, Any]) -> None:
@@ -767,7 +872,7 @@ class ProbeWorker:
             res = None
         if res is None:
             self.close()
-            res = {"fits": False, "why": "probe process died", "peak_mib": None}
+            res = {"fits": False, "why": "probe process died", "peak_mib": None, "step_ms": None}
         elif not res["fits"]:
             self.close()
         res["seconds"] = time.perf_counter() - t0
@@ -805,19 +910,25 @@ def _probe_worker_main(spec_json: str) -> int:
     torch.manual_seed(spec["seed"])
     size = tuple(spec["size"])
     bench = build_bench(spec["family"], spec["name"], size, device, ns)
-    options = CkptOptions(skip_last=bool(spec["keep_last"]))
-    features = bench.configure(int(spec["segments"]), options)
+    if spec.get("setting"):
+        features = bench.configure_setting(spec["setting"])
+    else:
+        features = bench.configure(
+            int(spec["segments"]), CkptOptions(skip_last=bool(spec["keep_last"]))
+        )
     for line in sys.stdin:
         if not line.strip():
             continue
         batch = int(line)
-        res: dict[str, Any] = {"fits": True, "why": "", "peak_mib": None}
+        res: dict[str, Any] = {"fits": True, "why": "", "peak_mib": None, "step_ms": None}
         try:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             x, y = bench.batch(batch)
-            for _ in range(2):
-                bench.step(features, x, y)
+            timing = time_steps(
+                partial(bench.step, features, x, y), device, warmup=1, repeats=1, min_repeats=1
+            )
+            res["step_ms"] = timing.median_ms
             del x, y
             if cuda:
                 torch.cuda.synchronize(device)
@@ -827,6 +938,7 @@ def _probe_worker_main(spec_json: str) -> int:
                 "fits": False,
                 "why": "OOM" if is_oom(exc) else _first_line(exc, 120),
                 "peak_mib": None,
+                "step_ms": None,
             }
         print("PROBE " + json.dumps(res), flush=True)
         if not res["fits"]:

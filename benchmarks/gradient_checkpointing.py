@@ -28,6 +28,16 @@ group) through a script-side runner: the public ``forward_stem`` / ``units`` /
 ``forward_head`` steps around the library's own checkpoint loop
 (``med_core.backbones.run_units``), called with those options.
 
+Peak report: ``--peak-report`` measures what a user feels instead of the sweep: per
+family at the reference input, checkpointing off, at each ``--budgets`` memory budget and
+at the family default, the step time, the peak at the batch and at twice it, the largest
+batch under the cap that this predicts and, for off and default, the largest batch
+verified in child processes and the images/s there (``benchmarks/_gc_peak.py``);
+``--snapshot-dir`` adds a CUDA memory snapshot of one step of off and default with what
+is live at the peak (``benchmarks/_gc_snapshot.py``). ``--render-from`` merges the JSONs
+of several runs (the families split over calls) into one report; ``--propose-defaults``
+turns them into ``FAMILY_DEFAULTS`` budgets.
+
 CPU smoke run (a few seconds)::
 
     python benchmarks/gradient_checkpointing.py --device cpu --sizes 28 --batch-sizes 2 \
@@ -42,6 +52,7 @@ import argparse
 import dataclasses
 import faulthandler
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -70,6 +81,8 @@ from benchmarks._common import write_json  # noqa: E402
 from benchmarks._common import write_text  # noqa: E402
 from benchmarks._gc_analysis import _resolve_segments  # noqa: E402
 from benchmarks._gc_analysis import add_relative  # noqa: E402
+from benchmarks._gc_analysis import merge_peak_runs  # noqa: E402
+from benchmarks._gc_analysis import propose_budget_defaults  # noqa: E402
 from benchmarks._gc_analysis import propose_defaults  # noqa: E402
 from benchmarks._gc_analysis import summarize  # noqa: E402
 from benchmarks._gc_analysis import write_plot  # noqa: E402
@@ -81,10 +94,12 @@ from benchmarks._gc_measure import Sweep  # noqa: E402
 from benchmarks._gc_measure import _first_line  # noqa: E402
 from benchmarks._gc_measure import _probe_worker_main  # noqa: E402
 from benchmarks._gc_measure import _size_label  # noqa: E402
+from benchmarks._gc_peak import run_peak_report  # noqa: E402
 from benchmarks._gc_profile import profile_steps  # noqa: E402
 from benchmarks._gc_render import _ablation_table  # noqa: E402
 from benchmarks._gc_render import _print_profile_console  # noqa: E402
 from benchmarks._gc_render import render_markdown  # noqa: E402
+from benchmarks._gc_render import render_peak_markdown  # noqa: E402
 from med_core.backbones import get_backbone_cfg  # noqa: E402
 from med_core.backbones import list_backbones  # noqa: E402
 
@@ -92,6 +107,9 @@ DEFAULT_OUT = "docs/benchmarks/gradient_checkpointing.md"
 
 
 DEFAULT_PROFILE_OUT = "docs/benchmarks/gradient_checkpointing_profile.md"
+
+
+DEFAULT_PEAK_OUT = "docs/benchmarks/gradient_checkpointing_peak.md"
 
 
 # ============================================================================ CLI
@@ -106,6 +124,16 @@ def _int_csv(s: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
     if not vals or any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {s!r}")
+    return vals
+
+
+def _budget_csv(s: str) -> list[float]:
+    try:
+        vals = [float(t) for t in _csv(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+    if not vals or any(not 0 < v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"memory budgets lie in (0, 1), got {s!r}")
     return vals
 
 
@@ -269,10 +297,42 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--propose-defaults",
         type=Path,
+        nargs="+",
         default=None,
         metavar="JSON",
         help="print the FAMILY_DEFAULTS table of med_core/backbones/_checkpointing.py that "
-        "a results JSON proposes, and exit (no measurement)",
+        "a results JSON proposes (peak-report JSONs: memory budgets, several merged), and "
+        "exit (no measurement)",
+    )
+
+    g = p.add_argument_group("peak report (what a user feels: peak, largest batch, img/s)")
+    g.add_argument(
+        "--peak-report",
+        action="store_true",
+        help="per family at the reference input: off, each --budgets value and default; "
+        "step time, peak at the batch and at 2x, predicted and (off, default) verified "
+        f"largest batch, img/s at it (no sweep; default --out {DEFAULT_PEAK_OUT})",
+    )
+    g.add_argument(
+        "--budgets", type=_budget_csv, default=[0.3, 0.4, 0.5], help="memory budgets to measure"
+    )
+    g.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        default=None,
+        help="also record one step of off and default per family with the CUDA memory "
+        "history: snapshot pickles, PNG timelines and what is live at the peak",
+    )
+    g.add_argument("--snapshot-max-entries", type=int, default=500_000)
+    g.add_argument("--snapshot-top", type=int, default=8, help="rows per peak table")
+    g.add_argument(
+        "--render-from",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="write the peak report of these peak-report JSONs (merged, e.g. the two halves "
+        "of the families) to --out, and exit (no measurement)",
     )
     g.add_argument("--probe-worker", default=None, help=argparse.SUPPRESS)
 
@@ -350,7 +410,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.probe_worker is not None:
         return _probe_worker_main(args.probe_worker)
     if args.propose_defaults is not None:
-        print(propose_defaults(json.loads(args.propose_defaults.read_text(encoding="utf-8"))))
+        datas = [json.loads(f.read_text(encoding="utf-8")) for f in args.propose_defaults]
+        if any(d.get("peak") for d in datas):
+            print(propose_budget_defaults(merge_peak_runs(datas)))
+        elif len(datas) == 1:
+            print(propose_defaults(datas[0]))
+        else:
+            raise SystemExit("--propose-defaults: several JSONs only for peak reports")
+        return 0
+    if args.render_from is not None:
+        data = merge_peak_runs(
+            [json.loads(f.read_text(encoding="utf-8")) for f in args.render_from]
+        )
+        out = args.out or Path(DEFAULT_PEAK_OUT)
+        snap_dir = args.snapshot_dir or data["args"].get("snapshot_dir")
+        write_text(out, render_peak_markdown(data, _link_dir(snap_dir, out)) + "\n")
+        if args.json:
+            write_json(args.json, data)
+        print(f"report: {out}")
         return 0
     plan = _plan(args)
     device = torch.device(args.device)
@@ -383,8 +460,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip_last=args.skip_last,
     )
     profile_mode = args.profile is not None
-    out = args.out or Path(DEFAULT_PROFILE_OUT if profile_mode else DEFAULT_OUT)
-    plot = (args.plot or out.with_suffix(".png")) if (args.make_plot and not profile_mode) else None
+    peak_mode = args.peak_report and not profile_mode
+    out = args.out or Path(
+        DEFAULT_PROFILE_OUT if profile_mode else DEFAULT_PEAK_OUT if peak_mode else DEFAULT_OUT
+    )
+    sweep_plot = args.make_plot and not profile_mode and not peak_mode
+    plot = (args.plot or out.with_suffix(".png")) if sweep_plot else None
 
     limited = args.time_limit is not None and args.time_limit > 0
     deadline = Deadline(args.time_limit if limited else None)
@@ -425,7 +506,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             err = write_plot(run, plot)
             if err:
                 run.notes.append(err)
-        md = render_markdown(run, plot_rel if (plot is not None and Path(plot).exists()) else None)
+        if peak_mode:
+            md = render_peak_markdown(run.to_json(), _link_dir(args.snapshot_dir, out))
+        else:
+            md = render_markdown(
+                run, plot_rel if (plot is not None and Path(plot).exists()) else None
+            )
         write_text(out, md + "\n")
         if args.json:
             write_json(args.json, run.to_json())
@@ -470,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if profile_mode:
             _run_profile_mode(args, run, sweep, plan, ref_of, record, flush, cuda)
+        elif peak_mode:
+            run_peak_report(args, run, sweep, plan, ref_of, flush)
         else:
             # phase 1: the reference configuration of every family (sets the defaults)
             for fam, name in plan:
@@ -548,7 +636,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                             )
                             record(row, run.results)
             summarize(run, fam_plan)
-        skipped = sum(r["status"] == "skipped" for r in run.results + run.ablation + run.max_batch)
+        skipped = sum(
+            r["status"] == "skipped"
+            for r in run.results
+            + run.ablation
+            + run.max_batch
+            + [s for e in run.peak for s in e["settings"] or [e]]
+        )
         if sweep.fatal:
             run.status = f"aborted: device error ({sweep.fatal}); {skipped} configurations skipped"
         elif skipped:
@@ -699,6 +793,13 @@ def _run_profile_mode(
         _run_ablation(args, run, sweep, [(f, fams[f]) for f in args.profile], ref_of, record)
 
 
+def _link_dir(snapshot_dir: str | Path | None, out: Path) -> str | None:
+    """The snapshot folder as the report ``out`` links it (relative where it can be)."""
+    if snapshot_dir is None:
+        return None
+    return os.path.relpath(Path(snapshot_dir).resolve(), out.resolve().parent)
+
+
 def _print_console_summary(run: Run, out: Path, plot: Path | None, json_path: Path | None) -> None:
     print(f"\nstatus: {run.status}; {run.elapsed_s:.0f} s")
     if run.summary:
@@ -757,6 +858,14 @@ def _print_console_summary(run: Run, out: Path, plot: Path | None, json_path: Pa
         )
     if run.ablation:
         print(_ablation_table(run))
+    for e in run.peak:
+        d: dict[str, Any] = next((s for s in e["settings"] if s["setting"] == "default"), {})
+        print(
+            f"{e['family']:15s} {e['backbone']:18s} default plan {d.get('plan_label', '–')}: "
+            f"{fmt(d.get('overhead_pct'), 0)} % time, peak {fmt(d.get('peak_change_pct'), 0)} %, "
+            f"max batch ×{fmt(d.get('verified_gain') or d.get('predicted_gain'), 2)} → "
+            f"{(e.get('verdict') or {}).get('text', e['status'])}"
+        )
     bad = [r for r in run.results + run.ablation if r["status"] in ("OOM", "error")]
     if bad:
         print(f"{len(bad)} configurations OOM/error (see report).")
@@ -769,4 +878,3 @@ def _print_console_summary(run: Run, out: Path, plot: Path | None, json_path: Pa
 
 if __name__ == "__main__":
     sys.exit(main())
-

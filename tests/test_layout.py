@@ -55,6 +55,13 @@ THIRD_PARTY_PRIVATES: dict[tuple[str, str], str] = {
     ("med_core/optimization/_quant_deploy.py", "_inductor"): (
         "Inductor's settings for compiling an int8 graph live only in torch._inductor.config"
     ),
+    ("benchmarks/_gc_snapshot.py", "_record_memory_history"): (
+        "torch's documented memory-snapshot API (docs: 'Understanding CUDA Memory Usage') "
+        "starts and stops the allocator's history under this name only"
+    ),
+    ("benchmarks/_gc_snapshot.py", "_snapshot"): (
+        "the same documented API's snapshot (segments and the allocator trace) of the history"
+    ),
     ("benchmarks/memory_release.py", "_C"): (
         "torch._C._cuda_clearCublasWorkspaces: frees the cuBLAS workspaces so that memory a "
         "process keeps on purpose is not counted as a leak; torch has no public call"

@@ -26,3 +26,17 @@ def bench(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
         yield module
     finally:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def one_cpu_thread() -> Iterator[None]:
+    """One torch intra-op thread during the test (restored after): on a shared 2-core
+    machine the benchmarks' tiny CPU models run several times faster so."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -7,7 +7,6 @@ import gc
 import json
 import re
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from types import SimpleNamespace
@@ -19,15 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gradient_checkpointing.py"
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core CI box this is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+#: One intra-op thread: on a shared 2-core CI box the tiny models run several times faster.
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 TINY = [
