@@ -16,8 +16,8 @@ split read, once. Outputs, under ``<run_dir>/final/<study>/student/``::
                   `medauto export --model` and load_model read it
     distill.json  DistillResult: the settings, validation and test metrics, the teacher's
 
-The run is logged to MLflow as a ``distill`` child run of the study's run, with the model
-file as a logged model (through :class:`medauto.tracking.MlflowTracker`).
+The run is logged to MLflow as a ``distill`` child run of the study's run, with the student
+as a pyfunc logged model (:func:`medauto.tracking.log_distill`).
 """
 
 from __future__ import annotations
@@ -40,12 +40,13 @@ from medauto.final import FinalResult
 from medauto.final import final_dir
 from medauto.keys import CONFIG_ATTR
 from medauto.logging import get_logger
-from medauto.model_file import MODEL_KIND
 from medauto.model_file import atomic_write_bytes
 from medauto.model_file import load_model
 from medauto.model_file import nan_to_none
 from medauto.model_file import save_model
 from medauto.scoring import split_metrics
+from medauto.tracking import log_distill
+from medauto.tracking import tracking_uri
 
 if TYPE_CHECKING:
     import optuna
@@ -100,7 +101,8 @@ class DistillResult:
         train_seconds: Training time.
         device: Where it trained.
         created_at: ISO time.
-        mlflow: The MLflow run (``tracking_uri``, ``run_id``, ``model_id``), if logged.
+        mlflow: The MLflow run (``tracking_uri``, ``run_id``, ``model_ids``, ...; see
+            :func:`medauto.tracking.log_distill`), if logged.
     """
 
     study: str
@@ -374,63 +376,10 @@ def distill(
         train_seconds=seconds, device=device, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     result.save(out / DISTILL_FILE)
-    if tracking is not False:
-        result.mlflow = _log_to_mlflow(study, result, history.epochs, out, tracking,
-                                       Path(run_dir))
+    uri = tracking_uri(tracking, run_dir)
+    if uri is not None:
+        result.mlflow = log_distill(study, result, history.epochs, out, uri,
+                                    run_dir=Path(run_dir), files=[out / DISTILL_FILE])
         if result.mlflow is not None:
             result.save(out / DISTILL_FILE)
     return result
-
-
-def _log_to_mlflow(study: optuna.Study, result: DistillResult, epochs: list[dict[str, float]],
-                   out: Path, tracking: Any, run_dir: Path) -> dict[str, Any] | None:
-    """A ``distill`` child run of the study's MLflow run, with the student as a logged model.
-
-    Never raises: tracking must not fail a finished distillation.
-    """
-    from medauto.storage import redact_url
-    from medauto.tracking import MlflowTracker
-    from medauto.tracking import make_tracker
-
-    tracker = make_tracker(tracking, run_dir)
-    if not isinstance(tracker, MlflowTracker):
-        return None
-    tracker.start_study(study)  # the experiment and the study's run (warns, never raises)
-    if not tracker.enabled or tracker.experiment_id is None:
-        return None
-    try:
-        from mlflow.entities import Metric
-        from mlflow.entities import Param
-
-        client, now = tracker.client, int(time.time() * 1000)
-        run = client.create_run(tracker.experiment_id, run_name="distill", tags={
-            "mlflow.parentRunId": tracker.parent_run_id, "medauto.role": "distill",
-            "medauto.study": study.study_name})
-        run_id = run.info.run_id
-        params = {"student": result.student, "student_trial": result.student_trial,
-                  "temperature": result.temperature, "alpha": result.alpha,
-                  "mode": result.mode, "device": result.device}
-        metrics = [Metric(k, float(v), now, int(e["epoch"]) + 1) for e in epochs
-                   for k, v in e.items() if k != "epoch" and math.isfinite(float(v))]
-        metrics += [Metric(f"test_{k}", v, now, 0) for k, v in result.test.items()
-                    if v is not None and math.isfinite(v)]
-        client.log_batch(run_id, metrics=metrics,
-                         params=[Param(k, str(v)) for k, v in params.items()])
-        client.log_artifact(run_id, str(out / DISTILL_FILE))
-        lm = client.create_logged_model(
-            tracker.experiment_id, name="student", source_run_id=run_id,
-            params={"backbone": result.student, "temperature": str(result.temperature),
-                    "alpha": str(result.alpha)},
-            tags={"medauto.study": study.study_name, "medauto.format": MODEL_KIND},
-            model_type="medauto-classifier",
-        )
-        client.log_model_artifacts(lm.model_id, str(out))
-        client.finalize_logged_model(lm.model_id, "READY")
-        client.set_terminated(run_id, status="FINISHED")
-        tracker.end_study(study, finished=True)
-    except Exception as e:  # noqa: BLE001 - tracking must never fail a finished distillation
-        _logger.warning("MLflow logging of the student failed (%s: %s); the results are in %s",
-                        type(e).__name__, redact_url(str(e))[:300], out)
-        return None
-    return {"tracking_uri": redact_url(tracker.tracking_uri), "run_id": run_id,
-            "model_id": lm.model_id}

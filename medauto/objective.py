@@ -38,7 +38,6 @@ from medauto.keys import EPOCHS_RUN_ATTR
 from medauto.keys import FOLD_VALUES_ATTR
 from medauto.keys import HISTORY_ATTR
 from medauto.keys import MEMBERS_ATTR
-from medauto.keys import OOM_RETRY_ATTR
 from medauto.keys import PRUNED_AT_EPOCH_ATTR
 from medauto.keys import PRUNED_AT_FOLD_ATTR
 from medauto.keys import SEED_ATTR
@@ -46,6 +45,7 @@ from medauto.logging import get_logger
 from medauto.members import member_dir
 from medauto.members import model_path
 from medauto.members import save_selection_scores
+from medauto.oom import OomLadder
 from medauto.preprocessing import Preprocessing
 from medauto.pruning import PruningCallback
 from medauto.trial_timing import EpochProbe
@@ -136,33 +136,6 @@ class _FitTimer:
         self.last = now
 
 
-#: The most times one trial is trained again after running out of memory.
-MAX_OOM_RETRIES = 3
-
-
-def _oom_fallback(cfg: TrainConfig) -> TrainConfig | None:
-    """The next configuration to try after ``cfg`` ran out of memory.
-
-    First gradient checkpointing at the same batch (the family's default memory budget:
-    the same training at more compute, so the trial is the configuration the sampler
-    asked for); with checkpointing already on, half the batch. ``None`` at batch 1.
-    """
-    from med_core.config import TrainConfig
-
-    if cfg.model.checkpoint_segments is None:
-        return TrainConfig.from_flat({"model.checkpoint_segments": 0}, base=cfg)
-    if cfg.batch_size <= 1:
-        return None
-    return TrainConfig.from_flat({"batch_size": cfg.batch_size // 2}, base=cfg)
-
-
-def _fit_key(cfg: TrainConfig) -> tuple[Any, ...]:
-    """What sets a step's memory besides the batch: a configuration that ran out of
-    memory at some batch also does at any larger one."""
-    return (cfg.model.backbone, cfg.model.checkpoint_segments, cfg.data.img_size,
-            cfg.amp_dtype, cfg.channels_last, cfg.compile)
-
-
 class Objective:
     """Trains one suggested configuration and returns its best validation metric.
 
@@ -186,7 +159,7 @@ class Objective:
             has its pictures.
         oom_retry: On out-of-memory, train the trial again: first with gradient
             checkpointing on at the same batch, then at half the batch, up to
-            :data:`MAX_OOM_RETRIES` times (:func:`_oom_fallback`). The objective remembers
+            ``MAX_OOM_RETRIES`` times (:class:`medauto.oom.OomLadder`). The objective remembers
             what ran out of memory, so a later trial of a configuration known not to fit
             starts at the first rung that might. The attempts are recorded in the
             ``oom_retry`` user attribute, and ``config`` holds what was really trained.
@@ -239,64 +212,13 @@ class Objective:
 
         self.last_epochs_run = 0
         self._timings: dict[tuple[Any, ...], tuple[float, float]] = {}
-        self._oom_batches: dict[tuple[Any, ...], int] = {}  # _fit_key → smallest OOM batch
+        self._oom = OomLadder()  # what ran out of memory in this process
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         cfg = self.suggest(trial)
         if not self.oom_retry:
             return self.train(trial, cfg)
-        from med_core.device import is_oom
-        from med_core.device import release_memory
-
-        attempts: list[dict[str, Any]] = []
-        cfg = self._known_to_fit(cfg, attempts)
-        while True:
-            if attempts:
-                trial.set_user_attr(OOM_RETRY_ATTR, self._retry_record(cfg, attempts))
-            try:
-                return self.train(trial, cfg)
-            except Exception as exc:
-                smaller = _oom_fallback(cfg) if is_oom(exc) else None
-                if smaller is None or len(attempts) >= MAX_OOM_RETRIES:
-                    raise
-                self._oom_batches[_fit_key(cfg)] = min(
-                    cfg.batch_size, self._oom_batches.get(_fit_key(cfg), cfg.batch_size))
-                attempts.append(self._attempt(cfg, f"{type(exc).__name__}: "
-                                              f"{str(exc).splitlines()[0] if str(exc) else ''}"))
-            # Outside the except block, so the failed attempt's frames and tensors can be freed.
-            release_memory()
-            _logger.warning(
-                "trial %d ran out of memory at batch_size %d%s; retrying with %s",
-                trial.number, cfg.batch_size,
-                " with checkpointing" if cfg.model.checkpoint_segments is not None else "",
-                "gradient checkpointing on" if cfg.model.checkpoint_segments is None
-                else f"batch_size {smaller.batch_size}")
-            cfg = smaller
-
-    def _known_to_fit(self, cfg: TrainConfig, attempts: list[dict[str, Any]]) -> TrainConfig:
-        """``cfg``, or the first fallback rung not known to run out of memory (each rung
-        skipped is added to ``attempts`` as known, without training it)."""
-        while len(attempts) < MAX_OOM_RETRIES:
-            failed = self._oom_batches.get(_fit_key(cfg))
-            smaller = _oom_fallback(cfg)
-            if failed is None or cfg.batch_size < failed or smaller is None:
-                break
-            attempts.append(self._attempt(cfg, f"known: ran out of memory at batch_size "
-                                               f"{failed} in an earlier trial"))
-            cfg = smaller
-        return cfg
-
-    @staticmethod
-    def _attempt(cfg: TrainConfig, error: str) -> dict[str, Any]:
-        return {"batch_size": cfg.batch_size,
-                "checkpoint_segments": cfg.model.checkpoint_segments, "error": error[:300]}
-
-    @staticmethod
-    def _retry_record(cfg: TrainConfig, attempts: list[dict[str, Any]]) -> dict[str, Any]:
-        """The ``oom_retry`` attribute: what is trained now, and what ran out of memory."""
-        return {"batch_size": cfg.batch_size,
-                "checkpoint_segments": cfg.model.checkpoint_segments,
-                "first_error": attempts[0]["error"], "attempts": attempts}
+        return self._oom.run(trial, cfg, self.train)
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> TrainConfig:
         """The trial's TrainConfig: the space's suggestion on top of the overrides."""

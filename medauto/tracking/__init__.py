@@ -9,8 +9,9 @@ per-epoch metrics are logged as they happen.
 Tracking must never stop a search: if the tracking server cannot be reached or an MLflow
 call fails, the tracker warns once and turns itself off for this process.
 
-The retrain's run and the final model's run, each with its MLflow *logged models*
-(:func:`log_retrain`, :meth:`MlflowTracker.log_final`), go to the same experiment as
+The retrain's run, the final model's run and the distilled student's run, each with its
+MLflow *logged models* (:func:`log_retrain`, :meth:`MlflowTracker.log_final`,
+:func:`log_distill`), go to the same experiment as
 children of the study's parent run. Each logged model is a ``python_function`` model
 (loader module :mod:`medauto.serving`), linked to its run as an output and carrying its
 test metrics, so ``mlflow.pyfunc.load_model("models:/<id>")`` and ``mlflow models serve``
@@ -22,6 +23,7 @@ disk, network, GPU).
 This module is the one place medauto talks to MLflow.
 """
 
+from medauto.tracking._results import log_distill as log_distill
 from medauto.tracking._results import log_retrain as log_retrain
 from medauto.tracking._store import CLASSIC_EXPERIMENT_KIND as CLASSIC_EXPERIMENT_KIND
 from medauto.tracking._store import EXPERIMENT_KIND_TAG as EXPERIMENT_KIND_TAG
@@ -40,6 +42,7 @@ __all__ = [
     "MlflowTracker",
     "NullTracker",
     "default_tracking_uri",
+    "log_distill",
     "log_retrain",
     "make_tracker",
     "mlflow_client",

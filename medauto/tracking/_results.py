@@ -1,10 +1,11 @@
-"""Results runs: the retrain's and the final model's MLflow runs, with their logged
-models, children of the study's parent run."""
+"""Results runs: the retrain's, the final model's and the distilled student's MLflow runs,
+with their logged models, children of the study's parent run."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from medauto.storage import redact_url
 if TYPE_CHECKING:
     import optuna
 
+    from medauto.distill import DistillResult
     from medauto.retrain.results import RetrainResult
 
 from medauto.tracking._store import _artifact_location
@@ -60,9 +62,10 @@ def _log_results_run(
     study: optuna.Study, uri: str, artifact_location: str | None, *, role: str,
     params: dict[str, Any],
     metrics: dict[str, float], tags: dict[str, str], files: Sequence[Path],
-    models: Sequence[_ModelToLog], out: Path,
+    models: Sequence[_ModelToLog], out: Path, history: Sequence[Mapping[str, float]] = (),
 ) -> dict[str, Any] | None:
-    """A ``role`` run (child of the study's parent run) with its params, metrics, files and
+    """A ``role`` run (child of the study's parent run) with its params, metrics (and the
+    per-epoch ``history``: its ``epoch`` is 0-based, MLflow's step 1-based), files and
     pyfunc logged models. Never raises: a failure is logged at WARNING, ``None`` returned."""
     error = _unreachable(uri, 3.0)
     if error is not None:
@@ -81,8 +84,11 @@ def _log_results_run(
             run_tags["mlflow.parentRunId"] = parent
         run_id = client.create_run(experiment_id, run_name=role, tags=run_tags).info.run_id
         now = int(time.time() * 1000)
+        per_epoch = [Metric(k, float(v), now, int(e["epoch"]) + 1) for e in history
+                     for k, v in e.items() if k != "epoch" and math.isfinite(float(v))]
         client.log_batch(
-            run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)],
+            run_id, metrics=per_epoch + [Metric(k, v, now, 0) for k, v in metrics.items()
+                                         if math.isfinite(v)],
             params=[Param(k, str(v)) for k, v in params.items()],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
@@ -149,3 +155,28 @@ def log_retrain(
         files=files, models=models, out=out,
     )
 
+
+
+def log_distill(
+    study: optuna.Study, result: DistillResult, epochs: Sequence[Mapping[str, float]],
+    out: Path, uri: str, *, run_dir: Path, files: Sequence[Path] = (),
+) -> dict[str, Any] | None:
+    """Logs a ``distill`` run (child of the study's parent run): the student's per-epoch
+    metrics and test metrics, and the student (its folder ``out``) as a pyfunc logged model.
+
+    Returns:
+        As :func:`log_retrain`; ``None`` when anything failed. Never raises.
+    """
+    metrics = {f"test_{k}": float(v) for k, v in result.test.items()
+               if v is not None and math.isfinite(float(v))}
+    params = {"student": result.student, "student_trial": result.student_trial,
+              "temperature": result.temperature, "alpha": result.alpha,
+              "mode": result.mode, "device": result.device}
+    model = _ModelToLog("student", out, {"backbone": result.student,
+                                         "temperature": str(result.temperature),
+                                         "alpha": str(result.alpha)}, metrics)
+    return _log_results_run(
+        study, uri, _artifact_location(run_dir), role="distill", params=params,
+        metrics=metrics, tags={"medauto.n_test": str(result.n_test)}, files=files,
+        models=[model], out=out, history=epochs,
+    )

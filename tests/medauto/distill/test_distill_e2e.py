@@ -28,7 +28,7 @@ from medauto.study import load_existing_study
 
 @pytest.mark.slow  # shares the fixture that also measures the deployment table
 def test_distill_trains_tests_once_saves_a_model_file_and_logs_to_mlflow(
-    distilled: tuple[Searched, str],
+    distilled: tuple[Searched, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     searched, out = distilled
     folder = student_dir(searched.run_dir, "kd")
@@ -48,12 +48,21 @@ def test_distill_trains_tests_once_saves_a_model_file_and_logs_to_mlflow(
     # MLflow: a distill child run of the study's run, with the student as a logged model
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{searched.run_dir.resolve() / 'mlflow.db'}")
+    uri = f"sqlite:///{searched.run_dir.resolve() / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
     run = client.get_run(result.mlflow["run_id"])  # type: ignore[index]
     assert run.data.tags["medauto.role"] == "distill"
     assert run.data.metrics["test_auc"] == pytest.approx(result.test["auc"])
     assert run.data.params["temperature"] == "3.0"
-    assert client.get_logged_model(result.mlflow["model_id"]).status.name == "READY"  # type: ignore[index]
+    assert len(client.get_metric_history(run.info.run_id, "val_auc")) == result.epochs_run
+    (model_id,) = result.mlflow["model_ids"]  # type: ignore[index]
+    model = client.get_logged_model(model_id)
+    assert model.status.name == "READY" and model.source_run_id == run.info.run_id
+    assert model.metrics and {m.key for m in model.metrics} >= {"test_auc"}
+    import mlflow.pyfunc  # the student serves like the final model (a pyfunc logged model)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert mlflow.pyfunc.load_model(f"models:/{model_id}") is not None
 
 
 def test_a_student_of_another_input_shape_is_refused_before_training(
