@@ -459,6 +459,7 @@ def choose_budget(entry: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
         if s["status"] == "ok"
         and s.get("budget") is not None
         and s["setting"] != "default"
+        and "+" not in s["setting"]  # a plain budget: the default has no options
         and s.get("overhead_pct") is not None
     ]
     if not cands:

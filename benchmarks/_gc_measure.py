@@ -283,16 +283,22 @@ class Bench:
         """Sets checkpointing by a peak-report setting and returns the feature function.
 
         ``"off"``: no checkpointing; ``"default"``: ``enable_gradient_checkpointing()`` (the
-        family's memory budget); a number such as ``"0.3"``: that ``memory_budget``. The
+        family's memory budget); a number such as ``"0.3"``: that ``memory_budget``; either
+        with ``+selective`` and/or ``+offload`` (the library's options of those names). The
         budget's plan is measured on the next training forward.
         """
         self.script.segments = 0
-        if setting == "off":
+        base, *flags = setting.split("+")
+        unknown = set(flags) - {"selective", "offload"}
+        if unknown or (base == "off" and flags):
+            raise ValueError(f"unknown peak-report setting {setting!r}")
+        options = {flag: True for flag in flags}
+        if base == "off":
             self.backbone.disable_gradient_checkpointing()
-        elif setting == "default":
-            self.backbone.enable_gradient_checkpointing()
+        elif base == "default":
+            self.backbone.enable_gradient_checkpointing(**options)
         else:
-            self.backbone.enable_gradient_checkpointing(memory_budget=float(setting))
+            self.backbone.enable_gradient_checkpointing(memory_budget=float(base), **options)
         return self.backbone
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -53,14 +54,15 @@ SEARCH_TOL = 0.05
 VERIFIED = ("off", "default")
 
 
-def peak_settings(budgets: list[float]) -> list[str]:
-    """The settings of the report, in order: ``off``, each budget, ``default``.
+def peak_settings(budgets: Sequence[float], extra: Sequence[str] = ()) -> list[str]:
+    """The settings of the report, in order: ``off``, each budget, ``default``, then each
+    ``extra`` one (a setting with ``+selective`` / ``+offload``, e.g. ``default+selective``).
 
     Example:
-        >>> peak_settings([0.3, 0.4])
-        ['off', '0.3', '0.4', 'default']
+        >>> peak_settings([0.3, 0.4], ["default+selective"])
+        ['off', '0.3', '0.4', 'default', 'default+selective']
     """
-    return ["off", *(f"{b:g}" for b in budgets), "default"]
+    return ["off", *(f"{b:g}" for b in budgets), "default", *extra]
 
 
 def _plan_label(plan: Any, units: int) -> str:
@@ -196,7 +198,7 @@ def run_peak_report(
     """Measures every family of ``plan`` into ``run.peak`` (one entry per family), flushing
     after each setting and probe search; stops starting work at the deadline."""
     cuda = sweep.device.type == "cuda"
-    settings = peak_settings(args.budgets)
+    settings = peak_settings(args.budgets, args.peak_extra)
     if not cuda:
         run.notes.append(
             "CPU run: no device memory, so no peak, no prediction, no verified largest batch "

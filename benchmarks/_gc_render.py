@@ -567,9 +567,12 @@ def _print_profile_console(p: dict[str, Any], cuda: bool, top: int) -> None:
 def _setting_label(s: dict[str, Any]) -> str:
     if s["setting"] == "off":
         return "off"
-    if s["setting"] == "default":
-        return f"default ({fmt(s.get('budget'), 2)})" if s.get("budget") else "default"
-    return f"budget {s['setting']}"
+    base, _, options = s["setting"].partition("+")
+    extra = f" + {options.replace('+', ' + ')}" if options else ""
+    if base == "default":
+        label = f"default ({fmt(s.get('budget'), 2)})" if s.get("budget") else "default"
+        return label + extra
+    return f"budget {base}{extra}"
 
 
 def _x(v: float | None) -> str:

@@ -317,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--budgets", type=_budget_csv, default=[0.3, 0.4, 0.5], help="memory budgets to measure"
     )
     g.add_argument(
+        "--peak-extra",
+        type=_csv,
+        default=["default+selective", "default+offload"],
+        help="more settings to measure (not verified): a budget or 'default' with "
+        "+selective and/or +offload",
+    )
+    g.add_argument(
         "--snapshot-dir",
         type=Path,
         default=None,

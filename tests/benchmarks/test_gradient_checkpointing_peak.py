@@ -342,7 +342,7 @@ def test_peak_report_cpu_smoke(bench: ModuleType, tmp_path: Path, capsys: Any) -
     argv = [
         "--device", "cpu", "--peak-report", "--sizes", "16", "--batch-sizes", "2",
         "--families", "resnet", "--backbone", "resnet=resnet18", "--budgets", "0.3",
-        "--warmup", "1", "--repeats", "1", "--watchdog-grace", "0",
+        "--peak-extra", "0.3+selective+offload", "--warmup", "1", "--repeats", "1", "--watchdog-grace", "0",
         "--out", str(out), "--json", str(js),
     ]  # fmt: skip
     assert bench.main(argv) == 0
@@ -351,7 +351,7 @@ def test_peak_report_cpu_smoke(bench: ModuleType, tmp_path: Path, capsys: Any) -
     (entry,) = data["peak"]
     assert (entry["backbone"], entry["size"], entry["batch"]) == ("resnet18", [16, 16], 2)
     rows = {s["setting"]: s for s in entry["settings"]}
-    assert list(rows) == ["off", "0.3", "default"]
+    assert list(rows) == ["off", "0.3", "default", "0.3+selective+offload"]
     assert all(s["status"] == "ok" and s["step_ms"] > 0 for s in rows.values())
     assert rows["off"]["plan"] == [] and rows["off"]["budget"] is None
     assert rows["0.3"]["budget"] == 0.3 and rows["0.3"]["plan"]
@@ -360,6 +360,8 @@ def test_peak_report_cpu_smoke(bench: ModuleType, tmp_path: Path, capsys: Any) -
     assert all(s["peak_mib"] is None and s["verified"] is None for s in rows.values())  # CPU
     md = out.read_text(encoding="utf-8")
     assert "CPU run: no device memory" in md and "| resnet | budget 0.3 |" in md
+    assert "| resnet | budget 0.3 + selective + offload |" in md
+    assert rows["0.3+selective+offload"]["plan"] == rows["0.3"]["plan"]  # same plan, options
 
     # two runs (the families split over two calls) merge into one report and one proposal
     other = copy.deepcopy(data)
