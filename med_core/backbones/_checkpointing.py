@@ -320,7 +320,10 @@ def _saved_bytes(units: Sequence[nn.Module], x: torch.Tensor, skip: set[int]) ->
         if storage.data_ptr() not in seen:
             seen.add(storage.data_ptr())
             per_unit[current] += storage.nbytes()
-        return t
+        # Not ``t`` itself: a tensor saved by its own grad_fn (a ReLU's output) would close
+        # a reference cycle through autograd's graph that garbage collection cannot free,
+        # and every measuring pass would leak its activations (seen on the H200).
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         for current, unit in enumerate(units):  # noqa: B007 - read by pack()

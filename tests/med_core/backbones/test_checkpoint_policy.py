@@ -219,3 +219,21 @@ def test_offloaded_checkpointing_is_exact_and_keeps_the_tail_off_the_device() ->
     held_off = saved_activation_bytes(off, x)
     held_on = saved_activation_bytes(on_device, x)
     assert held_off < 0.7 * held_on, (held_off, held_on)
+
+
+def test_measuring_the_plan_frees_its_activations() -> None:
+    """The measuring passes leave nothing alive: a pack hook that returned the saved tensor
+    itself closed a reference cycle through autograd's graph (a ReLU output saved by its own
+    grad_fn), and each plan leaked its passes' activations (268 MiB per plan for resnet50 at
+    224², seen on the H200)."""
+    import gc
+    import weakref
+
+    net = create_backbone("resnet18", img_size=32)
+    stem = net.forward_stem(torch.randn(8, 3, 32, 32)).detach()
+    outputs: list[weakref.ref[torch.Tensor]] = []
+    for unit in net.units():
+        unit.register_forward_hook(lambda m, i, o: outputs.append(weakref.ref(o)))
+    assert all(b > 0 for b in unit_activation_bytes(net.units(), stem))
+    gc.collect()
+    assert outputs and all(ref() is None for ref in outputs)
