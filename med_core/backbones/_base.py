@@ -190,10 +190,10 @@ class Backbone(nn.Module, abc.ABC):
             >>> net = create_backbone("resnet18", img_size=28)
             >>> net.enable_gradient_checkpointing()
             >>> net.checkpoint_memory_budget, net.checkpoint_plan  # planned on first use
-            (0.4, None)
+            (0.5, None)
             >>> _ = net(torch.randn(4, 3, 28, 28))
-            >>> net.checkpoint_plan  # layer1 and most of layer2 hold the bytes
-            ((0, 1), (1, 3))
+            >>> net.checkpoint_plan  # layer1 (units 0-1, full resolution) holds the bytes
+            ((0, 1), (1, 2))
             >>> net.enable_gradient_checkpointing(4, keep_last=True)
             >>> net.checkpoint_segments, net.checkpoint_plan
             (4, ((0, 2), (2, 4), (4, 6)))

@@ -49,7 +49,7 @@ def get_backbone_cfg(name: str) -> BackboneCfg:
     Example:
         >>> cfg = get_backbone_cfg("resnet50")
         >>> cfg.family, cfg.num_features, cfg.max_segments, cfg.default_memory_budget
-        ('resnet', 2048, 16, 0.4)
+        ('resnet', 2048, 16, 0.5)
         >>> get_backbone_cfg("r3d_18").spatial_dims
         3
     """

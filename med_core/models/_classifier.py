@@ -86,7 +86,7 @@ def build_classifier(
         >>> model(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 3])
         >>> model.backbone.checkpoint_memory_budget, model.spatial_dims
-        (0.4, 2)
+        (0.5, 2)
         >>> volumes = build_classifier({"backbone": "r3d_18"}, num_classes=2, in_chans=1,
         ...                            img_size=16)
         >>> volumes.spatial_dims

@@ -119,7 +119,7 @@ def test_enable_without_arguments_plans_the_family_budget_from_measured_bytes() 
     # so its groups are shorter than half the net, and the plainly run tail is longer
     assert plan[-1][1] < len(units) // 2
     assert sum(per_unit[plan[-1][1] :]) <= FAMILY_DEFAULTS["resnet"] * sum(per_unit)
-    assert "memory_budget=0.4" in repr(net)
+    assert f"memory_budget={FAMILY_DEFAULTS['resnet']}" in repr(net)
 
 
 def test_plan_groups_keeps_at_most_the_budget_in_the_tail_and_in_each_group() -> None:

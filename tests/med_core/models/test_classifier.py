@@ -53,7 +53,7 @@ def test_build_from_plain_dict_and_train_config() -> None:
 
 @pytest.mark.parametrize(
     ("segments", "expected", "budget"),
-    [(None, None, None), (0, None, 0.4), (1, 1, None), (8, 8, None)],
+    [(None, None, None), (0, None, 0.5), (1, 1, None), (8, 8, None)],
 )
 def test_checkpoint_segments(
     segments: int | None, expected: int | None, budget: float | None
