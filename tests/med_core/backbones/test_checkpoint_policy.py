@@ -25,6 +25,20 @@ def _step(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
 
 
+def _assert_same_step(ref: nn.Module, other: nn.Module, x: torch.Tensor) -> None:
+    """One seeded training step of each from the same state: the same gradients (within
+    float tolerance) and bitwise the same buffers (BatchNorm statistics)."""
+    torch.manual_seed(1)
+    g_ref = _step(ref, x)
+    torch.manual_seed(1)
+    g_other = _step(other, x)
+    assert g_ref.keys() == g_other.keys()
+    for n in g_ref:
+        torch.testing.assert_close(g_other[n], g_ref[n], rtol=1e-5, atol=1e-6, msg=n)
+    for (n, a), (_, b) in zip(ref.named_buffers(), other.named_buffers(), strict=True):
+        assert torch.equal(a, b), n
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])  # None: cumulative average (reads the count)
 def test_checkpointed_steps_leave_batchnorm_state_bit_identical(momentum: float | None) -> None:
     torch.manual_seed(0)
@@ -149,16 +163,8 @@ def test_the_measuring_pass_leaves_rng_and_batchnorm_state_alone() -> None:
         ref = create_backbone(name, img_size=32, **kwargs)
         ckpt = copy.deepcopy(ref)
         ckpt.enable_gradient_checkpointing(memory_budget=0.3)
-        x = torch.randn(4, 3, 32, 32)
-        torch.manual_seed(1)
-        g_ref = _step(ref, x)
-        torch.manual_seed(1)
-        g_ckpt = _step(ckpt, x)
+        _assert_same_step(ref, ckpt, torch.randn(4, 3, 32, 32))
         assert ckpt.checkpoint_plan
-        for n in g_ref:
-            torch.testing.assert_close(g_ckpt[n], g_ref[n], rtol=1e-5, atol=1e-6, msg=n)
-        for (n, a), (_, b) in zip(ref.named_buffers(), ckpt.named_buffers(), strict=True):
-            assert torch.equal(a, b), n
 
 
 def test_memory_budget_arguments_are_checked() -> None:
@@ -187,16 +193,8 @@ def test_selective_checkpointing_is_exact(name: str) -> None:
     sel.enable_gradient_checkpointing(memory_budget=0.3, selective=True)
     assert sel.checkpoint_selective and "selective" in repr(sel)
     assert not any(getattr(m, "inplace", False) for u in sel.units() for m in u.modules())
-    x = torch.randn(4, 3, 32, 32)
-    torch.manual_seed(1)
-    g_ref = _step(ref, x)
-    torch.manual_seed(1)
-    g_sel = _step(sel, x)
+    _assert_same_step(ref, sel, torch.randn(4, 3, 32, 32))
     assert sel.checkpoint_plan
-    for n in g_ref:
-        torch.testing.assert_close(g_sel[n], g_ref[n], rtol=1e-5, atol=1e-6, msg=n)
-    for (n, a), (_, b) in zip(ref.named_buffers(), sel.named_buffers(), strict=True):
-        assert torch.equal(a, b), n
 
 
 def test_offloaded_checkpointing_is_exact_and_keeps_the_tail_off_the_device() -> None:
@@ -211,9 +209,7 @@ def test_offloaded_checkpointing_is_exact_and_keeps_the_tail_off_the_device() ->
     on_device.enable_gradient_checkpointing()
     assert off.checkpoint_offload and "offload" in repr(off)
     x = torch.randn(4, 3, 16, 16, 16)
-    g_ref, g_off = _step(ref, x), _step(off, x)
-    for n in g_ref:
-        torch.testing.assert_close(g_off[n], g_ref[n], rtol=1e-5, atol=1e-6, msg=n)
+    _assert_same_step(ref, off, x)
     _step(on_device, x)  # plans the same groups
     assert off.checkpoint_plan == on_device.checkpoint_plan
     held_off = saved_activation_bytes(off, x)
