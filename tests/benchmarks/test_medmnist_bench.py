@@ -55,7 +55,7 @@ def test_search_and_recipe_fill_one_section(
     doc = tmp_path / "medmnist.md"
     common = ["--device", "cpu", "--doc", str(doc), "--data-dir", str(small_dir)]
     assert bench.main(["breastmnist", "--recipe", "--seeds", "2", "--epochs", "1", *common]) == 0
-    assert bench.main(["breastmnist", "--budget", "45s", "--run-dir", str(tmp_path / "run"),
+    assert bench.main(["breastmnist", "--budget", "30s", "--run-dir", str(tmp_path / "run"),
                        *common]) == 0
     stored = json.loads(doc.with_suffix(".json").read_text())["breastmnist"]
     final, recipe = stored["search"]["final"], stored["recipe"]
@@ -64,8 +64,8 @@ def test_search_and_recipe_fill_one_section(
     assert len(recipe["per_seed"]) == 2 and recipe["entry"] == "resnet18-recipe"
     text = doc.read_text()
     assert text.count("<!-- medmnist-bench:begin breastmnist -->") == 1
-    assert "medauto search --data breastmnist --budget 45s --device cpu\n" in text
-    assert re.search(rf"\*\*medauto final ensemble\*\* \(45s\) \| {final['test']['auc']:.3f} \| "
+    assert "medauto search --data breastmnist --budget 30s --device cpu\n" in text
+    assert re.search(rf"\*\*medauto final ensemble\*\* \(30s\) \| {final['test']['auc']:.3f} \| "
                      rf"{final['test']['acc']:.3f} \|", text)
     assert "fixed recipe, 2-seed ensemble" in text and "Funnel**: space `fast`" in text
     for row in get_baselines("breastmnist"):
