@@ -20,19 +20,19 @@ def _env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def test_python_api_example(tmp_path: Path, tiny_data_dir: Path, tiny_space: Path) -> None:
+def test_python_api_example(tmp_path: Path, micro_data_dir: Path, micro_space: Path) -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "examples" / "search_breastmnist.py"), "--trials", "1",
-         "--space", str(tiny_space), "--run-dir", str(tmp_path / "runs")],
-        env=_env(tiny_data_dir), capture_output=True, text=True, timeout=600, cwd=tmp_path,
+         "--space", str(micro_space), "--run-dir", str(tmp_path / "runs")],
+        env=_env(micro_data_dir), capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best validation AUC" in out.stdout
     assert "model:\n  backbone: mobilenet_v3_small" in out.stdout  # the YAML of the best config
 
 
-def test_cli_walkthrough(tmp_path: Path, tiny_data_dir: Path, tiny_space: Path) -> None:
-    env = {**_env(tiny_data_dir), "TRIALS": "1", "SPACE": str(tiny_space)}
+def test_cli_walkthrough(tmp_path: Path, micro_data_dir: Path, micro_space: Path) -> None:
+    env = {**_env(micro_data_dir), "TRIALS": "1", "SPACE": str(micro_space)}
     out = subprocess.run(
         ["bash", str(REPO / "examples" / "cli_walkthrough.sh"), str(tmp_path / "runs")],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
