@@ -46,6 +46,10 @@ def _worker_process(url: str, target: int) -> None:
     run_worker(study, _sleepy, target=target, poll_interval=0.1)
 
 
+# Journal only: on SQLite and PostgreSQL the same loop in more processes (4 workers, 40
+# trials) with the same and stricter checks is
+# tests/reliability/test_concurrency.py::test_four_workers_forty_trials_one_study.
+@pytest.mark.parametrize("url", ["journal"], indirect=True)
 def test_parallel_workers_reach_exactly_the_target(url: str) -> None:
     optuna.create_study(study_name="s", storage=open_storage(url))
     ctx = mp.get_context("spawn")
