@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from cli_runner import run_cli
 from optuna.trial import TrialState
 
 from medauto.storage import open_storage
@@ -33,19 +34,19 @@ def _medauto(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def test_two_workers_finish_exactly_the_target(
-    url: str, tmp_path: Path, tiny_data_dir: Path, tiny_space: Path
+    url: str, tmp_path: Path, tiny_data_dir: Path, tiny_space: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = {**os.environ, "MEDAUTO_DATA_DIR": str(tiny_data_dir), "OMP_NUM_THREADS": "1"}
     common = ["--storage", url, "--run-dir", str(tmp_path), "--device", "cpu", "--no-progress"]
     # `create-study` creates the study and trains nothing (a `search --timeout 1` used to
     # train its first trial here, unless the timeout was spent first on a loaded machine).
-    create = _medauto(
-        "create-study", "--selection", "holdout",
-        "--data", "breastmnist", "--space", str(tiny_space), "--trials", "6",
-        "--study", "shared", *common, env=env,
-    )
-    out, _ = create.communicate(timeout=300)
-    assert create.returncode == 0, out
+    # It runs in this process (one interpreter start less); the workers are real processes.
+    monkeypatch.setenv("MEDAUTO_DATA_DIR", str(tiny_data_dir))
+    code, out = run_cli(["create-study", "--selection", "holdout", "--data", "breastmnist",
+                         "--space", str(tiny_space), "--trials", "6", "--study", "shared",
+                         *common], tmp_path)
+    assert code == 0, out
     assert optuna.load_study(study_name="shared", storage=open_storage(url)).trials == []
     from mlflow import MlflowClient
 
