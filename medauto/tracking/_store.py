@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import urllib.parse
 import warnings
@@ -67,6 +68,12 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix):])
 
 
+def _private_suffix() -> str:
+    """A temporary-file suffix of this process *and thread*: threads of one process that
+    seed one store at once must not share (and unlink) each other's copy."""
+    return f"{os.getpid()}.{threading.get_ident()}"
+
+
 def _seed_store(path: Path) -> None:
     """Copies the cached empty store to ``path`` (made first if missing); every step is
     atomic, so workers that open one new store at once all see a whole database."""
@@ -77,11 +84,11 @@ def _seed_store(path: Path) -> None:
     try:
         if not template.is_file():
             cache.mkdir(parents=True, exist_ok=True)
-            fresh = template.with_name(f".{template.name}.{os.getpid()}")
+            fresh = template.with_name(f".{template.name}.{_private_suffix()}")
             mlflow.MlflowClient(tracking_uri=f"sqlite:///{fresh}").search_experiments()
             os.replace(fresh, template)
         path.parent.mkdir(parents=True, exist_ok=True)
-        copy = path.with_name(f".{path.name}.{os.getpid()}")
+        copy = path.with_name(f".{path.name}.{_private_suffix()}")
         shutil.copyfile(template, copy)
         _point_default_experiment_here(copy)
         try:
