@@ -31,6 +31,15 @@ def _medmnist_dir() -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Runs the modules that hold a ``slow`` test first; each module's tests stay together
+    and in their order. pytest-xdist hands tests out in this order and a worker keeps the
+    ones it was handed: with the end-to-end modules of tests/reliability near the end, one
+    worker ran them for ~30 s after the other had finished the cheap rest."""
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)  # stable
+
+
 @pytest.fixture(scope="session")
 def medmnist_dir() -> Path:
     """The folder with the public MedMNIST .npz files (read-only)."""
