@@ -413,16 +413,20 @@ def _run_loop(
                 continue
             with timed("ask"):
                 trial = ask(study)
-            with timed("surplus_check", trial.number):
-                surplus = _is_surplus(study, trial, target)
-            if surplus:
-                trial.set_user_attr(REASON_ATTR, "surplus")
-                study.tell(trial, state=TrialState.FAIL)
-                report.add("surplus", trial.number)
-                continue
-            if progress is not None:
-                progress.update(study)  # counts this trial as running
-            frozen = _run_trial(study, trial, objective, device, on_trial_end, notes)
+            try:
+                with timed("surplus_check", trial.number):
+                    surplus = _is_surplus(study, trial, target)
+                if surplus:
+                    trial.set_user_attr(REASON_ATTR, "surplus")
+                    study.tell(trial, state=TrialState.FAIL)
+                    report.add("surplus", trial.number)
+                    continue
+                if progress is not None:
+                    progress.update(study)  # counts this trial as running
+                frozen = _run_trial(study, trial, objective, device, on_trial_end, notes)
+            except KeyboardInterrupt:
+                _record_interrupted(study, trial, on_trial_end)
+                raise
             _logger.info(trial_summary(study, frozen))
             report.add(frozen.state.name.lower(), frozen.number)
             failures_in_a_row = failures_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
@@ -439,6 +443,23 @@ def _run_loop(
     if progress is not None:
         progress.update(study)
     return report
+
+
+def _record_interrupted(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None,
+) -> None:
+    """Records as FAIL/``interrupted`` a trial that a Ctrl-C or SIGTERM stopped outside its
+    objective (after ``ask``, before training starts, or while its result is told): it
+    would otherwise stay RUNNING until the heartbeat fails it in a later run. A trial
+    already told (the objective's own interrupt handling) keeps its state."""
+    _InterruptLatch.seen()
+    if study.get_trials(deepcopy=False)[trial.number].state != TrialState.RUNNING:
+        return
+    trial.set_user_attr(REASON_ATTR, classify_failure(KeyboardInterrupt())[1])
+    study.tell(trial, state=TrialState.FAIL)
+    _end_trial(study, study.get_trials(deepcopy=False)[trial.number], on_trial_end)
 
 
 def _run_trial(

@@ -135,6 +135,24 @@ def test_interrupt_marks_trial_and_propagates(tmp_path: Path) -> None:
     assert trial.user_attrs["reason"] == "interrupted"
 
 
+class _InterruptAfterAsk:
+    """A progress hook (the loop calls it between ``ask`` and training) that raises
+    ``KeyboardInterrupt`` once a trial is RUNNING: a Ctrl-C or SIGTERM landing there."""
+
+    def update(self, study: optuna.Study) -> None:
+        if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+            raise KeyboardInterrupt
+
+
+def test_interrupt_between_ask_and_training_records_the_trial(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, _sleepy, target=3, progress=_InterruptAfterAsk())
+    (trial,) = study.get_trials()  # it was RUNNING, no reason, until the next run's reaping
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["reason"] == "interrupted"
+
+
 def test_heartbeat_is_recorded_while_training(tmp_path: Path) -> None:
     url = f"journal:///{tmp_path / 's.journal'}"
     settings = StorageSettings(heartbeat_interval=1, grace_period=3)
