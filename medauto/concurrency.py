@@ -305,9 +305,12 @@ class ConcurrentTrials:
             self._spawn(self.k)
             return scaled_plan(plan, self.k)
         if self.devices[0].startswith("cuda"):
-            import torch
+            from med_core.device import release_memory
 
-            torch.cuda.reset_peak_memory_stats(self.devices[0])
+            # synchronizes first, which starts CUDA: resetting the peak of a device CUDA
+            # has not started on raises "Invalid device argument" (a holdout search has
+            # trained nothing yet at this point)
+            release_memory(self.devices[0], collect=False, reset_peak=True)
             self._util = GpuUtilization(self.devices[0]).start()
         else:
             self.k, self.reason = choose_trials_per_device(None, self.devices[0])
