@@ -62,8 +62,10 @@ from benchmarks.search_overhead import read_timing  # noqa: E402
 from benchmarks.search_overhead import write_dataset  # noqa: E402
 
 DEFAULT_OUT = "docs/benchmarks/search_throughput.md"
-#: Issue 13's target: search-wide images per second of wall time on BreastMNIST (H200).
+#: Issue 13's targets: search-wide images per second of wall time on BreastMNIST (H200),
+#: and on every dataset this many times the one-trial-at-a-time (K = 1) setting.
 TARGET_IMG_S = 25_000
+TARGET_RATIO = 10.0
 #: Rows of the per-trial overhead table (everything the timing hook sees but training).
 OVERHEAD_ROWS = [c for c in CATEGORIES if c not in ("training steps", "other",
                                                       "process start + imports")]
@@ -190,8 +192,18 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, command: str
     reasons = [f"- `auto` chose K = {r['k_chosen']}: {r['k_reason'] or 'see the log'}"
                for r in results if r["k"] == "auto"]
     best = max(results, key=lambda r: r["img_per_s"])
-    verdict = ("met" if best["img_per_s"] >= TARGET_IMG_S else
-               f"missed by {TARGET_IMG_S - best['img_per_s']:,.0f} img/s")
+    base = next((r for r in results if r["k"] == "1"), None)
+    targets = []
+    if base is not None and base is not best and base["img_per_s"] > 0:
+        ratio = best["img_per_s"] / base["img_per_s"]
+        targets.append(f"Target ≥ {TARGET_RATIO:.0f}× the K = 1 throughput: **"
+                       + ("met" if ratio >= TARGET_RATIO else
+                          f"missed: {ratio:.1f}×, {TARGET_RATIO - ratio:.1f}× short") + "**")
+    if Path(args.data).stem.lower() == "breastmnist":
+        targets.append(f"Target ≥ {TARGET_IMG_S:,} img/s of wall time (BreastMNIST, H200): **"
+                       + ("met" if best["img_per_s"] >= TARGET_IMG_S else
+                          f"missed by {TARGET_IMG_S - best['img_per_s']:,.0f} img/s") + "**")
+    verdict = "; ".join(targets) or "no target applies to this run"
     return "\n".join([
         "# Search throughput: one trial at a time against concurrent trials",
         "",
@@ -204,8 +216,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         f"`{args.space or 'chosen from the data'}`), on {data_desc}.", "",
         markdown_table(head, rows), "",
         *reasons, "",
-        f"Target ≥ {TARGET_IMG_S:,} img/s of wall time (BreastMNIST, H200): **{verdict}**"
-        + (" (the target is for the GPU; on a CPU this is a smoke test)."
+        verdict
+        + (" (the targets are for the GPU; on a CPU this is a smoke test)."
            if args.device == "cpu" else "."), "",
         "Time outside training steps, ms per trial (timing hook, summed over the worker "
         "processes):", "",
