@@ -6,7 +6,9 @@ random-map baseline, and time per image, on a 2D and a 3D MedMNIST model.
    and vit_tiny, AdrenalMNIST3D with r3d_18) a classifier is trained briefly with
    :class:`med_core.training.Trainer` (``--epochs``, best validation AUC kept; 3D data
    resized to ``--img-size-3d`` and the training split cut to ``--train-3d`` volumes to
-   fit a CPU), or loaded from ``--model`` files (``medauto retrain`` model files).
+   fit a CPU), or loaded from ``--model`` files (``medauto retrain`` model files). With
+   ``--predictor`` the cases are final predictors of ``medauto search``: every member
+   model, weighted as the predictor weighs them, so the ensemble's output is explained.
 2. Images: the first ``--images`` images of the **validation** split (the test split is
    not used at all). Each map explains the model's predicted class.
 3. For each method of :data:`med_core.explain.METHODS` (``random`` is the baseline):
@@ -64,6 +66,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help=f"repeatable (default: {' '.join(DEFAULT_CASES)})")  # fmt: skip
     p.add_argument("--model", action="append", type=Path, metavar="PT",
                    help="model files to explain instead of training (one per --case)")
+    p.add_argument("--predictor", action="append", type=Path, metavar="DIR",
+                   help="a search's final predictor (RUN_DIR/final/STUDY/predictor), "
+                   "explained as the ensemble it is (weighted members); repeatable, replaces "
+                   "--case")  # fmt: skip
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--img-size-3d", type=int, default=16, help="3D volumes resized to this")
@@ -120,6 +126,27 @@ def _train(dataset: str, backbone: str, args: argparse.Namespace, data_dir: Path
     return trainer.model.eval(), info
 
 
+def _load_predictor(folder: Path, device: str
+                    ) -> tuple[list[torch.nn.Module], list[float], str, str]:
+    """A final predictor's member models, their weights, its dataset and a backbone label
+    (``ensemble of N: a xW, ...``)."""
+    from medauto.ensemble import Predictor
+    from medauto.model_file import load_model
+
+    predictor = Predictor.load(folder)
+    dataset = predictor.spec.get("dataset")
+    if not dataset:
+        raise SystemExit(f"--predictor {folder}: predictor.json names no dataset")
+    members = [load_model(predictor.folder / m.file, device=device).model
+               for m in predictor.members]  # fmt: skip
+    shares: dict[str, float] = {}
+    for m in predictor.members:
+        shares[m.backbone] = shares.get(m.backbone, 0.0) + m.weight
+    label = (f"ensemble of {len(members)}: "
+             + ", ".join(f"{b} x{w:.2f}" for b, w in sorted(shares.items())))  # fmt: skip
+    return members, [m.weight for m in predictor.members], str(dataset), label
+
+
 def _val_images(model: torch.nn.Module, dataset: str, data_dir: Path, n: int,
                 device: str) -> torch.Tensor:  # fmt: skip
     from med_core.data import build_loader
@@ -142,29 +169,33 @@ def _timed(fn: Any, device: torch.device) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def _forward_backward(model: torch.nn.Module, x: torch.Tensor) -> None:
+def _forward_backward(members: list[torch.nn.Module], x: torch.Tensor) -> None:
     xi = x.detach().requires_grad_(True)
-    model(xi).max(1).values.sum().backward()
-    model.zero_grad(set_to_none=True)
+    sum(m(xi).max(1).values.sum() for m in members).backward()
+    for m in members:
+        m.zero_grad(set_to_none=True)
 
 
-def _bench_case(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace,
-                device: torch.device) -> list[dict[str, Any]]:  # fmt: skip
+def _bench_case(members: list[torch.nn.Module], weights: list[float] | None, x: torch.Tensor,
+                args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Faithfulness and time per method for one model or ensemble (``weights``: its
+    members' weights; the forward + backward reference runs every member)."""
     from med_core.explain import METHODS
     from med_core.explain import explain
     from med_core.explain import faithfulness
 
     n = x.shape[0]
-    _forward_backward(model, x[:1])  # warm-up
-    fb = float(np.median([_timed(lambda: _forward_backward(model, x), device)[1]
+    _forward_backward(members, x[:1])  # warm-up
+    fb = float(np.median([_timed(lambda: _forward_backward(members, x), device)[1]
                           for _ in range(3)]))  # fmt: skip
     rows = []
     for method in METHODS:
-        explain(model, x[:1], method, shap_samples=2, max_channels=2)  # warm-up
+        explain(members, x[:1], method, shap_samples=2, max_channels=2,
+                weights=weights)  # warm-up  # fmt: skip
         maps, seconds = _timed(lambda m=method: explain(
-            model, x, m, shap_samples=args.shap_samples, max_channels=args.max_channels,
-            seed=args.seed), device)  # fmt: skip
-        f = faithfulness(model, x, maps, steps=args.steps)
+            members, x, m, shap_samples=args.shap_samples, max_channels=args.max_channels,
+            seed=args.seed, weights=weights), device)  # fmt: skip
+        f = faithfulness(members, x, maps, steps=args.steps, weights=weights)
         rows.append({"method": method, **f, "s_per_image": seconds / n,
                      "fb_per_image": fb / n})  # fmt: skip
         log(f"  {method:9s} del {f['deletion_auc']:.3f} ins {f['insertion_auc']:.3f} "
@@ -175,9 +206,12 @@ def _bench_case(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespac
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; returns 0."""
     args = _parse(argv)
-    cases = args.case or list(DEFAULT_CASES)
+    cases = ([str(p) for p in args.predictor] if args.predictor
+             else args.case or list(DEFAULT_CASES))  # fmt: skip
     if args.model and len(args.model) != len(cases):
         raise SystemExit("--model: give one model file per --case")
+    if args.predictor and (args.model or args.case):
+        raise SystemExit("--predictor replaces --case and --model")
     data_dir = _data_dir(args.data_dir)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -186,19 +220,26 @@ def main(argv: list[str] | None = None) -> int:
     best: list[list[Any]] = []
     with tempfile.TemporaryDirectory(prefix="explain-bench-") as tmp:
         for k, case in enumerate(cases):
-            dataset, _, backbone = case.partition(":")
-            if args.model:
+            weights: list[float] | None = None
+            if args.predictor:
+                members, weights, dataset, backbone = _load_predictor(args.predictor[k],
+                                                                      args.device)
+                info: dict[str, Any] = {"file": case}
+            elif args.model:
                 from medauto.model_file import load_model
 
-                model = load_model(args.model[k], device=args.device).model
-                info: dict[str, Any] = {"file": str(args.model[k])}
+                dataset, _, backbone = case.partition(":")
+                members = [load_model(args.model[k], device=args.device).model]
+                info = {"file": str(args.model[k])}
             else:
+                dataset, _, backbone = case.partition(":")
                 model, info = _train(dataset, backbone, args, data_dir, Path(tmp))
-            model = model.to(device).eval()
-            family = model.backbone.cfg.family
-            x = _val_images(model, dataset, data_dir, args.images, args.device)
+                members = [model]
+            members = [m.to(device).eval() for m in members]
+            family = "+".join(sorted({m.backbone.cfg.family for m in members}))
+            x = _val_images(members[0], dataset, data_dir, args.images, args.device)
             log(f"{case} ({family}): {x.shape[0]} validation images {tuple(x.shape[1:])}")
-            rows = _bench_case(model, x, args, device)
+            rows = _bench_case(members, weights, x, args, device)
             rand = next(r["score"] for r in rows if r["method"] == "random")
             for r in rows:
                 beats = "baseline" if r["method"] == "random" else (

@@ -6,7 +6,8 @@
   for ``rounds`` rounds, and keep the best round. The selection set is the validation split
   or the out-of-fold predictions (:mod:`medauto.members`), never the test split.
 * :func:`fit_threshold` fits the binary decision threshold on the same predictions: the
-  best accuracy, kept only when it beats 0.5 out of sample by more than the folds' spread. The predictor folds
+  best accuracy, kept only when it beats 0.5 out of sample by more than the folds'
+  spread. The predictor folds
   it into its probabilities as a logit shift, so MedMNIST's ACC (read at 0.5) sees the
   calibrated decision and the AUC (a ranking) is unchanged.
 * :class:`Predictor` is the one saved final model: member model files, their weights, the

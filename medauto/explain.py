@@ -256,8 +256,10 @@ def explain_images(
     slices: int = 3,
     shap_samples: int = 32,
     max_channels: int | None = None,
+    weights: Sequence[float] | None = None,
 ) -> list[ExplainedImage]:
-    """Explains ``images`` with ``models`` (their mean for an ensemble) and writes PNGs.
+    """Explains ``images`` with ``models`` (their mean for an ensemble, weighted by
+    ``weights``, an ensemble predictor's member weights) and writes PNGs.
 
     Every map is computed before the first file is written, so a bad method, model or
     image raises before anything lands in ``out_dir``; each file (and ``explain.json``,
@@ -283,10 +285,10 @@ def explain_images(
             f"the model takes {chans}-channel images, the images have {images.pixels.shape[1]}"
         )
     x = normalised(images.pixels, size)
-    probs = predict_proba(members, x)
+    probs = predict_proba(members, x, weights)
     targets = probs.argmax(1) if target is None else None
     maps = {m: explain(members, x, m, target=target, shap_samples=shap_samples,
-                       max_channels=max_channels) for m in methods}  # fmt: skip
+                       max_channels=max_channels, weights=weights) for m in methods}  # fmt: skip
     out = Path(out_dir)
     pending: list[tuple[Path, bytes]] = []
     results = []

@@ -60,6 +60,30 @@ def members_of(model: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
     return members
 
 
+def member_weights(members: Sequence[nn.Module],
+                   weights: Sequence[float] | None) -> torch.Tensor:
+    """Each member's share of an ensemble's mean (equal shares for ``None``), summing to 1.
+
+    Raises:
+        ExplainError: a weight count that is not one per member, or a negative, non-finite
+            or all-zero weight.
+    """
+    if weights is None:
+        return torch.full((len(members),), 1.0 / len(members))
+    w = torch.as_tensor(list(weights), dtype=torch.float32)
+    if w.shape != (len(members),) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
+            or float(w.sum()) <= 0:
+        raise ExplainError(f"weights must be one finite, non-negative number per member "
+                           f"({len(members)}), not all zero; got {list(weights)!r}")
+    return w / w.sum()
+
+
+def weighted_mean(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The mean over the first dimension of ``stack`` (one entry per member), weighted."""
+    w = weights.to(stack.device, stack.dtype).reshape(-1, *([1] * (stack.ndim - 1)))
+    return (stack * w).sum(0)
+
+
 def _backbone(member: nn.Module) -> Backbone:
     bb = member.backbone
     assert isinstance(bb, Backbone)  # members_of checked it

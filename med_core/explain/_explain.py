@@ -11,8 +11,10 @@ from med_core.explain._checks import CAM_METHODS
 from med_core.explain._checks import ExplainError
 from med_core.explain._checks import check_images
 from med_core.explain._checks import check_method
+from med_core.explain._checks import member_weights
 from med_core.explain._checks import members_of
 from med_core.explain._checks import resolve_targets
+from med_core.explain._checks import weighted_mean
 from med_core.explain._methods import cam_maps
 from med_core.explain._methods import random_maps
 from med_core.explain._methods import shap_maps
@@ -37,12 +39,14 @@ class EvalMode:
             m.training = training
 
 
-def predict_proba(model: Models, images: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities ``(B, K)``; for several models, the mean over members.
+def predict_proba(model: Models, images: torch.Tensor,
+                  weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Softmax probabilities ``(B, K)``; for several models, the (weighted) mean over members.
 
     Args:
         model: A classifier or a sequence of classifiers (an ensemble).
         images: A normalised batch the model(s) accept.
+        weights: One weight per member (an ensemble predictor's); ``None``: equal.
 
     Returns:
         Float32 probabilities on the images' device.
@@ -51,9 +55,11 @@ def predict_proba(model: Models, images: torch.Tensor) -> torch.Tensor:
         ExplainError: as :func:`explain` does for bad models or images.
     """
     members = members_of(model)
+    w = member_weights(members, weights)
     check_images(members, images)
     with EvalMode(members), torch.no_grad():
-        return torch.stack([torch.softmax(m(images).float(), 1) for m in members]).mean(0)
+        return weighted_mean(torch.stack([torch.softmax(m(images).float(), 1)
+                                          for m in members]), w)
 
 
 def explain(
@@ -67,6 +73,7 @@ def explain(
     batch_size: int = 32,
     max_channels: int | None = None,
     seed: int = 0,
+    weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Explanation maps of ``images`` for one class each.
 
@@ -78,7 +85,9 @@ def explain(
     ``random`` is a random map at the CAM grid: the baseline of faithfulness metrics.
 
     For an ensemble (a sequence of models) the target defaults to the class of highest
-    mean probability, and the map is the mean of the members' maps for that class.
+    mean probability, and the map is the mean of the members' maps for that class; with
+    ``weights`` (an ensemble predictor's member weights) both means are weighted, so the
+    ensemble's own output is explained.
     Models are used in eval mode (each module's mode is restored afterwards); weights and
     their gradients are not touched.
 
@@ -97,6 +106,7 @@ def explain(
             layer per image (``k`` forward passes instead of one per channel); ``None``
             uses every channel (exact Score-CAM).
         seed: Seed of SHAP's sampling and of the random map.
+        weights: One weight per member; ``None``: equal weights.
 
     Returns:
         Float32 maps ``(B, H, W)`` or ``(B, D, H, W)`` on the images' device.
@@ -121,6 +131,7 @@ def explain(
         med_core.explain._checks.ExplainError: model 'resnet18' is 2D and takes (B, C, H, W), ...
     """
     members = members_of(model)
+    w = member_weights(members, weights)
     check_method(method, members)
     check_images(members, images)
     if method == "scorecam" and max_channels is not None and max_channels < 1:
@@ -129,7 +140,8 @@ def explain(
         raise ExplainError(f"shap_samples must be >= 1, got {shap_samples!r}")
     with EvalMode(members):
         with torch.no_grad():
-            probs = torch.stack([torch.softmax(m(images).float(), 1) for m in members]).mean(0)
+            probs = weighted_mean(torch.stack([torch.softmax(m(images).float(), 1)
+                                               for m in members]), w)
         targets = resolve_targets(probs, target)
         maps = []
         for m in members:
@@ -141,4 +153,4 @@ def explain(
                                       samples=shap_samples, seed=seed))  # fmt: skip
             else:
                 maps.append(random_maps(m, images, seed=seed))
-    return torch.stack(maps).mean(0)
+    return weighted_mean(torch.stack(maps), w)

@@ -19,8 +19,10 @@ from torch import nn
 
 from med_core.explain._checks import ExplainError
 from med_core.explain._checks import check_images
+from med_core.explain._checks import member_weights
 from med_core.explain._checks import members_of
 from med_core.explain._checks import resolve_targets
+from med_core.explain._checks import weighted_mean
 from med_core.explain._explain import EvalMode
 from med_core.explain._methods import _import
 
@@ -28,14 +30,16 @@ __all__ = ["faithfulness"]
 
 
 class _MeanProba(nn.Module):
-    """An ensemble as one model: the mean softmax probability of its members."""
+    """An ensemble as one model: the weighted mean softmax probability of its members."""
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module], weights: torch.Tensor) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.weights = weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.softmax(m(x).float(), 1) for m in self.members]).mean(0)
+        return weighted_mean(torch.stack([torch.softmax(m(x).float(), 1)
+                                          for m in self.members]), self.weights)
 
 
 class _GivenMaps:
@@ -66,16 +70,19 @@ def faithfulness(
     *,
     steps: int = 20,
     batch_size: int = 64,
+    weights: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Mean deletion and insertion AUCs of ``maps`` for ``images``.
 
     Args:
-        model: A classifier or a sequence of them (scored by their mean probability).
+        model: A classifier or a sequence of them (scored by their mean probability,
+            weighted by ``weights``).
         images: The normalised batch the maps explain.
         maps: ``(B, *S)`` maps at the input size (from :func:`~med_core.explain.explain`).
         target: The class each map explains (``None``: the predicted class).
         steps: Perturbation steps along each curve.
         batch_size: Perturbed images per forward pass.
+        weights: One weight per member (an ensemble predictor's); ``None``: equal.
 
     Returns:
         ``{"deletion_auc", "insertion_auc", "score"}`` with ``score = insertion -
@@ -102,7 +109,7 @@ def faithfulness(
         raise ExplainError(
             f"maps have shape {tuple(maps.shape)}, expected {(images.shape[0], *images.shape[2:])}"
         )
-    scorer = _MeanProba(members)
+    scorer = _MeanProba(members, member_weights(members, weights))
     with EvalMode(members), torch.no_grad():
         targets = resolve_targets(scorer(images), target)
         metric = metrics.DeletionInsertionMetric(

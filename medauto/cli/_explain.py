@@ -22,7 +22,7 @@ class ExplainCommand(Command):
 
     The model is a study's final predictor (--study: the search's final ensemble, else the
     first seed's retrained models; an ensemble is explained as the mean of its members'
-    maps for the ensemble's class) or
+    maps, weighted as the predictor weighs them, for the ensemble's class) or
     one or more model files (--model, repeatable: several make an ensemble). Images are a
     dataset split with indices (--data, --split, --indices) or files/folders (--images;
     .npy volumes for 3D models). For 3D models the slices with the strongest map and a
@@ -84,11 +84,13 @@ class ExplainCommand(Command):
 
         study = "" if args.model or args.retrain else results_study(args.run_dir, args.study)
         final = final_dir(args.run_dir, study) / "predictor"
+        weights: list[float] | None = None
         if args.model:
             paths = [Path(m) for m in args.model]
         elif args.retrain is None and (final / PREDICTOR_FILE).is_file():
             predictor = Predictor.load(final)
             paths = [predictor.folder / m.file for m in predictor.members]
+            weights = [m.weight for m in predictor.members]
         else:
             default = retrain_dir(args.run_dir, study) / RESULTS_FILE
             paths = final_model_paths(args.retrain or default)
@@ -106,6 +108,7 @@ class ExplainCommand(Command):
         results = explain_images(
             members, images, args.out, methods=args.method or ["gradcam"], target=args.target,
             slices=args.slices, shap_samples=args.shap_samples, max_channels=args.max_channels,
+            weights=weights,
         )
         for r in results:
             label = "" if r.label is None else f" label={r.label}"

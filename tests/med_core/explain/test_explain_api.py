@@ -83,6 +83,26 @@ def test_ensemble_map_is_the_mean_of_members_for_the_ensemble_class() -> None:
     assert torch.allclose(both, mean, atol=1e-6)
 
 
+def test_ensemble_weights_weigh_probabilities_maps_and_faithfulness() -> None:
+    # A predictor's member weights: weight 3:1 is the weighted mean; weight 1:0 is member a.
+    a, b = _net("resnet18", 28, seed=0), _net("resnet18", 28, seed=1)
+    x = _x(3, 1, 28, 28)
+    pa, pb = predict_proba(a, x), predict_proba(b, x)
+    assert torch.allclose(predict_proba([a, b], x, [3, 1]), 0.75 * pa + 0.25 * pb, atol=1e-6)
+    target = (0.75 * pa + 0.25 * pb).argmax(1)
+    weighted = explain([a, b], x, "gradcam", weights=[3, 1])
+    expect = 0.75 * explain(a, x, "gradcam", target=target) + 0.25 * explain(
+        b, x, "gradcam", target=target)
+    assert torch.allclose(weighted, expect, atol=1e-6)
+    only_a = explain([a, b], x, "gradcam", weights=[1, 0])
+    assert torch.allclose(only_a, explain(a, x, "gradcam"), atol=1e-6)
+    assert faithfulness([a, b], x, only_a, steps=4, weights=[1, 0]) == pytest.approx(
+        faithfulness(a, x, only_a, steps=4))
+    for bad in ([1.0], [1.0, -1.0], [0.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(ExplainError, match="one finite, non-negative number per member"):
+            explain([a, b], x, "gradcam", weights=bad)
+
+
 def test_shap_values_are_signed_and_target_dependent() -> None:
     model, x = _net("resnet18", 28), _x(1, 1, 28, 28).repeat(2, 1, 1, 1)
     maps = explain(model, x, "shap", target=[0, 1], shap_samples=4)

@@ -117,6 +117,34 @@ def test_study_final_predictor(models: dict[str, Path], tiny_data_dir: Path,
     assert rc == 0 and (out / "test00001_gradcam.png").is_file()
 
 
+def test_search_final_predictor_is_explained_with_its_member_weights(
+    models: dict[str, Path], tiny_data_dir: Path, tmp_path: Path,
+) -> None:
+    # Member weights 1 and 0: the ensemble's explanation is member m0's alone.
+    from medauto.ensemble import Member
+    from medauto.ensemble import Predictor
+    from medauto.final import final_dir
+
+    run = tmp_path / "runs"
+    Predictor.create(
+        final_dir(run, "s") / "predictor", task="binary", class_names=["a", "b"],
+        members=[(models["2d"], Member("", 1.0, trial=0, fold=0, backbone="resnet18")),
+                 (models["2d-b"], Member("", 0.0, trial=1, fold=0, backbone="resnet18"))],
+        input_spec={"spatial_dims": 2, "in_chans": 1, "image_size": [28, 28]},
+        threshold=None, meta={"study": "s"},
+    )
+    common = ["--data", "breastmnist", "--data-dir", str(tiny_data_dir), "--indices", "1-2"]
+    assert main(["explain", "--study", "s", "--run-dir", str(run), *common,
+                 "--out", str(tmp_path / "ens")]) == 0
+    assert main(["explain", "--model", str(models["2d"]), *common,
+                 "--out", str(tmp_path / "one")]) == 0
+    ens, one = (json.loads((tmp_path / d / "explain.json").read_text()) for d in ("ens", "one"))
+    assert [r["probability"] for r in ens] == pytest.approx([r["probability"] for r in one])
+    with Image.open(tmp_path / "ens" / "test00001_gradcam.png") as a, \
+            Image.open(tmp_path / "one" / "test00001_gradcam.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.parametrize(("which", "make", "extra", "fragment"), [
     ("2d", "volume", [], "a 2D model needs an image file"),
     ("3d", "png", [], "a 3D model needs .npy volumes"),
