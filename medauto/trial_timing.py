@@ -114,27 +114,36 @@ def budgeted_selection(
 ) -> Selection:
     """``selection``, or holdout when a budget cannot pay for its k fold fits.
 
-    Times two epochs of the space's first portfolio entry on one fold
-    (:func:`probe_epochs`) and asks :func:`medauto.fingerprint.affordable_selection`.
-    A space without a portfolio, or holdout, is returned as it is.
+    Times two epochs of each of the space's portfolio entries on one fold
+    (:func:`probe_epochs`, in portfolio order, each distinct configuration once) and asks
+    :func:`medauto.fingerprint.affordable_selection` for each: cross-validation is kept
+    only if every entry, the slowest included, can train its folds. The first entry that
+    cannot decides for holdout, and the rest are not timed. A space without a portfolio,
+    or holdout, is returned as it is.
     """
     from med_core.data import cross_validation_folds
 
     if selection.mode != "cv" or not space.portfolio:
         return selection
-    cfg = space.config_from_params(space.portfolio[0].params)
     _, fold = next(iter(cross_validation_folds(dataset, selection.folds, seed=selection.seed)))
-    with timed("selection_probe", -1):
-        timing = probe_epochs(cfg, fold, device)
-    if timing is None:
-        return selection
-    chosen = affordable_selection(selection, epochs=cfg.epochs, first_s=timing[0],
-                                  epoch_s=timing[1], trial_cap_s=trial_cap_s)
-    if chosen != selection:
+    timed_configs: list[TrainConfig] = []
+    for entry in space.portfolio:
+        cfg = space.config_from_params(entry.params)
+        if cfg in timed_configs:
+            continue
+        timed_configs.append(cfg)
+        with timed("selection_probe", -1):
+            timing = probe_epochs(cfg, fold, device)
+        if timing is None:
+            continue
+        if affordable_selection(selection, epochs=cfg.epochs, first_s=timing[0],
+                                epoch_s=timing[1], trial_cap_s=trial_cap_s) == selection:
+            continue
         _logger.info(
             "selection: %d folds of %s would each train %.0f s of a %.0f s trial cap "
             "(%.1f s, then %.2f s per epoch, %d epochs): fewer than %.0f%% of the epochs, so "
-            "the validation split is used", selection.folds, space.portfolio[0].name,
+            "the validation split is used", selection.folds, entry.name,
             trial_cap_s / selection.folds, trial_cap_s, timing[0], timing[1], cfg.epochs,
             100 * MIN_FOLD_EPOCH_SHARE)
-    return chosen
+        return Selection("holdout")
+    return selection

@@ -70,15 +70,24 @@ def test_a_trial_over_its_cap_trains_fewer_epochs_with_a_whole_schedule(
 
 
 PORTFOLIO_SPACE = SearchSpace.from_dict({
-    **{k: v for k, v in SPACE.to_dict().items() if k in ("name", "spatial_dims", "fixed")},
-    "params": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-    "portfolio": [{"name": "first", "params": {"optim.lr": 3e-3}}],
+    "name": SPACE.name, "spatial_dims": SPACE.spatial_dims,
+    "fixed": {k: v for k, v in SPACE.to_dict()["fixed"].items() if k != "epochs"},
+    "params": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+               "epochs": {"type": "int", "low": 1, "high": 100_000}},
+    "portfolio": [{"name": "short", "params": {"optim.lr": 3e-3, "epochs": 3}},
+                  {"name": "same", "params": {"optim.lr": 3e-3, "epochs": 3}},
+                  {"name": "long", "params": {"optim.lr": 3e-3, "epochs": 100_000}}],
 })
 
 
-@pytest.mark.parametrize(("cap", "mode"), [(1e-3, "holdout"), (1e6, "cv")])
-def test_cross_validation_is_kept_only_when_the_cap_pays_for_its_folds(
-    medmnist_dir: Path, tmp_path: Path, fits: list[int], cap: float, mode: str
+@pytest.mark.parametrize(("cap", "mode", "probes"), [
+    (1e-3, "holdout", [2]),   # the first entry cannot train its folds: the rest untimed
+    (60.0, "holdout", [2, 2]),  # the first can; the slow last one cannot
+    (1e12, "cv", [2, 2]),     # every distinct entry can (the duplicate is timed once)
+])
+def test_cross_validation_is_kept_only_when_the_cap_pays_for_every_portfolio_entry(
+    medmnist_dir: Path, tmp_path: Path, fits: list[int], cap: float, mode: str,
+    probes: list[int],
 ) -> None:
     from medauto.fingerprint import Selection
     from medauto.trial_timing import budgeted_selection
@@ -88,10 +97,10 @@ def test_cross_validation_is_kept_only_when_the_cap_pays_for_its_folds(
     cv = Selection("cv", folds=3)
     chosen = budgeted_selection(cv, PORTFOLIO_SPACE, load_dataset(src), "cpu", cap)
     assert chosen.mode == mode
-    assert fits == [2]  # one two-epoch probe of the first portfolio entry, on one fold
+    assert fits == probes  # two-epoch probes, on one fold
     assert budgeted_selection(Selection(), PORTFOLIO_SPACE, load_dataset(src), "cpu",
                               1e-3) == Selection()  # holdout: nothing to decide, no probe
-    assert fits == [2]
+    assert fits == probes
 
 
 def test_a_configuration_timed_once_is_not_probed_again(
