@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.predictor:
                 members, weights, dataset, backbone = _load_predictor(args.predictor[k],
                                                                       args.device)
-                info: dict[str, Any] = {"file": case}
+                info: dict[str, Any] = {"file": "final predictor"}
             elif args.model:
                 from medauto.model_file import load_model
 
