@@ -69,6 +69,7 @@ class Backbone(nn.Module, abc.ABC):
         self._ckpt_budget: float | None = None  # a memory budget: groups by measured bytes
         self._ckpt_plans: dict[tuple[Any, ...], Groups] = {}  # per input shape and dtype
         self._ckpt_selective = False  # inside groups, keep convolution/matmul outputs
+        self._ckpt_inplace_off: list[nn.Module] = []  # in-place modules selective turned off
         self._ckpt_offload = False  # the plain units' saved tensors in host memory
 
     # ----------------------------------------------------------------- the three steps
@@ -239,19 +240,26 @@ class Backbone(nn.Module, abc.ABC):
         """Records ``selective``; with it, in-place activations in the units write new
         tensors instead (a tensor that a selective checkpoint keeps must not be changed
         afterwards, and e.g. EfficientNet's squeeze-excitation applies ``SiLU(inplace=True)``
-        right to a convolution's output). That changes memory, not results."""
+        right to a convolution's output). That changes memory, not results. Turning
+        selective off (here or by disabling checkpointing) makes them in-place again."""
         self._ckpt_selective = bool(selective)
         if selective:
             for unit in self.units():
                 for m in unit.modules():
                     if getattr(m, "inplace", False) is True:
                         setattr(m, "inplace", False)  # noqa: B010 - nn.Module typing
+                        self._ckpt_inplace_off.append(m)
+        else:
+            for m in self._ckpt_inplace_off:
+                setattr(m, "inplace", True)  # noqa: B010 - nn.Module typing
+            self._ckpt_inplace_off = []
 
     def disable_gradient_checkpointing(self) -> None:
         """Turns gradient checkpointing off (a no-op when it is off)."""
         self._ckpt_segments, self._ckpt_keep_last = 0, False
         self._ckpt_budget, self._ckpt_plans = None, {}
-        self._ckpt_selective = self._ckpt_offload = False
+        self._set_selective(False)
+        self._ckpt_offload = False
 
     def is_gradient_checkpointing_enabled(self) -> bool:
         """Whether training-mode forward passes checkpoint the units."""

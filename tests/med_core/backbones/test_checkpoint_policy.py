@@ -195,6 +195,12 @@ def test_selective_checkpointing_is_exact(name: str) -> None:
     assert not any(getattr(m, "inplace", False) for u in sel.units() for m in u.modules())
     _assert_same_step(ref, sel, torch.randn(4, 3, 32, 32))
     assert sel.checkpoint_plan
+    inplace = [m for m in ref.modules() if getattr(m, "inplace", False)]
+    sel.disable_gradient_checkpointing()  # back in place, as it was built
+    assert sum(bool(getattr(m, "inplace", False)) for m in sel.modules()) == len(inplace) > 0
+    sel.enable_gradient_checkpointing(selective=True)
+    sel.enable_gradient_checkpointing(selective=False)
+    assert sum(bool(getattr(m, "inplace", False)) for m in sel.modules()) == len(inplace)
 
 
 def test_offloaded_checkpointing_is_exact_and_keeps_the_tail_off_the_device() -> None:
