@@ -196,8 +196,9 @@ def test_selective_checkpointing_is_exact(name: str) -> None:
     _assert_same_step(ref, sel, torch.randn(4, 3, 32, 32))
     assert sel.checkpoint_plan
     inplace = [m for m in ref.modules() if getattr(m, "inplace", False)]
+    assert inplace or name == "vit_tiny"  # EfficientNet's SiLUs are built in-place
     sel.disable_gradient_checkpointing()  # back in place, as it was built
-    assert sum(bool(getattr(m, "inplace", False)) for m in sel.modules()) == len(inplace) > 0
+    assert sum(bool(getattr(m, "inplace", False)) for m in sel.modules()) == len(inplace)
     sel.enable_gradient_checkpointing(selective=True)
     sel.enable_gradient_checkpointing(selective=False)
     assert sum(bool(getattr(m, "inplace", False)) for m in sel.modules()) == len(inplace)
