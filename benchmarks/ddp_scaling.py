@@ -87,6 +87,19 @@ HEADER = """\
 Written by `benchmarks/ddp_scaling.py`. Each section below is the output of one run, with
 its exact command and the hardware and versions it ran on; a run replaces only its own
 section (between its `<!-- ddp_scaling:... -->` markers) and keeps the rest of the file.
+
+**Profile tables** (`--profile`), per rank, over the profiled epoch (the one after the
+warm-up). A *step* runs from the end of one optimizer step to the end of the next
+(loading, zero_grad, forward, backward with its all-reduces, optimizer); the epoch's
+first step is left out; values are means over the steps. *compute*: on CUDA the device
+kernels that are not NCCL's, on CPU the ops of the main thread. *comm*: time in
+collectives (NCCL kernels; on CPU gloo's work items on gloo's threads); it includes the
+wait for the slower rank. *comm overlapped*: the share of comm time during which compute
+runs. *exposed comm*: comm time with no compute, the step's wait for the network.
+*idle*: time with neither (step = compute + exposed comm + idle). *tail*: from the end
+of the last step to the end of the epoch: the loss all-reduce, the BatchNorm buffer
+broadcast, validation and its metric gathers, i.e. the per-epoch costs. One Chrome trace
+per rank lies in the `--profile` folder (open it in Perfetto or `chrome://tracing`).
 """
 
 
@@ -250,7 +263,10 @@ def per_epoch_s(row: dict[str, Any]) -> float | None:
     return float(row["epoch_total_s"] - row["epoch_train_s"])
 
 
-def render(rows: list[dict[str, Any]], command: str, env: dict[str, str], gpus: int) -> str:
+def render(
+    rows: list[dict[str, Any]], title: str, command: str, env: dict[str, str], gpus: int
+) -> str:
+    """The scaling section: one row per checkpointing setting and number of GPUs."""
     body = [
         [
             "on" if r["checkpointing"] else "off",
@@ -285,7 +301,7 @@ def render(rows: list[dict[str, Any]], command: str, env: dict[str, str], gpus: 
     ]
     return "\n".join(
         [
-            *section_head(f"Scaling: {gpus} vs 1 ({env.get('GPU', 'CPU, gloo')})", command, env),
+            *section_head(f"Scaling: {gpus} vs 1 ({title})", command, env),
             "### Results",
             "",
             table,
@@ -293,6 +309,18 @@ def render(rows: list[dict[str, Any]], command: str, env: dict[str, str], gpus: 
             *verdict,
         ]
     )
+
+
+def section_key(args: argparse.Namespace, env: dict[str, str]) -> tuple[str, str]:
+    """The section name's tail and the title of a run: device, backend and ``cfg.ddp``
+    options other than the defaults (``("cpu-bucket4", "CPU (gloo), bucket 4 MiB")``)."""
+    key = args.device + (f"-bucket{args.bucket_cap_mb:g}" if args.bucket_cap_mb else "")
+    words = [f"{env.get('GPU', 'CPU')} ({'NCCL' if args.device == 'cuda' else 'gloo'})"]
+    if args.bucket_cap_mb:
+        words.append(f"bucket {args.bucket_cap_mb:g} MiB")
+    if args.static_graph:
+        key, words = key + "-static", [*words, "static graph"]
+    return key, ", ".join(words)
 
 
 def section_head(title: str, command: str, env: dict[str, str]) -> list[str]:
@@ -313,30 +341,16 @@ def section_head(title: str, command: str, env: dict[str, str]) -> list[str]:
     ]
 
 
-PROFILE_COLUMNS = """\
-Per rank, over the profiled epoch (the one after the warm-up): a *step* runs from the end
-of one optimizer step to the end of the next (loading, zero_grad, forward, backward with
-its all-reduces, optimizer); the epoch's first step is left out. *compute*: on CUDA the
-device kernels that are not NCCL's, on CPU the ops of the main thread; *comm*: time in
-collectives (NCCL kernels; on CPU gloo's work items on its own threads); *comm
-overlapped*: the share of comm time during which compute runs; *exposed comm*: comm time
-with no compute, the step's wait for the network; *idle*: time with neither (step ms =
-compute + exposed comm + idle). *tail*: from the end of the last step to the end of the
-epoch: the loss all-reduce, the BatchNorm buffer broadcast, validation and its metric
-gathers, i.e. the per-epoch costs. Means over the steps; traces: `--profile` folder."""
-
-
-def render_profile(rows: list[dict[str, Any]], command: str, env: dict[str, str]) -> str:
+def render_profile(
+    rows: list[dict[str, Any]], title: str, command: str, env: dict[str, str]
+) -> str:
     """The ``--profile`` section: one row per rank and checkpointing setting."""
     from benchmarks._ddp_profile import profile_table
 
-    backend = "NCCL" if "GPU" in env else "gloo"
     return "\n".join(
         [
-            *section_head(f"Profile: {env.get('GPU', 'CPU')} ({backend})", command, env),
-            "### Per rank",
-            "",
-            PROFILE_COLUMNS,
+            *section_head(f"Profile: {title}", command, env),
+            "### Per rank (columns: see the top of the file)",
             "",
             profile_table(rows),
         ]
@@ -398,9 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = command_line(__file__, argv)
     log(f"$ {command}")
     env = environment(torch.device(args.device))
+    key, title = section_key(args, env)
     if args.profile:
         rows = [r for mode in modes for r in run_profile(args, mode == "on")]
-        name, md = f"profile-{args.device}", render_profile(rows, command, env)
+        name, md = f"profile-{key}", render_profile(rows, title, command, env)
     else:
         rows = []
         for mode in modes:
@@ -412,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"epoch train {fmt(row.get('epoch_train_s'), 2)} s [{row['status']}]"
                 )
         add_ratios(rows)
-        name, md = f"scaling-{args.device}", render(rows, command, env, args.gpus)
+        name, md = f"scaling-{key}", render(rows, title, command, env, args.gpus)
     print(md)
     if args.out:
         existing = args.out.read_text(encoding="utf-8") if args.out.is_file() else None

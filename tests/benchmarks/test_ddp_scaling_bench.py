@@ -64,8 +64,9 @@ def test_cpu_profile_of_both_ranks_with_ddp_options(tmp_path: Path) -> None:
         assert 1 <= r["tail_collectives"] <= 12 and r["tail_ms"] > 0
         assert (traces / "ckpt-on" / f"rank{r['rank']}.json").stat().st_size > 0
     md = out.read_text(encoding="utf-8")
-    assert "A hand-written note." in md and "<!-- ddp_scaling:profile-cpu:begin -->" in md
-    assert "## Profile: CPU (gloo)" in md and "| on | 1 | 2 |" in md
+    assert "A hand-written note." in md  # other text of the file is kept
+    assert "<!-- ddp_scaling:profile-cpu-bucket2-static:begin -->" in md
+    assert "## Profile: CPU (gloo), bucket 2 MiB, static graph" in md and "| on | 1 | 2 |" in md
 
 
 def test_wrap_ddp_skips_per_step_buffer_broadcast_and_gradient_copies() -> None:
