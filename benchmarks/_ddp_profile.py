@@ -187,15 +187,18 @@ def timeline(events: Sequence[Any], *, cuda: bool) -> Timeline:
     """
     from torch.profiler import DeviceType
 
-    marker = next((e for e in events if e.name == EPOCH_MARKER), None)
+    host = [e for e in events if e.device_type == DeviceType.CPU]
+    marker = next((e for e in host if e.name == EPOCH_MARKER), None)
     if marker is None:
         raise ValueError(f"no {EPOCH_MARKER!r} range among {len(events)} profiler events")
     main = marker.thread
-    host = [e for e in events if e.device_type == DeviceType.CPU]
     on_main = [e for e in host if e.thread == main and not e.is_async and e is not marker]
     steps = sorted((e for e in on_main if e.name.startswith(STEP_PREFIX)), key=_span)
     if cuda:
-        device = [e for e in events if e.device_type == DeviceType.CUDA]
+        # user annotations mirrored onto the GPU timeline (record_function ranges) are no work
+        device = [
+            e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+        ]
         compute = [_span(e) for e in device if not _is_comm(e.name)]
         comm = [_span(e) for e in device if _is_comm(e.name)]
         step_ends = [_device_end(s, on_main, device) for s in steps]

@@ -64,14 +64,15 @@ def test_summary_leaves_out_the_first_step_and_reports_the_tail_apart() -> None:
 
 def _event(name: str, start: float, end: float, **kw: Any) -> SimpleNamespace:
     fields = {"thread": 1, "is_async": False, "device_type": DeviceType.CPU, "id": 0,
-              "linked_correlation_id": 0, **kw}  # fmt: skip
+              "linked_correlation_id": 0, "is_user_annotation": False, **kw}  # fmt: skip
     return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end), **fields)
 
 
 def test_cuda_lanes_are_device_kernels_and_steps_end_with_the_optimizers_kernels() -> None:
     cuda = {"device_type": DeviceType.CUDA, "thread": 7}
     events = [
-        _event(EPOCH_MARKER, 0, 100),
+        _event(EPOCH_MARKER, 1, 99, is_user_annotation=True, **cuda),  # its GPU mirror
+        _event(EPOCH_MARKER, 0, 100, is_user_annotation=True),
         _event("Optimizer.step#SGD.step", 10, 12),
         _event("aten::_fused_sgd_", 10.5, 11.5, id=41),
         _event("Optimizer.step#SGD.step", 40, 42),
@@ -92,4 +93,4 @@ def test_cuda_lanes_are_device_kernels_and_steps_end_with_the_optimizers_kernels
     assert cpu.step_ends == [12, 42] and cpu.comm == [(30, 31)]
     assert (10, 12) in cpu.compute and (0, 100) not in cpu.compute  # the marker is no op
     with pytest.raises(ValueError, match=EPOCH_MARKER):
-        timeline(events[1:], cuda=False)
+        timeline([e for e in events if e.name != EPOCH_MARKER], cuda=False)
