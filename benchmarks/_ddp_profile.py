@@ -364,4 +364,3 @@ def profile_table(rows: Sequence[dict[str, Any]]) -> str:
 def as_row(checkpointing: bool, rank: int, summary: dict[str, Any]) -> dict[str, Any]:
     """One row of :func:`profile_table` (JSON-safe)."""
     return {"checkpointing": checkpointing, "rank": rank, "status": "ok", **summary}
-
