@@ -351,11 +351,12 @@ def wrap_ddp(
     # torch >= 2.15 renames the per-forward part of broadcast_buffers (init sync is kept)
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    no_sync: dict[str, Any] = {sync: False}
     return DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
         gradient_as_bucket_view=True,
         bucket_cap_mb=options.bucket_cap_mb,
         static_graph=options.static_graph,
-        **{sync: False},
+        **no_sync,
     )
