@@ -11,6 +11,8 @@ release) so that any benchmark (and its CPU smoke test) can use them:
 * :func:`markdown_table`: a GitHub-flavoured table from headers and rows;
 * :func:`write_text` / :func:`write_json`: atomic writes (a partial run never leaves a
   half-written file behind, so results can be flushed after every configuration);
+* :func:`merge_section`: one run's block of a document shared by several runs, between
+  ``<!-- NAME:begin -->`` / ``<!-- NAME:end -->`` markers, replaced in place;
 * :func:`time_steps`: median time of a callable with warm-up, CUDA-event aware;
 * :class:`Deadline`: a global time limit for a whole run;
 * :func:`is_oom` (:func:`med_core.device.is_oom`, re-exported) / :func:`is_fatal_device_error`
@@ -28,6 +30,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -59,6 +62,7 @@ __all__ = [
     "is_oom",
     "log",
     "markdown_table",
+    "merge_section",
     "release_device_memory",
     "synchronize",
     "time_steps",
@@ -221,6 +225,28 @@ def markdown_table(
             raise ValueError(f"row has {len(row)} cells for {n} columns: {row!r}")
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+def merge_section(existing: str | None, name: str, block: str, *, header: str) -> str:
+    """The document ``existing`` with the block of section ``name`` replaced by ``block``.
+
+    A section is the text between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``; text
+    outside the markers (other sections, hand-written notes) is kept. A section not yet
+    in the document is appended; an empty or missing document starts with ``header``.
+
+    Example:
+        >>> doc = merge_section(None, "a", "one", header="# T")
+        >>> merge_section(doc, "a", "two", header="# T").splitlines()
+        ['# T', '', '<!-- a:begin -->', 'two', '<!-- a:end -->']
+    """
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{block.strip()}\n{end}"
+    if not existing or not existing.strip():
+        return f"{header.rstrip()}\n\n{block}\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(existing):
+        return pattern.sub(lambda _m: block, existing, count=1)
+    return f"{existing.rstrip()}\n\n{block}\n"
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -12,14 +12,44 @@ images of an epoch over its training time, validation excluded; median over the 
 after ``--warmup-epochs``) and the time to train one epoch; each with gradient
 checkpointing off and on (the backbone's family default segments).
 
+"per-epoch s" is the epoch time minus the training time (validation, its gathers, the
+BatchNorm buffer broadcast): the cost that does not shrink with more GPUs per step; run
+with an epoch long enough (``--train-images``) to see it apart from per-step scaling.
+``--bucket-cap-mb`` and ``--static-graph`` set the runs' ``cfg.ddp``
+(:class:`med_core.config.DDPConfig`).
+
 The ratio is measured in one invocation: the 1-GPU and 2-GPU runs alternate per setting.
 The environment is passed through to every process (keep ``NCCL_NVLS_ENABLE=0`` where
 the host requires it).
+
+Profile (``--profile DIR``): each checkpointing setting is launched once on ``--gpus``
+processes for ``--warmup-epochs + 1`` epochs (``--epochs`` is not used), and the last
+epoch is profiled on every rank with ``torch.profiler`` (:mod:`benchmarks._ddp_profile`):
+one Chrome trace per rank (``DIR/ckpt-<off|on>/rank<R>.json``) and, per rank, the mean
+step time split into compute, communication not overlapped by compute, and idle time;
+the share of communication that overlaps compute; and the epoch's tail after the last
+step (loss all-reduce, buffer broadcast, validation and its gathers).
+
+``--out`` holds one section per kind of run and device (``scaling-cuda``,
+``profile-cpu``, ...) between ``<!-- ddp_scaling:NAME:begin/end -->`` markers; a run
+replaces only its own section and keeps the rest of the file.
 
 CPU smoke run (gloo, 2 processes, tiny)::
 
     python benchmarks/ddp_scaling.py --device cpu --backbone resnet18 --img-size 32 \\
         --train-images 32 --per-gpu-batch 4 --epochs 2 --warmup-epochs 1
+
+CPU profile (gloo, 2 processes, about 2 minutes on 2 cores)::
+
+    python benchmarks/ddp_scaling.py --device cpu --backbone resnet18 --img-size 64 \\
+        --train-images 128 --val-images 32 --per-gpu-batch 8 --warmup-epochs 1 \\
+        --profile /tmp/ddp-profile --out docs/benchmarks/ddp_scaling.md
+
+GPU profile (2 GPUs, NCCL)::
+
+    python benchmarks/ddp_scaling.py --device cuda --gpus 2 --backbone resnet50 \\
+        --img-size 224 --train-images 2048 --per-gpu-batch 128 --warmup-epochs 1 \\
+        --profile /tmp/ddp-profile --out docs/benchmarks/ddp_scaling.md
 """
 
 from __future__ import annotations
@@ -45,11 +75,32 @@ from benchmarks._common import environment_table  # noqa: E402
 from benchmarks._common import fmt  # noqa: E402
 from benchmarks._common import log  # noqa: E402
 from benchmarks._common import markdown_table  # noqa: E402
+from benchmarks._common import merge_section  # noqa: E402
 from benchmarks._common import write_json  # noqa: E402
 from benchmarks._common import write_text  # noqa: E402
 
 TARGET_RATIO = 1.9
 NUM_CLASSES = 10
+HEADER = """\
+# DDP scaling of one trial (med_core Trainer + launch)
+
+Written by `benchmarks/ddp_scaling.py`. Each section below is the output of one run, with
+its exact command and the hardware and versions it ran on; a run replaces only its own
+section (between its `<!-- ddp_scaling:... -->` markers) and keeps the rest of the file.
+
+**Profile tables** (`--profile`), per rank, over the profiled epoch (the one after the
+warm-up). A *step* runs from the end of one optimizer step to the end of the next
+(loading, zero_grad, forward, backward with its all-reduces, optimizer); the epoch's
+first step is left out; values are means over the steps. *compute*: on CUDA the device
+kernels that are not NCCL's, on CPU the ops of the main thread. *comm*: time in
+collectives (NCCL kernels; on CPU gloo's work items on gloo's threads); it includes the
+wait for the slower rank. *comm overlapped*: the share of comm time during which compute
+runs. *exposed comm*: comm time with no compute, the step's wait for the network.
+*idle*: time with neither (step = compute + exposed comm + idle). *tail*: from the end
+of the last step to the end of the epoch: the loss all-reduce, the BatchNorm buffer
+broadcast, validation and its metric gathers, i.e. the per-epoch costs. One Chrome trace
+per rank lies in the `--profile` folder (open it in Perfetto or `chrome://tracing`).
+"""
 
 
 def synthetic_dataset(n_train: int, n_val: int, size: int, seed: int) -> Any:
@@ -81,6 +132,7 @@ def train_rank(dist: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """One rank of one configuration (called by ``launch``): ``Trainer.fit()``."""
     from med_core.config import AugmentConfig
     from med_core.config import DataConfig
+    from med_core.config import DDPConfig
     from med_core.config import ModelConfig
     from med_core.config import OptimConfig
     from med_core.config import TrainConfig
@@ -96,19 +148,34 @@ def train_rank(dist: Any, spec: dict[str, Any]) -> dict[str, Any]:
         ),
         augment=AugmentConfig(policy="none"),
         optim=OptimConfig(optimizer="sgd", lr=0.01, weight_decay=0.0),
+        ddp=DDPConfig(bucket_cap_mb=spec["bucket_cap_mb"], static_graph=spec["static_graph"]),
         epochs=spec["epochs"],
         batch_size=spec["per_gpu_batch"] * dist.world_size,
         amp_dtype="bf16" if cuda else "none",
         channels_last=cuda,
         seed=0,
     )
-    trainer = Trainer(cfg, dataset=ds, device=spec["device"], progress=False, dist=dist)
+    profiler = None
+    if spec["profile"] is not None:
+        from benchmarks._ddp_profile import EpochProfiler
+
+        trace = Path(spec["profile"]) / f"rank{dist.rank}.json"
+        profiler = EpochProfiler(spec["epochs"] - 1, trace)
+    trainer = Trainer(
+        cfg,
+        dataset=ds,
+        device=spec["device"],
+        progress=False,
+        dist=dist,
+        callbacks=[profiler] if profiler is not None else [],
+    )
     t0 = time.perf_counter()
     try:
         history = trainer.fit()
     finally:
         trainer.close()
     return {
+        "profile": profiler.summary if profiler is not None else None,
         "rank": dist.rank,
         "world_size": dist.world_size,
         "wall_s": time.perf_counter() - t0,
@@ -120,27 +187,42 @@ def train_rank(dist: Any, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_config(args: argparse.Namespace, gpus: int, checkpointing: bool) -> dict[str, Any]:
-    """Launches one configuration on ``gpus`` processes and summarizes rank 0's history."""
-    from med_core.training import launch
-
-    spec = {
+def rank_spec(args: argparse.Namespace, checkpointing: bool) -> dict[str, Any]:
+    """What :func:`train_rank` needs (picklable); ``profile``: the trace folder or ``None``."""
+    mode = "on" if checkpointing else "off"
+    return {
         "device": args.device,
         "backbone": args.backbone,
         "img_size": args.img_size,
         "train_images": args.train_images,
         "val_images": args.val_images,
         "per_gpu_batch": args.per_gpu_batch,
-        "epochs": args.epochs,
+        "epochs": args.warmup_epochs + 1 if args.profile else args.epochs,
         "checkpointing": checkpointing,
+        "bucket_cap_mb": args.bucket_cap_mb,
+        "static_graph": args.static_graph,
+        "profile": str(args.profile / f"ckpt-{mode}") if args.profile else None,
     }
+
+
+def launch_ranks(args: argparse.Namespace, gpus: int, checkpointing: bool) -> list[Any] | str:
+    """Every rank's :func:`train_rank` result, or the error as a row status."""
+    from med_core.training import launch
+
+    backend = "nccl" if args.device == "cuda" else "gloo"
+    try:
+        return launch(train_rank, gpus, args=(rank_spec(args, checkpointing),), backend=backend)
+    except Exception as exc:  # recorded in the row; the other configurations still run
+        return f"error: {type(exc).__name__}: {str(exc).strip()[:300]}"
+
+
+def run_config(args: argparse.Namespace, gpus: int, checkpointing: bool) -> dict[str, Any]:
+    """Launches one configuration on ``gpus`` processes and summarizes rank 0's history."""
     row: dict[str, Any] = {"gpus": gpus, "checkpointing": checkpointing, "status": "ok"}
     t0 = time.perf_counter()
-    try:
-        backend = "nccl" if args.device == "cuda" else "gloo"
-        ranks = launch(train_rank, gpus, args=(spec,), backend=backend)
-    except Exception as exc:  # recorded in the row; the other configurations still run
-        row.update(status=f"error: {type(exc).__name__}: {str(exc).strip()[:300]}")
+    ranks = launch_ranks(args, gpus, checkpointing)
+    if isinstance(ranks, str):
+        row.update(status=ranks)
         return row
     epochs = ranks[0]["epochs"][args.warmup_epochs :] or ranks[0]["epochs"]
     row["images_per_s"] = statistics.median(e["images_per_s"] for e in epochs)
@@ -154,6 +236,16 @@ def run_config(args: argparse.Namespace, gpus: int, checkpointing: bool) -> dict
     return row
 
 
+def run_profile(args: argparse.Namespace, checkpointing: bool) -> list[dict[str, Any]]:
+    """Profiles the epoch after the warm-up on every rank; one row per rank."""
+    from benchmarks._ddp_profile import as_row
+
+    ranks = launch_ranks(args, args.gpus, checkpointing)
+    if isinstance(ranks, str):
+        return [{"checkpointing": checkpointing, "status": ranks}]
+    return [as_row(checkpointing, r["rank"], r["profile"]) for r in ranks]
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """``ratio`` = images/s of an N-GPU row over the 1-GPU row with the same checkpointing."""
     one = {r["checkpointing"]: r for r in rows if r["gpus"] == 1 and r["status"] == "ok"}
@@ -163,7 +255,18 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["ratio"] = r["images_per_s"] / base["images_per_s"] if ok else None
 
 
-def render(rows: list[dict[str, Any]], command: str, env: dict[str, str], gpus: int) -> str:
+def per_epoch_s(row: dict[str, Any]) -> float | None:
+    """The part of an epoch that does not scale with its steps: epoch time minus training
+    time (validation, its gathers, the buffer broadcast, the loss all-reduce)."""
+    if row.get("epoch_total_s") is None or row.get("epoch_train_s") is None:
+        return None
+    return float(row["epoch_total_s"] - row["epoch_train_s"])
+
+
+def render(
+    rows: list[dict[str, Any]], title: str, command: str, env: dict[str, str], gpus: int
+) -> str:
+    """The scaling section: one row per checkpointing setting and number of GPUs."""
     body = [
         [
             "on" if r["checkpointing"] else "off",
@@ -172,6 +275,7 @@ def render(rows: list[dict[str, Any]], command: str, env: dict[str, str], gpus: 
             fmt(r.get("ratio"), 2),
             fmt(r.get("epoch_train_s"), 2),
             fmt(r.get("epoch_total_s"), 2),
+            fmt(per_epoch_s(r), 2),
             r["status"],
         ]
         for r in rows
@@ -184,6 +288,7 @@ def render(rows: list[dict[str, Any]], command: str, env: dict[str, str], gpus: 
             f"ratio vs 1 GPU (target ≥ {TARGET_RATIO})",
             "epoch train s",
             "epoch s (incl. val)",
+            "per-epoch s",
             "status",
         ],
         body,
@@ -196,24 +301,58 @@ def render(rows: list[dict[str, Any]], command: str, env: dict[str, str], gpus: 
     ]
     return "\n".join(
         [
-            "# DDP scaling of one trial (med_core Trainer + launch)",
-            "",
-            "Generated by `benchmarks/ddp_scaling.py`:",
-            "",
-            "```",
-            command,
-            "```",
-            "",
-            "## Environment",
-            "",
-            environment_table(env),
-            "",
-            "## Results",
+            *section_head(f"Scaling: {gpus} vs 1 ({title})", command, env),
+            "### Results",
             "",
             table,
             "",
             *verdict,
+        ]
+    )
+
+
+def section_key(args: argparse.Namespace, env: dict[str, str]) -> tuple[str, str]:
+    """The section name's tail and the title of a run: device, backend and ``cfg.ddp``
+    options other than the defaults (``("cpu-bucket4", "CPU (gloo), bucket 4 MiB")``)."""
+    key = args.device + (f"-bucket{args.bucket_cap_mb:g}" if args.bucket_cap_mb else "")
+    words = [f"{env.get('GPU', 'CPU')} ({'NCCL' if args.device == 'cuda' else 'gloo'})"]
+    if args.bucket_cap_mb:
+        words.append(f"bucket {args.bucket_cap_mb:g} MiB")
+    if args.static_graph:
+        key, words = key + "-static", [*words, "static graph"]
+    return key, ", ".join(words)
+
+
+def section_head(title: str, command: str, env: dict[str, str]) -> list[str]:
+    """A section's title, exact command and environment table (Markdown lines)."""
+    return [
+        f"## {title}",
+        "",
+        "Generated by:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "### Environment",
+        "",
+        environment_table(env),
+        "",
+    ]
+
+
+def render_profile(
+    rows: list[dict[str, Any]], title: str, command: str, env: dict[str, str]
+) -> str:
+    """The ``--profile`` section: one row per rank and checkpointing setting."""
+    from benchmarks._ddp_profile import profile_table
+
+    return "\n".join(
+        [
+            *section_head(f"Profile: {title}", command, env),
+            "### Per rank (columns: see the top of the file)",
             "",
+            profile_table(rows),
         ]
     )
 
@@ -238,7 +377,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="off,on",
         help="comma list of off/on (family-default gradient checkpointing segments)",
     )
-    p.add_argument("--out", type=Path, default=None, help="Markdown report")
+    p.add_argument(
+        "--bucket-cap-mb",
+        type=float,
+        default=None,
+        help="ddp.bucket_cap_mb of the runs (default: torch's, 25 MiB with a 1 MiB first bucket)",
+    )
+    p.add_argument("--static-graph", action="store_true", help="ddp.static_graph: true")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="profile the epoch after the warm-up on every rank instead of the 1-vs-N run; "
+        "Chrome traces go to DIR",
+    )
+    p.add_argument("--out", type=Path, default=None, help="Markdown report (own section)")
     p.add_argument("--json", type=Path, default=None, help="raw results as JSON")
     return p
 
@@ -253,23 +407,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = [m.strip() for m in args.checkpointing.split(",") if m.strip()]
     if not modes or set(modes) - {"off", "on"}:
         raise SystemExit(f"--checkpointing takes off/on, got {args.checkpointing!r}")
+    if args.profile and args.train_images // (args.per_gpu_batch * args.gpus) < 3:
+        raise SystemExit("--profile needs >= 3 steps per epoch: raise --train-images")
     command = command_line(__file__, argv)
     log(f"$ {command}")
-    rows: list[dict[str, Any]] = []
-    for mode in modes:
-        for gpus in (1, args.gpus):
-            row = run_config(args, gpus, mode == "on")
-            rows.append(row)
-            log(
-                f"ckpt={mode} gpus={gpus}: {fmt(row.get('images_per_s'), 0)} images/s, "
-                f"epoch train {fmt(row.get('epoch_train_s'), 2)} s [{row['status']}]"
-            )
-    add_ratios(rows)
     env = environment(torch.device(args.device))
-    md = render(rows, command, env, args.gpus)
+    key, title = section_key(args, env)
+    if args.profile:
+        rows = [r for mode in modes for r in run_profile(args, mode == "on")]
+        name, md = f"profile-{key}", render_profile(rows, title, command, env)
+    else:
+        rows = []
+        for mode in modes:
+            for gpus in (1, args.gpus):
+                row = run_config(args, gpus, mode == "on")
+                rows.append(row)
+                log(
+                    f"ckpt={mode} gpus={gpus}: {fmt(row.get('images_per_s'), 0)} images/s, "
+                    f"epoch train {fmt(row.get('epoch_train_s'), 2)} s [{row['status']}]"
+                )
+        add_ratios(rows)
+        name, md = f"scaling-{key}", render(rows, title, command, env, args.gpus)
     print(md)
     if args.out:
-        write_text(args.out, md)
+        existing = args.out.read_text(encoding="utf-8") if args.out.is_file() else None
+        write_text(args.out, merge_section(existing, f"ddp_scaling:{name}", md, header=HEADER))
     if args.json:
         write_json(args.json, {"command": command, "env": env, "rows": rows})
     return 0 if all(r["status"] == "ok" for r in rows) else 1

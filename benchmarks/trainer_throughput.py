@@ -84,6 +84,7 @@ from benchmarks._common import is_fatal_device_error  # noqa: E402
 from benchmarks._common import is_oom  # noqa: E402
 from benchmarks._common import log  # noqa: E402
 from benchmarks._common import markdown_table  # noqa: E402
+from benchmarks._common import merge_section as merge_marked_section  # noqa: E402
 from benchmarks._common import release_device_memory  # noqa: E402
 from benchmarks._common import synchronize  # noqa: E402
 from benchmarks._common import write_json  # noqa: E402
@@ -608,23 +609,9 @@ bytes, never zeros). `--data NAME --data-dir DIR` uses a real MedMNIST file inst
 """
 
 
-def _markers(section: str) -> tuple[str, str]:
-    return (
-        f"<!-- trainer_throughput:{section}:begin -->",
-        f"<!-- trainer_throughput:{section}:end -->",
-    )
-
-
 def merge_section(existing: str | None, section: str, block: str) -> str:
     """The document with ``section``'s block replaced (or appended; header if new)."""
-    begin, end = _markers(section)
-    block = f"{begin}\n{block.strip()}\n{end}"
-    if not existing or not existing.strip():
-        return f"{HEADER.rstrip()}\n\n{block}\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(existing):
-        return pattern.sub(lambda _m: block, existing, count=1)
-    return f"{existing.rstrip()}\n\n{block}\n"
+    return merge_marked_section(existing, f"trainer_throughput:{section}", block, header=HEADER)
 
 
 def _dtype_label(spec: ConfigSpec, device: torch.device) -> str:

@@ -1,7 +1,8 @@
 """Configuration dataclasses of one training run, with validation and YAML round-trip.
 
-:class:`TrainConfig` holds every hyperparameter of a run. It nests four groups:
-:class:`DataConfig`, :class:`ModelConfig`, :class:`AugmentConfig` and :class:`OptimConfig`.
+:class:`TrainConfig` holds every hyperparameter of a run. It nests five groups:
+:class:`DataConfig`, :class:`ModelConfig`, :class:`AugmentConfig`, :class:`OptimConfig`
+and :class:`DDPConfig`.
 All are frozen; each validates its fields when built and names the key, the rule and
 the value on error. Dotted names (``"optim.lr"``) address nested fields: they are the
 names used by search spaces, MLflow params and :meth:`TrainConfig.from_flat`.
@@ -38,6 +39,7 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
     "AugmentConfig",
+    "DDPConfig",
     "DataConfig",
     "DistillConfig",
     "ModelConfig",
@@ -286,6 +288,26 @@ class OptimConfig(_ConfigBase):
 
 
 @dataclass(frozen=True)
+class DDPConfig(_ConfigBase):
+    """How ``DistributedDataParallel`` reduces gradients when a run has several ranks
+    (ignored in one process).
+
+    Args:
+        bucket_cap_mb: The gradient bucket size in MiB; each bucket is all-reduced as soon
+            as all its gradients exist, so smaller buckets start communication earlier in
+            the backward pass (and cost more collectives). ``None`` keeps torch's default:
+            25 MiB, with a first bucket (the last layers' gradients) of 1 MiB; a value
+            sets every bucket, the first included, to it.
+        static_graph: Tell DDP that every step uses the same parameters in the same
+            order (``DistributedDataParallel(static_graph=True)``), which lets it skip the
+            per-step search for unused parameters after the first step.
+    """
+
+    bucket_cap_mb: float | None = _rule(_optional(_positive), None)
+    static_graph: bool = _rule(_is_type(bool), False)
+
+
+@dataclass(frozen=True)
 class DistillConfig(_ConfigBase):
     """Knowledge distillation of a student from a teacher's soft targets (Hinton et al.).
 
@@ -313,6 +335,7 @@ class TrainConfig(_ConfigBase):
         model: See :class:`ModelConfig`.
         augment: See :class:`AugmentConfig`.
         optim: See :class:`OptimConfig`.
+        ddp: See :class:`DDPConfig`.
         epochs: Number of training epochs (the fidelity budget of a search).
         batch_size: Global batch size (divided across DDP ranks).
         label_smoothing: Cross-entropy label smoothing in [0, 1).
@@ -332,6 +355,7 @@ class TrainConfig(_ConfigBase):
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     epochs: int = _rule(_positive_int, 10)
     batch_size: int = _rule(_positive_int, 128)
     label_smoothing: float = _rule(_in_range(0.0, 0.99), 0.0)

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from med_core.config import DDPConfig
+
 __all__ = ["DistContext", "find_free_port", "launch"]
 
 _logger = logging.getLogger(__name__)
@@ -165,20 +167,24 @@ class DistContext:
     def broadcast_buffers(self, module: torch.nn.Module, src: int = 0) -> None:
         """Copies ``src``'s buffers (e.g. BatchNorm running statistics) to every rank.
 
-        DDP broadcasts buffers at the start of each forward, so after the last training
-        step every rank still holds the statistics of its own last batch; this makes the
-        ranks identical again before evaluation and checkpointing.
+        Each rank trains its own statistics (:func:`wrap_ddp` turns DDP's per-step buffer
+        broadcast off), so after the last training step every rank holds the statistics
+        of its own batches; this makes the ranks identical again before evaluation and
+        checkpointing. The buffers travel as one flat tensor per dtype: one collective
+        for all running means and variances instead of one per buffer (a ResNet-50 has
+        159 buffers).
         """
         if not self.is_distributed:
             return
         dev = self._coll_device()
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for b in module.buffers():
-            if b.device == dev:
-                tdist.broadcast(b, src=src)
-            else:
-                tmp = b.detach().to(dev)
-                tdist.broadcast(tmp, src=src)
-                b.copy_(tmp)
+            by_dtype.setdefault(b.dtype, []).append(b)
+        for buffers in by_dtype.values():
+            flat = torch.cat([b.detach().reshape(-1).to(dev) for b in buffers])
+            tdist.broadcast(flat, src=src)
+            for b, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+                b.copy_(part.view(b.shape))
 
     def gather_eval(self, t: torch.Tensor) -> torch.Tensor:
         """Reassembles per-rank evaluation outputs into the full split, in sample order.
@@ -321,7 +327,9 @@ def launch(
     return [collected[r] for r in range(nprocs)]
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap_ddp(
+    model: torch.nn.Module, device: torch.device, options: DDPConfig | None = None
+) -> torch.nn.Module:
     """``model`` in :class:`~torch.nn.parallel.DistributedDataParallel`, set up for throughput.
 
     * ``broadcast_buffers=False``: DDP's default broadcasts every buffer (BatchNorm
@@ -332,17 +340,23 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
       statistics with one broadcast per epoch instead of one per step.
     * ``gradient_as_bucket_view=True``: gradients are views into the all-reduce buckets,
       which saves one copy of every gradient per step and the memory of a second copy.
+    * ``options`` (the run's ``cfg.ddp``): the bucket size and ``static_graph``; see
+      :class:`~med_core.config.DDPConfig`. Default: torch's defaults.
     """
     import inspect
 
     from torch.nn.parallel import DistributedDataParallel
 
+    options = options if options is not None else DDPConfig()
     # torch >= 2.15 renames the per-forward part of broadcast_buffers (init sync is kept)
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    no_sync: dict[str, Any] = {sync: False}
     return DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
         gradient_as_bucket_view=True,
-        **{sync: False},
+        bucket_cap_mb=options.bucket_cap_mb,
+        static_graph=options.static_graph,
+        **no_sync,
     )

@@ -278,7 +278,7 @@ class Trainer:
         if self.dist.is_distributed:
             from med_core.training._distributed import wrap_ddp
 
-            net = wrap_ddp(model, dev)
+            net = wrap_ddp(model, dev, cfg.ddp)
         train_module: nn.Module = (
             TrainStep(net, settings) if self.distill is None else self.distill.step(net, settings)
         )

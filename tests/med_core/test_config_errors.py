@@ -37,3 +37,19 @@ def test_device_error_is_structured_and_a_free_text_error_has_no_key() -> None:
     assert ConfigError("several keys are wrong").key is None
     with pytest.raises(TypeError):
         ConfigError(key="x")  # neither a message nor a rule
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("ddp.bucket_cap_mb", 0, "a number > 0"),
+        ("ddp.bucket_cap_mb", "25", "a number > 0"),
+        ("ddp.static_graph", "yes", "of type bool"),
+    ],
+)
+def test_a_bad_ddp_option_names_its_key_rule_and_value(key: str, value: object, rule: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.from_flat({key: value})
+    assert (e.value.key, e.value.rule) == (key, rule) and e.value.value == value
+    assert str(e.value).startswith(f"{key}: must be {rule}, got ")
+    assert TrainConfig.from_flat({"ddp.bucket_cap_mb": 4}).ddp.bucket_cap_mb == 4.0

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from training_helpers import ddp_cfg
+from training_helpers import ddp_options_worker
 from training_helpers import ddp_worker
 from training_helpers import small_dataset
 from training_helpers import strip_timing
@@ -56,3 +58,19 @@ def test_two_rank_gloo_fit_with_gradient_checkpointing(medmnist_dir: Path, tmp_p
         assert r0["evaluate"][k] == pytest.approx(v, abs=1e-6), k
         assert r0["history"]["epochs"][-1][k] == pytest.approx(v, abs=1e-6), k
     assert not math.isnan(ev["val_auc"])
+
+
+@pytest.mark.ddp
+def test_ddp_options_reach_the_ddp_module_and_buffers_come_from_rank_0() -> None:
+    r0, r1 = launch(ddp_options_worker, 2, backend="gloo")
+    # cfg.ddp's bucket size (0.5 MiB) and static_graph are the DDP module's own settings
+    assert r0["options"] == r1["options"] == (2**19, True)
+    assert r0["default"] == r1["default"] == (25 * 2**20, False)  # torch's defaults
+    # the ranks trained on different data, and the all-reduce averaged their gradients
+    for g0, g1 in zip(r0["grads"], r1["grads"], strict=True):
+        assert torch.equal(g0, g1)
+    # BatchNorm statistics: each rank's own until the broadcast, then rank 0's everywhere
+    assert not torch.equal(r0["own_mean"], r1["own_mean"])
+    for b0, b1 in zip(r0["buffers"], r1["buffers"], strict=True):
+        assert torch.equal(b0, b1)
+    assert torch.equal(r1["buffers"][0], r0["own_mean"])  # running_mean, the first buffer

@@ -159,6 +159,32 @@ def ddp_worker(dist: DistContext, data_dir: str, out_dir: str) -> dict[str, Any]
     }
 
 
+def ddp_options_worker(dist: DistContext) -> dict[str, Any]:
+    """One rank of the DDP-options test: ``wrap_ddp`` with ``cfg.ddp`` set and with the
+    defaults, two steps on rank-specific data, then rank 0's buffers broadcast."""
+    from med_core.training._distributed import wrap_ddp
+
+    cfg = TrainConfig.from_flat({"ddp.bucket_cap_mb": 0.5, "ddp.static_graph": True})
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16),
+                                torch.nn.Linear(16, 2))  # fmt: skip
+    net = wrap_ddp(model, torch.device("cpu"), cfg.ddp)
+    default = wrap_ddp(torch.nn.Linear(2, 2), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(dist.rank)
+    for _ in range(2):  # static_graph: the first step records the graph, the second uses it
+        net.zero_grad(set_to_none=True)
+        net(torch.randn(4, 8, generator=gen)).square().sum().backward()
+    own_mean = model[1].running_mean.clone()
+    dist.broadcast_buffers(model)
+    return {
+        "options": (net.bucket_bytes_cap, net.static_graph),
+        "default": (default.bucket_bytes_cap, default.static_graph),
+        "grads": [p.grad.clone() for p in model.parameters()],
+        "own_mean": own_mean,
+        "buffers": [b.clone() for b in model.buffers()],
+    }
+
+
 def ddp_cfg(data_dir: str | Path) -> TrainConfig:
     return base_cfg(
         data_dir,
