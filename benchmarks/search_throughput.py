@@ -77,9 +77,11 @@ def study_work(storage: str, study: str, n_train: int, n_pool: int) -> dict[str,
     ``n_pool * (folds - 1) / folds`` images; its ``history`` is its first fold's."""
     import optuna
 
+    from medauto.bagging import DEFERRED
     from medauto.keys import EPOCHS_RUN_ATTR
     from medauto.keys import FOLD_VALUES_ATTR
     from medauto.keys import HISTORY_ATTR
+    from medauto.keys import REASON_ATTR
     from medauto.keys import WORKER_ATTR
     from medauto.study import load_settings
 
@@ -90,7 +92,10 @@ def study_work(storage: str, study: str, n_train: int, n_pool: int) -> dict[str,
     epochs = images = 0
     workers = set()
     for t in s.get_trials(deepcopy=False):
-        states[t.state.name] = states.get(t.state.name, 0) + 1
+        # a portfolio entry that seed bagging deferred is a FAIL record re-queued, not a failure
+        deferred = t.user_attrs.get(REASON_ATTR) == DEFERRED
+        state = "DEFERRED" if deferred and t.state.name == "FAIL" else t.state.name
+        states[state] = states.get(state, 0) + 1
         run = int(t.user_attrs.get(EPOCHS_RUN_ATTR, len(t.user_attrs.get(HISTORY_ATTR, []))))
         if not run:
             continue
