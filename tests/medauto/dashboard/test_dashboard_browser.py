@@ -5,69 +5,16 @@ installs it)."""
 
 from __future__ import annotations
 
-import html
-import os
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from browser import assert_screenshot
+from browser import render
 from dashboard_helpers import DashboardProcess
 from dashboard_helpers import DemoStudy
 from dashboard_helpers import http_json
-from PIL import Image
 
 pytestmark = pytest.mark.slow
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=1280,900", "--virtual-time-budget=10000",
-)
-
-
-def _chromium() -> str:
-    """The browser; skipped with the reason on a machine without it, except under CI
-    (``CI=true``, where .ci/run installs it and a missing browser is a failure)."""
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    reason = ("headless Chromium is not installed: run `apt-get install -y chromium` "
-              "(Debian's package; .ci/run installs it)")
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def render(url: str, out_dir: Path, name: str) -> tuple[Path, str]:
-    """Loads ``url`` in a fresh headless Chromium; returns (screenshot, visible text)."""
-    shot = out_dir / f"{name}.png"
-    cmd = [
-        _chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={out_dir / f'profile-{name}'}",
-        f"--screenshot={shot}", "--dump-dom", url,
-    ]
-    done = subprocess.run(cmd, capture_output=True, timeout=90, check=False)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
-    dom = done.stdout.decode()
-    (out_dir / f"{name}.html").write_text(dom)
-    text = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
-    text = html.unescape(re.sub(r"<[^>]+>", "\n", text))
-    text = "\n".join(line.strip() for line in text.splitlines() if line.strip())
-    return shot, text
-
-
-def _assert_screenshot(shot: Path) -> None:
-    data = shot.read_bytes()
-    assert data[:8] == PNG_SIGNATURE
-    assert len(data) > 20_000, f"screenshot is only {len(data)} bytes"
-    with Image.open(shot) as im:
-        assert im.size == (1280, 900)
-        colours = im.convert("RGB").getcolors(maxcolors=1_000_000)
-    assert colours is not None and len(colours) > 100, "the page rendered (nearly) blank"
-
 
 def _study_id(dashboard: DashboardProcess, name: str) -> int:
     summaries = http_json(f"{dashboard.base}/api/studies")["study_summaries"]
@@ -79,7 +26,7 @@ def test_study_page_renders_name_and_best_trial(
 ) -> None:
     study_id = _study_id(dashboard, demo_study.name)
     shot, text = render(f"{dashboard.base}/dashboard/studies/{study_id}", tmp_path, "study")
-    _assert_screenshot(shot)
+    assert_screenshot(shot)
     assert f"{demo_study.name} (id={study_id})" in text
     assert f"Best Trial (number={demo_study.best_number})" in text
     assert "History" in text and "Hyperparameter Importance" in text
@@ -103,7 +50,7 @@ def test_trials_page_renders_count_and_user_attributes(
     trials_page: tuple[Path, list[str]], demo_study: DemoStudy
 ) -> None:
     shot, lines = trials_page
-    _assert_screenshot(shot)
+    assert_screenshot(shot)
     assert any(demo_study.name in line for line in lines)
     assert f"{len(demo_study.states)} Trials" in lines  # the list's header: "5 Trials"
     for number in range(len(demo_study.states)):

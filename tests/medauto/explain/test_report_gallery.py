@@ -107,3 +107,27 @@ def test_gallery_failure_is_one_paragraph_not_a_failed_report(retrain_dir: Path,
     blocks = gallery_blocks(result, images)
     assert blocks[1] == ("p", NOT_A_DIAGNOSIS) and blocks[2][1].startswith("No gallery: ")
     assert images == {}
+
+
+def test_report_renders_in_a_headless_browser(retrain_dir: Path, tmp_path: Path) -> None:
+    """Chromium opens the self-contained report.html and renders all of it: the test
+    metrics next to the published rows, the gallery's images and the statement that CAMs
+    are not a diagnosis are on the page."""
+    from browser import assert_screenshot
+    from browser import render
+    from browser import visible_text
+
+    study = optuna.create_study(study_name="g")
+    paths = write_report(study, out_dir=tmp_path / "rep", retrain=retrain_dir / "retrain.json")
+    expected = visible_text(paths.html.read_text())
+    wanted = ("Test metrics vs. published MedMNIST v2 baselines", "Google AutoML Vision",
+              NOT_A_DIAGNOSIS.split(":")[0])
+    assert all(w in expected for w in wanted)  # in the file, so the browser check means something
+    images = paths.html.read_text().count("<img ")
+    assert images >= len(KINDS) * 2  # the gallery: each kind of example for both classes
+    shot, text = render(paths.html.as_uri(), tmp_path, "report")
+    assert_screenshot(shot, min_bytes=5_000, min_colours=20)  # mostly text and tables
+    for w in wanted:
+        assert w in text, w
+    assert (tmp_path / "report.html").read_text().count("<img ") == images
+    assert text.count("\n") >= expected.count("\n") * 0.9  # the whole page, not an error page
