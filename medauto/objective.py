@@ -50,6 +50,7 @@ from medauto.preprocessing import Preprocessing
 from medauto.pruning import PruningCallback
 from medauto.trial_timing import EpochProbe
 from medauto.trial_timing import fit_epochs
+from medauto.trial_timing import timing_key
 
 if TYPE_CHECKING:
     from med_core.config import TrainConfig
@@ -290,11 +291,8 @@ class Objective:
 
     # ------------------------------------------------------------------------- helpers
     def _timing_key(self, cfg: TrainConfig) -> tuple[Any, ...]:
-        """What sets an epoch's time: a configuration timed before (a seed repeat, the same
-        network at another learning rate) is not timed again."""
-        return (cfg.model.backbone, cfg.model.checkpoint_segments, cfg.batch_size,
-                cfg.data.img_size, cfg.amp_dtype, cfg.channels_last, cfg.compile,
-                self.selection.folds)
+        """A configuration timed before is not timed again (:func:`timing_key`)."""
+        return timing_key(cfg, self.selection.folds)
 
     def _budget_check(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any

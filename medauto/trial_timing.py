@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from med_core.data import MedicalDataset
     from medauto.space import SearchSpace
 
-__all__ = ["PROBED", "EpochProbe", "budgeted_selection", "fit_epochs", "probe_epochs"]
+__all__ = ["PROBED", "EpochProbe", "budgeted_selection", "fit_epochs", "probe_epochs",
+           "timing_key"]
 
 _logger = get_logger(__name__)
 
@@ -75,6 +76,14 @@ class EpochProbe(Callback):
         return first + (epochs - 1) * (self.epoch_s if self.epoch_s is not None else first)
 
 
+def timing_key(cfg: TrainConfig, folds: int) -> tuple[Any, ...]:
+    """What sets an epoch's time under ``folds``-fold selection (1: holdout): two
+    configurations with one key (a seed repeat, the same network at another learning rate
+    or with mixup) are timed once."""
+    return (cfg.model.backbone, cfg.model.checkpoint_segments, cfg.batch_size,
+            cfg.data.img_size, cfg.amp_dtype, cfg.channels_last, cfg.compile, folds)
+
+
 def fit_epochs(epochs: int, first_s: float, epoch_s: float, cap_s: float) -> int:
     """The most epochs (1 to ``epochs``) whose projected time fits ``cap_s``.
 
@@ -115,7 +124,7 @@ def budgeted_selection(
     """``selection``, or holdout when a budget cannot pay for its k fold fits.
 
     Times two epochs of each of the space's portfolio entries on one fold
-    (:func:`probe_epochs`, in portfolio order, each distinct configuration once) and asks
+    (:func:`probe_epochs`, in portfolio order, each :func:`timing_key` once) and asks
     :func:`medauto.fingerprint.affordable_selection` for each: cross-validation is kept
     only if every entry, the slowest included, can train its folds. The first entry that
     cannot decides for holdout, and the rest are not timed. A space without a portfolio,
@@ -126,14 +135,14 @@ def budgeted_selection(
     if selection.mode != "cv" or not space.portfolio:
         return selection
     _, fold = next(iter(cross_validation_folds(dataset, selection.folds, seed=selection.seed)))
-    timed_configs: list[TrainConfig] = []
+    timings: dict[tuple[Any, ...], tuple[float, float] | None] = {}
     for entry in space.portfolio:
         cfg = space.config_from_params(entry.params)
-        if cfg in timed_configs:
-            continue
-        timed_configs.append(cfg)
-        with timed("selection_probe", -1):
-            timing = probe_epochs(cfg, fold, device)
+        key = timing_key(cfg, selection.folds)
+        if key not in timings:
+            with timed("selection_probe", -1):
+                timings[key] = probe_epochs(cfg, fold, device)
+        timing = timings[key]
         if timing is None:
             continue
         if affordable_selection(selection, epochs=cfg.epochs, first_s=timing[0],

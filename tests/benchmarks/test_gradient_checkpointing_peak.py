@@ -342,7 +342,8 @@ def test_peak_report_cpu_smoke(bench: ModuleType, tmp_path: Path, capsys: Any) -
     argv = [
         "--device", "cpu", "--peak-report", "--sizes", "16", "--batch-sizes", "2",
         "--families", "resnet", "--backbone", "resnet=resnet18", "--budgets", "0.3",
-        "--peak-extra", "0.3+selective+offload", "--warmup", "1", "--repeats", "1", "--watchdog-grace", "0",
+        "--peak-extra", "0.3+selective+offload", "--warmup", "1", "--repeats", "1",
+        "--watchdog-grace", "0",
         "--out", str(out), "--json", str(js),
     ]  # fmt: skip
     assert bench.main(argv) == 0
