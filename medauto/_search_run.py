@@ -77,11 +77,12 @@ def build_objective(
         cb = tracker.trial_callback(trial, cfg) if tracker is not None else None
         out = [] if cb is None else [cb]
         plan = opt.budget_plan_
-        if plan is not None and start is not None:
+        deadline = _search_deadline(plan, start)
+        if plan is not None and deadline is not None:
             from medauto.budget import BudgetCallback
 
             # each fold of a cross-validated trial gets its share of the trial cap
-            out.append(BudgetCallback(trial, search_deadline=start + plan.search_s,
+            out.append(BudgetCallback(trial, search_deadline=deadline,
                                       trial_cap_s=plan.trial_cap_s / folds))
         return out
 
@@ -91,6 +92,7 @@ def build_objective(
         progress=opt.trainer_progress, artifact_store=artifact_store_for(opt.run_dir),
         artifact_trials="best", oom_retry=opt.oom_retry, selection=selection,
         trial_cap_s=plan.trial_cap_s if plan is not None else None,
+        search_deadline=_search_deadline(plan, start),
         members_root=Path(opt.run_dir) if members else None,
     )
 
@@ -211,9 +213,15 @@ def _timeout(plan: BudgetPlan | None, start: float, timeout_at: float | None) ->
     return max(1e-3, min(ends) - time.monotonic()) if ends else None
 
 
+def _search_deadline(plan: BudgetPlan | None, start: float | None) -> float | None:
+    """The ``time.monotonic()`` value at which a budgeted search ends (``None``: no budget)."""
+    return None if plan is None or start is None else start + plan.search_s
+
+
 def _use_plan(opt: AutoMLOptimizer, objective: Objective, plan: BudgetPlan | None) -> None:
     opt.budget_plan_ = plan
     objective.trial_cap_s = plan.trial_cap_s if plan is not None else None
+    objective.search_deadline = _search_deadline(plan, opt.budget_start_)
 
 
 def _with_probe(

@@ -172,6 +172,11 @@ class Objective:
             together), the trial trains the epochs that do, so it completes a whole
             learning-rate schedule instead of being cut mid-way; the ``epochs_fitted``
             user attribute records it.
+        search_deadline: If given (a budgeted search), the ``time.monotonic()`` value at
+            which the search ends. A trial's cap is then at most the time left to it when
+            the trial starts, so a trial that starts late (the last of concurrent trials,
+            the search's last minutes) trains the epochs that end by the deadline and
+            completes, instead of being stopped there with its folds unfinished.
         members_root: If given (the run folder), each completed trial keeps its best-epoch
             model(s) and its validation (or out-of-fold) predictions in
             :func:`medauto.members.member_dir` for the final ensemble.
@@ -191,6 +196,7 @@ class Objective:
         oom_retry: bool = True,
         selection: Selection | None = None,
         trial_cap_s: float | None = None,
+        search_deadline: float | None = None,
         members_root: Path | None = None,
         artifact_trials: str = "all",
     ) -> None:
@@ -210,6 +216,7 @@ class Objective:
         self.selection = selection or Selection()
         self.members_root = members_root
         self.trial_cap_s = trial_cap_s
+        self.search_deadline = search_deadline
 
         self.last_epochs_run = 0
         self._timings: dict[tuple[Any, ...], tuple[float, float]] = {}
@@ -297,11 +304,15 @@ class Objective:
     def _budget_check(
         self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, **trainer_kwargs: Any
     ) -> tuple[TrainConfig, EpochProbe | None]:
-        """``cfg`` fitted to the trial cap from a known timing, or ``cfg`` and a probe for
-        its first fit (:meth:`_refit_if_over`); ``None`` when there is nothing to check."""
+        """``cfg`` fitted to the trial cap (at most the time left to the search deadline)
+        from a known timing, or ``cfg`` and a probe for its first fit
+        (:meth:`_refit_if_over`); ``None`` when there is nothing to check."""
         if self.trial_cap_s is None or cfg.epochs <= 2 or "dist" in trainer_kwargs:
             return cfg, None  # (a DDP group's ranks would time the epoch differently)
-        cap = self.trial_cap_s / self.selection.folds
+        cap = self.trial_cap_s
+        if self.search_deadline is not None:
+            cap = min(cap, self.search_deadline - time.monotonic())
+        cap /= self.selection.folds
         timing = self._timings.get(self._timing_key(cfg))
         if timing is None:
             return cfg, EpochProbe(cap)

@@ -4,6 +4,7 @@ a budget keeps k-fold selection only when its folds can each train a useful fit.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,13 @@ def fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return seen
 
 
-def _run(medmnist_dir: Path, tmp_path: Path, cap: float) -> optuna.trial.FrozenTrial:
+def _run(medmnist_dir: Path, tmp_path: Path, cap: float,
+         deadline: float | None = None) -> optuna.trial.FrozenTrial:
     src = cut_medmnist(medmnist_dir / "breastmnist.npz", tmp_path / "b.npz", 32,
                        both_classes=True)
     objective = Objective(SPACE, dataset=load_dataset(src), device="cpu",
-                          overrides={"data.dataset": str(src)}, trial_cap_s=cap)
+                          overrides={"data.dataset": str(src)}, trial_cap_s=cap,
+                          search_deadline=deadline)
     study = optuna.create_study(direction="maximize")
     study.optimize(objective, n_trials=1)
     return study.trials[0]
@@ -67,6 +70,25 @@ def test_a_trial_over_its_cap_trains_fewer_epochs_with_a_whole_schedule(
     assert fitted["from"] == 6 and fitted["to"] == 1
     assert fits == [2, 1]  # two timed epochs said "too long"; again with one, whole
     assert trial.user_attrs["config"]["epochs"] == 1 and trial.user_attrs["epochs_run"] == 1
+
+
+def test_a_trial_that_starts_near_the_search_deadline_trains_the_epochs_left(
+    medmnist_dir: Path, tmp_path: Path, fits: list[int]
+) -> None:
+    # a cap that fits all six epochs, but the search ends in a moment: the trial is fitted
+    # to the time left and completes (it was stopped at the deadline, unfinished, before)
+    trial = _run(medmnist_dir, tmp_path, cap=1e6, deadline=time.monotonic() + 1e-3)
+    fitted = trial.user_attrs["epochs_fitted"]
+    assert fitted["from"] == 6 and fitted["to"] == 1 and fitted["cap_s"] < 1.0
+    assert fits == [2, 1]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_distant_search_deadline_leaves_the_trial_cap_in_charge(
+    medmnist_dir: Path, tmp_path: Path, fits: list[int]
+) -> None:
+    trial = _run(medmnist_dir, tmp_path, cap=1e6, deadline=time.monotonic() + 1e6)
+    assert fits == [6] and "epochs_fitted" not in trial.user_attrs
 
 
 PORTFOLIO_SPACE = SearchSpace.from_dict({
