@@ -34,12 +34,15 @@ __all__ = ["CONSOLE_LOGGERS", "SearchProgress", "trial_summary"]
 CONSOLE_LOGGERS = (*ROOT_LOGGERS, "optuna", "mlflow")
 
 
-def trial_summary(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+def trial_summary(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, *, metric_names: list[str] | None = None
+) -> str:
     """The one line that says how a finished trial went.
 
     Example: ``trial 3 COMPLETE: mobilenet_v3_small, 2 epochs, val_auc 0.8123, 4.2 s``;
     a pruned or failed trial names its reason: ``trial 4 PRUNED (nan_loss): resnet18,
-    1 epoch, 3.0 s``.
+    1 epoch, 3.0 s``. ``metric_names``: the study's (:attr:`optuna.Study.metric_names`),
+    when the caller has read them already (``None``: read from the storage here).
     """
     reason = trial.user_attrs.get(REASON_ATTR)
     head = f"trial {trial.number} {trial.state.name}" + (f" ({reason})" if reason else "")
@@ -47,7 +50,7 @@ def trial_summary(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     epochs = trial.user_attrs.get(EPOCHS_RUN_ATTR, len(trial.intermediate_values))
     parts.append(f"{epochs} epoch{'' if epochs == 1 else 's'}")
     if trial.value is not None:
-        names = study.metric_names
+        names = study.metric_names if metric_names is None else metric_names
         parts.append(f"{names[0] if names else 'value'} {trial.value:.4f}")
     if DURATION_ATTR in trial.user_attrs:
         parts.append(f"{float(trial.user_attrs[DURATION_ATTR]):.1f} s")

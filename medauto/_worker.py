@@ -392,6 +392,7 @@ def _run_loop(
     start = time.monotonic()
     # Dashboard notes are written off the critical path; the loop ends once they are in.
     notes = BackgroundWriter("medauto-notes", on_error=_note_failed)
+    metric_names = study.metric_names  # set when the study is created; read once
     with _long_lived_objects_frozen(), _flushed(notes):
         failures_in_a_row = 0
         while True:
@@ -427,7 +428,7 @@ def _run_loop(
             except KeyboardInterrupt:
                 _record_interrupted(study, trial, on_trial_end)
                 raise
-            _logger.info(trial_summary(study, frozen))
+            _logger.info(trial_summary(study, frozen, metric_names=metric_names))
             report.add(frozen.state.name.lower(), frozen.number)
             failures_in_a_row = failures_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
             if max_failures is not None and failures_in_a_row >= max_failures:
@@ -472,7 +473,10 @@ def _run_trial(
 ) -> optuna.trial.FrozenTrial:
     n = trial.number
     with timed("trial_attrs", n):
-        trial.set_user_attr(WORKER_ATTR, worker_id())
+        # A medauto storage creates the trial with this attribute (storage._new_trial_template);
+        # a trial of another storage, or an enqueued one, gets it here.
+        if trial.user_attrs.get(WORKER_ATTR) != worker_id():
+            trial.set_user_attr(WORKER_ATTR, worker_id())
         if device:
             trial.set_user_attr(DEVICE_ATTR, device)
     t0 = time.perf_counter()
@@ -498,7 +502,7 @@ def _run_trial(
                         TRACEBACK_ATTR, "".join(traceback.format_exception(exc))[-4000:]
                     )
                 study.tell(trial, state=state)
-                frozen = study.get_trials(deepcopy=False)[n]
+                frozen = _told(study, trial)
             _end_trial(study, frozen, on_trial_end)
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -508,11 +512,16 @@ def _run_trial(
     with timed("tell", n):
         trial.set_user_attr(DURATION_ATTR, round(time.perf_counter() - t0, 3))
         study.tell(trial, value)
-        frozen = study.get_trials(deepcopy=False)[n]
+        frozen = _told(study, trial)
     _end_trial(study, frozen, on_trial_end)
     notes.submit("dashboard note", _save_note, study, trial, frozen)
     _release_memory(n)
     return frozen
+
+
+def _told(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The trial as just told: one trial read from the storage, not the whole study."""
+    return compat.study_storage(study).get_trial(compat.trial_id(trial))
 
 
 def _save_note(study: optuna.Study, trial: optuna.Trial,

@@ -169,3 +169,66 @@ def test_heartbeat_is_recorded_while_training(tmp_path: Path) -> None:
     run_worker(study, objective, target=1)
     assert beats[0] is not None
     assert beats[-1] > beats[0]  # the beat advanced during the trial
+
+
+def _half_pruned(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0, 1)
+    if trial.number % 2:
+        raise optuna.TrialPruned()
+    return x
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "in-memory"])
+def test_each_trial_attribute_is_written_once_and_the_told_trial_is_handed_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A medauto storage creates a trial with its ``worker`` attribute, so the loop does
+    not write it again (one storage round trip a trial); a plain Optuna storage gets it
+    from the loop. ``on_trial_end`` sees the trial exactly as it is stored once told."""
+    from medauto.storage import worker_id
+
+    storage: object = {
+        "sqlite": lambda: open_storage(f"sqlite:///{tmp_path / 's.db'}"),
+        "journal": lambda: open_storage(f"journal:///{tmp_path / 's.journal'}"),
+        "in-memory": optuna.storages.InMemoryStorage,
+    }[kind]()
+    study = optuna.create_study(storage=storage)  # type: ignore[arg-type]
+    written: list[tuple[int, str]] = []
+    set_user_attr = optuna.Trial.set_user_attr
+
+    def spy(trial: optuna.Trial, key: str, value: object) -> None:
+        written.append((trial.number, key))
+        set_user_attr(trial, key, value)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", spy)
+    handed: list[optuna.trial.FrozenTrial] = []
+    run_worker(
+        study,
+        _half_pruned,
+        target=4,
+        device="cpu",
+        on_trial_end=lambda s, frozen: handed.append(frozen),
+    )
+    assert sorted(written) == sorted(set(written))  # no attribute written twice
+    workers = [n for n, key in written if key == "worker"]
+    assert workers == ([] if kind != "in-memory" else [0, 1, 2, 3])
+    stored = study.get_trials()
+    assert [t.user_attrs["worker"] for t in stored] == [worker_id()] * 4
+    assert [t.user_attrs["device"] for t in stored] == ["cpu"] * 4
+    assert [(t.number, t.state, t.value, t.user_attrs) for t in handed] == [
+        (t.number, t.state, t.value, t.user_attrs) for t in stored
+    ]
+    assert [t.user_attrs.get("reason") for t in stored] == [None, "pruned", None, "pruned"]
+    assert all("duration_s" in t.user_attrs for t in stored)
+
+
+def test_trial_line_names_the_studys_metric(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop reads the metric names once; every trial's INFO line still shows them."""
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    study.set_metric_names(["val_auc"])
+    with caplog.at_level("INFO", logger="medauto"):
+        run_worker(study, _sleepy, target=2)
+    lines = [r.getMessage() for r in caplog.records if " COMPLETE: " in r.getMessage()]
+    assert len(lines) == 2 and all(" val_auc 0." in line for line in lines)
