@@ -216,6 +216,8 @@ class _InterruptLatch:
 
     def __init__(self) -> None:
         self._previous: dict[int, Any] = {}
+        self._holding = False
+        self._held: int | None = None
         self._pending: int | None = None
         self._since = 0.0
         self._redelivered = False
@@ -241,6 +243,9 @@ class _InterruptLatch:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self._holding:
+            self._held = signum  # delivered when the held block ends (:meth:`held`)
+            return
         if self._redelivered and self._seen:
             return  # a re-delivery that lost the race against the loop's handling
         self._redelivered = False
@@ -258,6 +263,27 @@ class _InterruptLatch:
                 self._redelivered = True
                 self._since = time.monotonic()
                 os.kill(os.getpid(), pending)
+
+    @classmethod
+    @contextmanager
+    def held(cls) -> Iterator[None]:
+        """Holds a Ctrl-C or SIGTERM back while the block runs and delivers it when the block
+        ends. ``study.ask()`` creates the trial in the storage and only then returns it: an
+        interrupt landing in between would leave a RUNNING trial that no worker knows of
+        (until a later run's heartbeat check fails it). Held, the ask either returns its
+        trial, which the loop then records as interrupted, or never started."""
+        latch = cls._current
+        if latch is None:
+            yield
+            return
+        latch._holding = True
+        try:
+            yield
+        finally:
+            latch._holding = False
+            signum, latch._held = latch._held, None
+            if signum is not None:
+                latch._handle(signum, None)
 
     @classmethod
     def seen(cls) -> None:
@@ -412,9 +438,10 @@ def _run_loop(
             if finished + counts[TrialState.RUNNING] >= target and not counts[TrialState.WAITING]:
                 time.sleep(poll_interval)
                 continue
-            with timed("ask"):
-                trial = ask(study)
+            trial = None
             try:
+                with _InterruptLatch.held(), timed("ask"):
+                    trial = ask(study)
                 with timed("surplus_check", trial.number):
                     surplus = _is_surplus(study, trial, target)
                 if surplus:
@@ -426,7 +453,9 @@ def _run_loop(
                     progress.update(study)  # counts this trial as running
                 frozen = _run_trial(study, trial, objective, device, on_trial_end, notes)
             except KeyboardInterrupt:
-                _record_interrupted(study, trial, on_trial_end)
+                _InterruptLatch.seen()
+                if trial is not None:
+                    _record_interrupted(study, trial, on_trial_end)
                 raise
             _logger.info(trial_summary(study, frozen, metric_names=metric_names))
             report.add(frozen.state.name.lower(), frozen.number)
