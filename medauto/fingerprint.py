@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING
 from typing import Literal
 
@@ -38,6 +39,7 @@ __all__ = [
     "CV_FOLDS",
     "SELECTION_MODES",
     "MAX_VAL_AUC_SE",
+    "MIN_CV_FOLDS",
     "MIN_FOLD_EPOCH_SHARE",
     "DataFingerprint",
     "Selection",
@@ -64,6 +66,9 @@ CV_FOLDS = 5
 #: fold fits are worse than one whole fit (the CPU README run: 5 folds x 5 of 12 epochs
 #: gave fold models at validation AUC 0.65-0.71, docs/search_quality.md).
 MIN_FOLD_EPOCH_SHARE = 0.5
+
+#: The fewest folds :func:`affordable_selection` steps down to before it falls back to holdout.
+MIN_CV_FOLDS = 3
 _REFERENCE_AUC = 0.9
 
 Mode = Literal["holdout", "cv"]
@@ -230,26 +235,34 @@ def choose_selection(fp: DataFingerprint, *, folds: int = CV_FOLDS) -> Selection
 def affordable_selection(
     selection: Selection, *, epochs: int, first_s: float, epoch_s: float, trial_cap_s: float
 ) -> Selection:
-    """``selection``, or holdout when its k folds cannot each train a useful fit in time.
+    """``selection``, with fewer folds, or holdout: the most folds that each train a useful
+    fit in time.
 
     ``first_s`` and ``epoch_s`` are a probe's timings of one fold's first and second epoch
-    (:func:`medauto.trial_timing.probe_epochs`); each fold gets ``trial_cap_s / k``. If that
-    fits fewer than :data:`MIN_FOLD_EPOCH_SHARE` of ``epochs``, the one validation split
-    is used instead.
+    (:func:`medauto.trial_timing.probe_epochs`, on a fold of ``selection.folds``; a fold of
+    fewer folds trains on less data, so the timing is an upper bound for it); each fold
+    gets ``trial_cap_s / k``. From ``selection.folds`` down to :data:`MIN_CV_FOLDS`, the
+    first ``k`` whose fold fits :data:`MIN_FOLD_EPOCH_SHARE` of ``epochs`` is kept; if none
+    does, the one validation split is used. Fewer folds before holdout: scored on all of
+    train+val, a configuration cannot be chosen for the luck of a few validation images
+    (BreastMNIST's 78), which is what holdout allows.
 
     Example:
         >>> cv = Selection("cv", folds=5)
         >>> affordable_selection(cv, epochs=12, first_s=4, epoch_s=3, trial_cap_s=38).mode
         'holdout'
-        >>> affordable_selection(cv, epochs=100, first_s=3, epoch_s=0.2, trial_cap_s=149).mode
-        'cv'
+        >>> affordable_selection(cv, epochs=12, first_s=3, epoch_s=2.9, trial_cap_s=55).folds
+        3
+        >>> affordable_selection(cv, epochs=100, first_s=3, epoch_s=0.2, trial_cap_s=149).folds
+        5
     """
     if selection.mode != "cv":
         return selection
-    per_fold = trial_cap_s / selection.folds
-    fitted = 0 if per_fold < first_s else 1 + int((per_fold - first_s) / max(epoch_s, 1e-9))
-    if fitted >= MIN_FOLD_EPOCH_SHARE * epochs:
-        return selection
+    for folds in range(selection.folds, MIN_CV_FOLDS - 1, -1):
+        per_fold = trial_cap_s / folds
+        fitted = 0 if per_fold < first_s else 1 + int((per_fold - first_s) / max(epoch_s, 1e-9))
+        if fitted >= MIN_FOLD_EPOCH_SHARE * epochs:
+            return selection if folds == selection.folds else replace(selection, folds=folds)
     return Selection("holdout")
 
 

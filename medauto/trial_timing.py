@@ -121,19 +121,44 @@ def budgeted_selection(
     selection: Selection, space: SearchSpace, dataset: MedicalDataset, device: str,
     trial_cap_s: float,
 ) -> Selection:
-    """``selection``, or holdout when a budget cannot pay for its k fold fits.
+    """``selection``, with fewer folds, or holdout: what the budget can pay for.
 
     Times two epochs of each of the space's portfolio entries on one fold
     (:func:`probe_epochs`, in portfolio order, each :func:`timing_key` once) and asks
-    :func:`medauto.fingerprint.affordable_selection` for each: cross-validation is kept
-    only if every entry, the slowest included, can train its folds. The first entry that
-    cannot decides for holdout, and the rest are not timed. A space without a portfolio,
-    or holdout, is returned as it is.
+    :func:`medauto.fingerprint.affordable_selection` for each: the folds kept are those
+    that every entry, the slowest included, can train. The first entry that cannot train
+    even :data:`medauto.fingerprint.MIN_CV_FOLDS` folds decides for holdout, and the rest
+    are not timed. A space without a portfolio, or holdout, is returned as it is.
     """
     from med_core.data import cross_validation_folds
 
     if selection.mode != "cv" or not space.portfolio:
         return selection
+    _, fold = next(iter(cross_validation_folds(dataset, selection.folds, seed=selection.seed)))
+    timings: dict[tuple[Any, ...], tuple[float, float] | None] = {}
+    for entry in space.portfolio:
+        cfg = space.config_from_params(entry.params)
+        key = timing_key(cfg, selection.folds)
+        if key not in timings:
+            with timed("selection_probe", -1):
+                timings[key] = probe_epochs(cfg, fold, device)
+        timing = timings[key]
+        if timing is None:
+            continue
+        kept = affordable_selection(selection, epochs=cfg.epochs, first_s=timing[0],
+                                    epoch_s=timing[1], trial_cap_s=trial_cap_s)
+        if kept == selection:
+            continue
+        _logger.info(
+            "selection: %d folds of %s would each train %.0f s of a %.0f s trial cap "
+            "(%.1f s, then %.2f s per epoch, %d epochs): fewer than %.0f%% of the epochs, so "
+            "%s is used", selection.folds, entry.name, trial_cap_s / selection.folds,
+            trial_cap_s, timing[0], timing[1], cfg.epochs, 100 * MIN_FOLD_EPOCH_SHARE,
+            kept.describe())
+        if kept.mode == "holdout":
+            return kept
+        selection = kept
+    return selection
     _, fold = next(iter(cross_validation_folds(dataset, selection.folds, seed=selection.seed)))
     timings: dict[tuple[Any, ...], tuple[float, float] | None] = {}
     for entry in space.portfolio:

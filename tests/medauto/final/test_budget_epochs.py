@@ -136,3 +136,21 @@ def test_a_configuration_timed_once_is_not_probed_again(
     study = optuna.create_study(direction="maximize")
     study.optimize(objective, n_trials=2)  # same network, another learning rate
     assert fits == [6, 6]
+
+
+def test_a_cap_too_short_for_five_folds_keeps_fewer_folds_before_holdout() -> None:
+    """The README's CPU command on 2026-12-03: 3.0 s, then 2.90 s per epoch, 12 epochs and a
+    55 s trial cap. Five folds fit 4 epochs each, under half: it fell back to the 78
+    validation images and tested at AUC 0.812. Three folds fit 6 of the 12."""
+    from medauto.fingerprint import MIN_CV_FOLDS
+    from medauto.fingerprint import Selection
+    from medauto.fingerprint import affordable_selection
+
+    cv = Selection("cv", folds=5, seed=7)
+    run = {"epochs": 12, "first_s": 3.0, "epoch_s": 2.9}
+    assert affordable_selection(cv, trial_cap_s=55, **run) == Selection("cv", folds=3, seed=7)
+    assert affordable_selection(cv, trial_cap_s=70, **run) == Selection("cv", folds=4, seed=7)
+    assert affordable_selection(cv, trial_cap_s=90, **run) == cv
+    assert MIN_CV_FOLDS == 3  # two folds would train each model on half the data
+    assert affordable_selection(cv, trial_cap_s=45, **run) == Selection("holdout")
+    assert affordable_selection(Selection(), trial_cap_s=1, **run) == Selection()
