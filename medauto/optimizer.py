@@ -336,8 +336,8 @@ class AutoMLOptimizer:
                                self.storage_settings)
         name = self.study_name or f"{Path(str(self.data)).stem}-{space.name}"
         stored = stored_selection(storage, name)
-        if self.selection == "auto" and stored is not None:  # a resumed study scores alike
-            selection = resolve_selection(stored, fp)
+        if stored is not None and self.selection in ("auto", stored.mode):
+            selection = stored  # a resumed study, or a joining worker, scores alike: same folds
         elif self.selection == "auto" and self.budget_plan_ is not None:
             selection = budgeted_selection(selection, space, dataset, device,
                                            self.budget_plan_.trial_cap_s)
@@ -352,6 +352,7 @@ class AutoMLOptimizer:
             direction=self._direction(),
             n_trials=self.target_trials,
             selection=selection.mode,
+            folds=selection.folds if selection.mode == "cv" else None,
         )
         study = open_study(name, storage, settings, sampler=sampler, pruner=pruner, seed=self.seed)
         if self.portfolio and space.portfolio and not study.get_trials(deepcopy=False):

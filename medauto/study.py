@@ -20,6 +20,8 @@ import optuna
 from medauto.algorithms import process_seed
 from medauto.exceptions import MedautoError
 from medauto.exceptions import StudyConflictError
+from medauto.fingerprint import CV_FOLDS
+from medauto.fingerprint import Selection
 from medauto.keys import SETTINGS_ATTR
 from medauto.logging import get_logger
 from medauto.storage import worker_id
@@ -78,6 +80,10 @@ class StudySettings:
         selection: How trials are scored (``"holdout"`` or ``"cv"``, as resolved when the
             study was created), so every worker scores them alike; ``"auto"`` (studies from
             before it was stored) lets each worker decide from the data.
+        folds: The folds of ``"cv"`` as resolved when the study was created (a budget may
+            have stepped them down from :data:`~medauto.fingerprint.CV_FOLDS`), so a joining
+            worker trains the same folds; ``None`` for holdout, and for studies from before
+            it was stored (they used ``CV_FOLDS``).
     """
 
     space: dict[str, Any]
@@ -87,6 +93,7 @@ class StudySettings:
     direction: str
     n_trials: int
     selection: str = "auto"
+    folds: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +104,7 @@ class StudySettings:
             "direction": self.direction,
             "n_trials": self.n_trials,
             "selection": self.selection,
+            "folds": self.folds,
         }
 
 
@@ -212,14 +220,19 @@ def _create_or_resume(
     return study, False
 
 
-def stored_selection(storage: optuna.storages.BaseStorage, name: str) -> str | None:
-    """The selection (``"holdout"`` or ``"cv"``) study ``name`` was created with; ``None``
-    if there is no such study, or it predates the stored selection."""
+def stored_selection(storage: optuna.storages.BaseStorage, name: str) -> Selection | None:
+    """The :class:`~medauto.fingerprint.Selection` study ``name`` was created with (mode and
+    folds); ``None`` if there is no such study, or it predates the stored selection."""
     for summary in storage.get_all_studies():
         if summary.study_name == name:
             raw = summary.user_attrs.get(SETTINGS_ATTR)
-            sel = raw.get("selection") if isinstance(raw, dict) else None
-            return sel if sel in ("holdout", "cv") else None
+            raw = raw if isinstance(raw, dict) else {}
+            mode = raw.get("selection")
+            if mode == "holdout":
+                return Selection("holdout")
+            if mode == "cv":
+                return Selection("cv", folds=int(raw.get("folds") or CV_FOLDS))
+            return None
     return None
 
 

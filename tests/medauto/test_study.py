@@ -12,6 +12,8 @@ from medauto.algorithms import make_sampler
 from medauto.algorithms import parse_kwargs
 from medauto.exceptions import MedautoError
 from medauto.exceptions import StudyConflictError
+from medauto.fingerprint import CV_FOLDS
+from medauto.fingerprint import Selection
 from medauto.storage import open_storage
 from medauto.study import StudySettings
 from medauto.study import load_settings
@@ -38,8 +40,12 @@ def test_the_stored_selection_is_read_back_for_a_resume(tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     assert stored_selection(storage, "s") is None  # no such study
     open_study("s", storage, _settings(selection="holdout"))
+    open_study("cv4", storage, _settings(selection="cv", folds=4))  # a budget's step-down
+    open_study("cv", storage, _settings(selection="cv"))  # from before the folds were stored
     open_study("old", storage, _settings())  # from before the selection was stored
-    assert stored_selection(storage, "s") == "holdout"
+    assert stored_selection(storage, "s") == Selection("holdout")
+    assert stored_selection(storage, "cv4") == Selection("cv", folds=4)
+    assert stored_selection(storage, "cv") == Selection("cv", folds=CV_FOLDS)
     assert stored_selection(storage, "old") is None
 
 

@@ -20,8 +20,11 @@ from medauto.ensemble import Predictor
 from medauto.final import FINAL_FILE
 from medauto.final import FinalResult
 from medauto.final import final_dir
+from medauto.fingerprint import Selection
 from medauto.keys import MEMBERS_ATTR
+from medauto.keys import SETTINGS_ATTR
 from medauto.space import SearchSpace
+from medauto.storage import default_storage_url
 
 TINY = {
     "name": "tiny",
@@ -180,3 +183,23 @@ def test_final_model_is_logged_as_a_servable_pyfunc_model_of_its_run(
     images = load_dataset(src).test.images  # a fresh copy: the guarded one is spent
     predictor = Predictor.load(final_dir(run_dir, result.study.study_name) / "predictor")
     assert np.abs(served.predict(images) - predictor.predict_proba(images)).max() < 1e-5
+
+
+def test_a_joining_worker_trains_the_folds_the_study_was_created_with(guarded: Any) -> None:
+    # A budget may step 5 folds down to 4 or 3 when the study is created; the workers that
+    # join it (`medauto worker`, packed workers) used to read only the mode back and train
+    # 5 folds, so trials of one study were scored on different folds.
+    src, run_dir, _ = guarded
+    opt = _optimizer(src, run_dir, n_trials=1, selection="cv")
+    study = opt.create_study()
+    assert opt.selection_ == Selection("cv", folds=5)
+    assert study.user_attrs[SETTINGS_ATTR]["folds"] == 5
+    stepped = dict(study.user_attrs[SETTINGS_ATTR], folds=3)  # as a step-down stores it
+    study.set_user_attr(SETTINGS_ATTR, stepped)
+    joined = AutoMLOptimizer.from_study(study.study_name, default_storage_url(run_dir),
+                                        run_dir=run_dir, device="cpu", tracking=False)
+    joined.create_study()
+    assert joined.selection_ == Selection("cv", folds=3)
+    again = _optimizer(src, run_dir, n_trials=1)  # `medauto search` again: resumes alike
+    again.create_study()
+    assert again.selection_ == Selection("cv", folds=3)
