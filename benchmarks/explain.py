@@ -28,10 +28,12 @@ Quick smoke run (a few minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shap-samples", type=int, default=16)
     p.add_argument("--max-channels", type=int, default=None,
                    help="Score-CAM on the K highest-variance channels (default: all)")
+    p.add_argument("--cam-units", default="default", metavar="LIST",
+                   help="comma list of CAM target layers to compare: 'default' (the "
+                   "backbone's cam_target_layer) or an index into Backbone.units() (-3: the "
+                   "third unit from the end); layers other than the default run the CAM "
+                   "methods and the random map only (default: default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=_REPO / "docs" / "benchmarks" / "explain.md")
@@ -176,8 +183,27 @@ def _forward_backward(members: list[torch.nn.Module], x: torch.Tensor) -> None:
         m.zero_grad(set_to_none=True)
 
 
+@contextlib.contextmanager
+def _cam_unit(members: list[torch.nn.Module], unit: str) -> Iterator[str]:
+    """Points every member's CAM target layer at ``units()[int(unit)]`` for the block
+    (``default``: unchanged); yields the layer's label for the table."""
+    if unit == "default":
+        yield "default"
+        return
+    backbones = [m.backbone for m in members]
+    for bb in backbones:
+        layer = bb.units()[int(unit)]
+        bb.cam_target_layer = lambda layer=layer: layer  # instance attribute shadows it
+    try:
+        yield f"units()[{unit}]"
+    finally:
+        for bb in backbones:
+            del bb.cam_target_layer
+
+
 def _bench_case(members: list[torch.nn.Module], weights: list[float] | None, x: torch.Tensor,
-                args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+                args: argparse.Namespace, device: torch.device,
+                methods: tuple[str, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Faithfulness and time per method for one model or ensemble (``weights``: its
     members' weights; the forward + backward reference runs every member)."""
     from med_core.explain import METHODS
@@ -189,7 +215,7 @@ def _bench_case(members: list[torch.nn.Module], weights: list[float] | None, x: 
     fb = float(np.median([_timed(lambda: _forward_backward(members, x), device)[1]
                           for _ in range(3)]))  # fmt: skip
     rows = []
-    for method in METHODS:
+    for method in methods or METHODS:
         explain(members, x[:1], method, shap_samples=2, max_channels=2,
                 weights=weights)  # warm-up  # fmt: skip
         maps, seconds = _timed(lambda m=method: explain(
@@ -212,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--model: give one model file per --case")
     if args.predictor and (args.model or args.case):
         raise SystemExit("--predictor replaces --case and --model")
+    from med_core.explain import METHODS
+
+    layer_methods = tuple(m for m in METHODS if m != "shap")  # SHAP has no target layer
     data_dir = _data_dir(args.data_dir)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -239,23 +268,29 @@ def main(argv: list[str] | None = None) -> int:
             family = "+".join(sorted({m.backbone.cfg.family for m in members}))
             x = _val_images(members[0], dataset, data_dir, args.images, args.device)
             log(f"{case} ({family}): {x.shape[0]} validation images {tuple(x.shape[1:])}")
-            rows = _bench_case(members, weights, x, args, device)
-            rand = next(r["score"] for r in rows if r["method"] == "random")
-            for r in rows:
-                beats = "baseline" if r["method"] == "random" else (
-                    f"yes (+{r['score'] - rand:.3f})" if r["score"] > rand
-                    else f"NO ({r['score'] - rand:+.3f})")  # fmt: skip
-                table.append([dataset, backbone, family, r["method"], f"{r['deletion_auc']:.3f}",
-                              f"{r['insertion_auc']:.3f}", f"{r['score']:+.3f}", beats,
-                              f"{1e3 * r['s_per_image']:.1f}",
-                              f"{r['s_per_image'] / r['fb_per_image']:.1f}"])  # fmt: skip
-            cams = [r for r in rows if r["method"] not in ("random", "shap")]
-            top = max(cams, key=lambda r: r["score"])
-            best.append([family, backbone, top["method"], f"{top['score']:+.3f}"])
+            for unit in args.cam_units.split(","):
+                with _cam_unit(members, unit.strip()) as layer:
+                    if layer != "default":
+                        log(f"  CAM target layer: {layer}")
+                    rows = _bench_case(members, weights, x, args, device,
+                                       None if layer == "default" else layer_methods)
+                rand = next(r["score"] for r in rows if r["method"] == "random")
+                for r in rows:
+                    beats = "baseline" if r["method"] == "random" else (
+                        f"yes (+{r['score'] - rand:.3f})" if r["score"] > rand
+                        else f"NO ({r['score'] - rand:+.3f})")  # fmt: skip
+                    table.append([dataset, backbone, family, layer, r["method"],
+                                  f"{r['deletion_auc']:.3f}", f"{r['insertion_auc']:.3f}",
+                                  f"{r['score']:+.3f}", beats, f"{1e3 * r['s_per_image']:.1f}",
+                                  f"{r['s_per_image'] / r['fb_per_image']:.1f}"])  # fmt: skip
+                cams = [r for r in rows if r["method"] not in ("random", "shap")]
+                top = max(cams, key=lambda r: r["score"])
+                best.append([family, backbone, layer, top["method"], f"{top['score']:+.3f}"])
             trained.append([case, info.get("epochs", "-"),
                             f"{info['best_val_auc']:.3f}" if "best_val_auc" in info else "-",
                             f"{info['train_s']:.0f}" if "train_s" in info else info.get("file")])
-    headers = ["dataset", "backbone", "family", "method", "deletion AUC ↓", "insertion AUC ↑",
+    headers = ["dataset", "backbone", "family", "CAM layer", "method", "deletion AUC ↓",
+               "insertion AUC ↑",
                "score ↑", "beats random", "ms / image", "× fwd+bwd"]  # fmt: skip
     print(markdown_table(headers, table))
     on_cpu = not str(device).startswith("cuda")
@@ -279,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         markdown_table(["case", "epochs", "best val AUC", "train s / file"], trained), "",
         f"## Results ({'CPU' if on_cpu else 'GPU'})", "", markdown_table(headers, table), "",
         "## Most faithful CAM method per family (this run)", "",
-        markdown_table(["family", "backbone", "method", "score"], best), "",
+        markdown_table(["family", "backbone", "CAM layer", "method", "score"], best), "",
         *(["## One H200", "", "Results in `explain_h200.md` beside this file. Command:", "",
            "```", H200_COMMAND, "```", ""] if on_cpu else []),
         "## Environment", "", environment_table(environment(device)), "",
