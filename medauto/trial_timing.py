@@ -18,6 +18,7 @@ from typing import Any
 
 from med_core.training.callbacks import Callback
 from medauto._worker import timed
+from medauto.fingerprint import MIN_CV_FOLDS
 from medauto.fingerprint import MIN_FOLD_EPOCH_SHARE
 from medauto.fingerprint import Selection
 from medauto.fingerprint import affordable_selection
@@ -151,33 +152,12 @@ def budgeted_selection(
             continue
         _logger.info(
             "selection: %d folds of %s would each train %.0f s of a %.0f s trial cap "
-            "(%.1f s, then %.2f s per epoch, %d epochs): fewer than %.0f%% of the epochs, so "
-            "%s is used", selection.folds, entry.name, trial_cap_s / selection.folds,
+            "(%.1f s, then %.2f s per epoch, %d epochs): fewer than %.0f%% of the epochs%s, "
+            "so %s is used", selection.folds, entry.name, trial_cap_s / selection.folds,
             trial_cap_s, timing[0], timing[1], cfg.epochs, 100 * MIN_FOLD_EPOCH_SHARE,
+            f" (and with {MIN_CV_FOLDS} folds)" if kept.mode == "holdout" else "",
             kept.describe())
         if kept.mode == "holdout":
             return kept
         selection = kept
-    return selection
-    _, fold = next(iter(cross_validation_folds(dataset, selection.folds, seed=selection.seed)))
-    timings: dict[tuple[Any, ...], tuple[float, float] | None] = {}
-    for entry in space.portfolio:
-        cfg = space.config_from_params(entry.params)
-        key = timing_key(cfg, selection.folds)
-        if key not in timings:
-            with timed("selection_probe", -1):
-                timings[key] = probe_epochs(cfg, fold, device)
-        timing = timings[key]
-        if timing is None:
-            continue
-        if affordable_selection(selection, epochs=cfg.epochs, first_s=timing[0],
-                                epoch_s=timing[1], trial_cap_s=trial_cap_s) == selection:
-            continue
-        _logger.info(
-            "selection: %d folds of %s would each train %.0f s of a %.0f s trial cap "
-            "(%.1f s, then %.2f s per epoch, %d epochs): fewer than %.0f%% of the epochs, so "
-            "the validation split is used", selection.folds, entry.name,
-            trial_cap_s / selection.folds, trial_cap_s, timing[0], timing[1], cfg.epochs,
-            100 * MIN_FOLD_EPOCH_SHARE)
-        return Selection("holdout")
     return selection

@@ -109,6 +109,7 @@ PORTFOLIO_SPACE = SearchSpace.from_dict({
 ])
 def test_cross_validation_is_kept_only_when_the_cap_pays_for_every_portfolio_entry(
     medmnist_dir: Path, tmp_path: Path, fits: list[int], cap: float, mode: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from medauto.fingerprint import Selection
     from medauto.trial_timing import budgeted_selection
@@ -116,8 +117,14 @@ def test_cross_validation_is_kept_only_when_the_cap_pays_for_every_portfolio_ent
     src = cut_medmnist(medmnist_dir / "breastmnist.npz", tmp_path / "b.npz", 40,
                        both_classes=True)
     cv = Selection("cv", folds=3)
-    chosen = budgeted_selection(cv, PORTFOLIO_SPACE, load_dataset(src), "cpu", cap)
+    with caplog.at_level("INFO", logger="medauto.trial_timing"):
+        chosen = budgeted_selection(cv, PORTFOLIO_SPACE, load_dataset(src), "cpu", cap)
     assert chosen.mode == mode
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("selection:")]
+    if mode == "holdout":  # the log says that the fewest folds did not fit either
+        assert len(said) == 1 and "(and with 3 folds), so the validation split" in said[0]
+    else:
+        assert said == []
     # one two-epoch probe on one fold: the three entries share a network and batch, so
     # the timing is reused and each entry is judged by its own epochs
     assert fits == [2]
