@@ -60,6 +60,7 @@ __all__ = [
     "Predictor",
     "PredictorError",
     "fit_threshold",
+    "shift_threshold",
     "greedy_selection",
 ]
 
@@ -162,6 +163,28 @@ def fit_threshold(y: np.ndarray, p: np.ndarray, *, folds: int = THRESHOLD_FOLDS,
     if float(np.mean(gains)) <= max(float(np.std(gains, ddof=1)), 1e-12):
         return 0.5
     return round(min(max(t, 1e-6), 1 - 1e-6), 6)
+
+
+def shift_threshold(p: np.ndarray, threshold: float) -> np.ndarray:
+    """Binary scores ``p`` moved so that ``threshold`` falls on 0.5:
+    ``expit(logit(p) - logit(threshold))``, in float64.
+
+    The map is monotone and nothing is clipped, so the scores keep their order (and the AUC
+    its value) up to float64's resolution; only the decisions at 0.5 move. Until
+    2026-12-04 ``p`` was clipped to ``[1e-7, 1 - 1e-7]`` first, which tied every prediction
+    more confident than a logit of ±16: a confident single model's test AUC was scored on
+    a handful of distinct values.
+
+        >>> import numpy as np
+        >>> q = shift_threshold(np.array([1e-12, 1e-9, 0.2, 0.5, 1 - 1e-12]), 0.2)
+        >>> bool(np.all(np.diff(q) > 0)), round(float(q[2]), 6)
+        (True, 0.5)
+    """
+    import numpy as np
+    from scipy.special import expit
+    from scipy.special import logit
+
+    return expit(logit(np.asarray(p, dtype=np.float64)) - math.log(threshold / (1 - threshold)))
 
 
 @dataclass(frozen=True)
@@ -382,9 +405,7 @@ class Predictor:
         avg = np.tensordot(w / w.sum(), np.stack(parts).astype(np.float64), axes=1)
         t = self.threshold
         if self.task == "binary" and t is not None:
-            p = np.clip(avg, 1e-7, 1 - 1e-7)
-            shift = math.log(t / (1 - t))
-            avg = 1 / (1 + np.exp(-(np.log(p / (1 - p)) - shift)))
+            avg = shift_threshold(avg, t)
         return avg
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ from medauto.ensemble import Member
 from medauto.ensemble import Predictor
 from medauto.ensemble import fit_threshold
 from medauto.ensemble import greedy_selection
+from medauto.ensemble import shift_threshold
 from medauto.evaluation import HonestEvaluation
 from medauto.evaluation import evaluate_test
 from medauto.evaluation import roc_png
@@ -200,13 +201,7 @@ def _members(cands: list[Candidate], counts: list[int]) -> list[tuple[Path, Memb
 
 
 def _calibrated(task: str, y: np.ndarray, s: np.ndarray, t: float | None) -> dict[str, float]:
-    import numpy as np
-
-    if t is None:
-        return split_metrics(task, y, s)
-    p = np.clip(s, 1e-7, 1 - 1e-7)
-    z = np.log(p / (1 - p)) - math.log(t / (1 - t))
-    return split_metrics(task, y, 1 / (1 + np.exp(-z)))
+    return split_metrics(task, y, s if t is None else shift_threshold(s, t))
 
 
 def _latency(pred: Predictor, images: np.ndarray, device: str) -> float:

@@ -13,6 +13,7 @@ from medauto.ensemble import Predictor
 from medauto.ensemble import PredictorError
 from medauto.ensemble import fit_threshold
 from medauto.ensemble import greedy_selection
+from medauto.ensemble import shift_threshold
 from medauto.scoring import split_metrics
 
 
@@ -144,3 +145,20 @@ def test_a_final_model_that_predicts_one_class_is_flagged() -> None:
     assert one_class_warning([[30, 12], [10, 104]]) == []
     result = FinalResult(study="s", warnings=flagged)
     assert "WARNING: the final model predicts class 1" in result.summary()
+
+
+def test_a_confident_model_keeps_its_order_through_the_threshold_shift() -> None:
+    # Logit margins of an over-confident model (r3d_18 on AdrenalMNIST3D's binary masks
+    # reaches them): negatives at -40..-30, positives at 2..14, scored as med_core scores
+    # them (float32 softmax). They rank all but one pair right; a clip at 1e-7 before the
+    # threshold shift tied all the negatives.
+    import torch
+
+    margins = torch.tensor([-40.0, -37.5, -35.0, -32.5, -30.0, 2.0, 5.0, 8.0, 11.0, 14.0])
+    scores = torch.softmax(torch.stack([torch.zeros(10), margins], 1), 1)[:, 1].numpy()
+    y = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1])  # one negative above one positive: AUC 0.96
+    assert split_metrics("binary", y, scores)["auc"] == pytest.approx(0.96)
+    shifted = shift_threshold(scores, 0.08)
+    assert np.all(np.diff(shifted) > 0)
+    assert split_metrics("binary", y, shifted)["auc"] == pytest.approx(0.96)
+    assert shift_threshold(np.array([0.08]), 0.08)[0] == pytest.approx(0.5)
