@@ -322,11 +322,11 @@ def section(key: str, res: dict[str, Any]) -> str:
 
 def render(results: dict[str, Any]) -> str:
     """The whole document from every dataset's raw result."""
-    note = ("\n> These CPU rows come from a search of a few minutes on a shared 2-core CPU: "
+    note = ("\n> The CPU sections come from a search of a few minutes on a shared 2-core CPU: "
             "the ensemble, the best single model and the student are all under-trained, so "
             "they show that the pipeline runs and what it measures, not whether the targets "
-            "hold. Judging the quality targets needs a GPU-scale search (e.g. `python "
-            "benchmarks/deploy.py breastmnist --budget 15m --device cuda`).\n")
+            "hold. The cuda sections are the verdict (one H200). A section's command is the "
+            "one that ran there; its numbers are one run each.\n")
     body = "\n".join(section(k, results[k]) for k in sorted(results))
     return _HEAD + note + "\n" + body
 
