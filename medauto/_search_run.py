@@ -208,7 +208,7 @@ def run_search(
 
 def _timeout(plan: BudgetPlan | None, start: float, timeout_at: float | None) -> float | None:
     """Seconds from now after which this worker starts no trial (budget and timeout)."""
-    ends = [t for t in (timeout_at, None if plan is None else start + plan.search_s)
+    ends = [t for t in (timeout_at, None if plan is None else start + plan.last_start_s)
             if t is not None]
     return max(1e-3, min(ends) - time.monotonic()) if ends else None
 

@@ -67,7 +67,7 @@ class SeedBagger:
     """Enqueues new seeds of the best trial once, near the end of a budgeted search.
 
     Args:
-        deadline: Clock time (``clock()``) at which the search starts no more trials.
+        deadline: Clock time (``clock()``) at which the search ends.
         share_s: Seconds before ``deadline`` from which repeats are enqueued.
         max_seeds: The most repeats.
         clock: The clock of ``deadline`` (default :func:`time.monotonic`).

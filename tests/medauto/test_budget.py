@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from medauto.budget import MIN_START_SHARE
 from medauto.budget import BudgetCallback
 from medauto.budget import BudgetError
 from medauto.budget import DeadlineCallback
@@ -45,6 +46,18 @@ def test_plan_splits_everything_and_caps_trials() -> None:
     assert plan_budget("15m", seeds=3, ensemble=2).trial_cap_s == pytest.approx(
         plan.retrain_s / 6)
     assert plan_budget("30s").slack_s == 5.0 and plan_budget("10h").slack_s == 60.0
+
+
+def test_no_trial_starts_in_the_last_quarter_of_a_trial_cap() -> None:
+    """A trial started with a few seconds left trained 1 of 12 epochs (a CPU README run:
+    out-of-fold AUC 0.50, yet a member of the final ensemble)."""
+    plan = plan_budget("3m", retrain_fraction=0.05, trial_share=1 / 3)
+    assert plan.last_start_s == pytest.approx(plan.search_s - MIN_START_SHARE * plan.trial_cap_s)
+    assert plan.last_start_s == pytest.approx(plan.search_s * (1 - MIN_START_SHARE / 3))
+    left = plan.search_s - plan.last_start_s
+    assert f"none starts in the search's last {left:.0f} s" in plan.describe(final_model=True)
+    whole = plan_budget("3m", retrain_fraction=0.05, trial_share=1.0)  # one trial: all of it
+    assert whole.last_start_s == pytest.approx(0.75 * whole.search_s)
 
 
 @pytest.mark.parametrize("kwargs", [{"seeds": 0}, {"ensemble": 0}, {"retrain_fraction": 1.0},
