@@ -28,12 +28,10 @@ Quick smoke run (a few minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,29 +181,18 @@ def _forward_backward(members: list[torch.nn.Module], x: torch.Tensor) -> None:
         m.zero_grad(set_to_none=True)
 
 
-@contextlib.contextmanager
-def _cam_unit(members: list[torch.nn.Module], unit: str) -> Iterator[str]:
-    """Points every member's CAM target layer at ``units()[int(unit)]`` for the block
-    (``default``: unchanged); yields the layer's label for the table."""
-    if unit == "default":
-        yield "default"
-        return
-    backbones = [m.backbone for m in members]
-    for bb in backbones:
-        layer = bb.units()[int(unit)]
-        bb.cam_target_layer = lambda layer=layer: layer  # instance attribute shadows it
-    try:
-        yield f"units()[{unit}]"
-    finally:
-        for bb in backbones:
-            del bb.cam_target_layer
+def _cam_layer(unit: str) -> tuple[int | None, str]:
+    """``--cam-units`` entry → the ``layer`` argument of ``explain`` and its table label."""
+    return (None, "default") if unit == "default" else (int(unit), f"units()[{unit}]")
 
 
 def _bench_case(members: list[torch.nn.Module], weights: list[float] | None, x: torch.Tensor,
                 args: argparse.Namespace, device: torch.device,
-                methods: tuple[str, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                methods: tuple[str, ...] | None = None,
+                layer: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Faithfulness and time per method for one model or ensemble (``weights``: its
-    members' weights; the forward + backward reference runs every member)."""
+    members' weights; the forward + backward reference runs every member), CAMs and the
+    random map at ``layer`` (``explain``'s argument; ``None``: the backbone's default)."""
     from med_core.explain import METHODS
     from med_core.explain import explain
     from med_core.explain import faithfulness
@@ -216,11 +203,12 @@ def _bench_case(members: list[torch.nn.Module], weights: list[float] | None, x: 
                           for _ in range(3)]))  # fmt: skip
     rows = []
     for method in methods or METHODS:
+        at = None if method == "shap" else layer
         explain(members, x[:1], method, shap_samples=2, max_channels=2,
-                weights=weights)  # warm-up  # fmt: skip
-        maps, seconds = _timed(lambda m=method: explain(
+                weights=weights, layer=at)  # warm-up  # fmt: skip
+        maps, seconds = _timed(lambda m=method, at=at: explain(
             members, x, m, shap_samples=args.shap_samples, max_channels=args.max_channels,
-            seed=args.seed, weights=weights), device)  # fmt: skip
+            seed=args.seed, weights=weights, layer=at), device)  # fmt: skip
         f = faithfulness(members, x, maps, steps=args.steps, weights=weights)
         rows.append({"method": method, **f, "s_per_image": seconds / n,
                      "fb_per_image": fb / n})  # fmt: skip
@@ -269,11 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             x = _val_images(members[0], dataset, data_dir, args.images, args.device)
             log(f"{case} ({family}): {x.shape[0]} validation images {tuple(x.shape[1:])}")
             for unit in args.cam_units.split(","):
-                with _cam_unit(members, unit.strip()) as layer:
-                    if layer != "default":
-                        log(f"  CAM target layer: {layer}")
-                    rows = _bench_case(members, weights, x, args, device,
-                                       None if layer == "default" else layer_methods)
+                at, layer = _cam_layer(unit.strip())
+                if at is not None:
+                    log(f"  CAM target layer: {layer}")
+                rows = _bench_case(members, weights, x, args, device,
+                                   None if at is None else layer_methods, layer=at)
                 rand = next(r["score"] for r in rows if r["method"] == "random")
                 for r in rows:
                     beats = "baseline" if r["method"] == "random" else (

@@ -257,9 +257,13 @@ def explain_images(
     shap_samples: int = 32,
     max_channels: int | None = None,
     weights: Sequence[float] | None = None,
+    layer: int | None = None,
 ) -> list[ExplainedImage]:
     """Explains ``images`` with ``models`` (their mean for an ensemble, weighted by
     ``weights``, an ensemble predictor's member weights) and writes PNGs.
+
+    ``layer`` moves the CAMs (and the random map) to ``Backbone.units()[layer]``
+    (:func:`med_core.explain.explain`); SHAP has no target layer and ignores it.
 
     Every map is computed before the first file is written, so a bad method, model or
     image raises before anything lands in ``out_dir``; each file (and ``explain.json``,
@@ -288,7 +292,8 @@ def explain_images(
     probs = predict_proba(members, x, weights)
     targets = probs.argmax(1) if target is None else None
     maps = {m: explain(members, x, m, target=target, shap_samples=shap_samples,
-                       max_channels=max_channels, weights=weights) for m in methods}  # fmt: skip
+                       max_channels=max_channels, weights=weights,
+                       layer=None if m == "shap" else layer) for m in methods}  # fmt: skip
     out = Path(out_dir)
     pending: list[tuple[Path, bytes]] = []
     results = []

@@ -19,6 +19,7 @@ __all__ = [
     "CAM_METHODS",
     "METHODS",
     "ExplainError",
+    "cam_layer",
     "check_images",
     "check_method",
     "expected_input",
@@ -27,7 +28,8 @@ __all__ = [
 ]
 
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam", "layercam")
-"""Class activation map methods (computed on the backbone's ``cam_target_layer``)."""
+"""Class activation map methods (computed on the backbone's ``cam_target_layer``, or on
+the unit :func:`cam_layer` picks)."""
 METHODS: tuple[str, ...] = (*CAM_METHODS, "shap", "random")
 """Every method of :func:`~med_core.explain.explain`; ``"random"`` is the sanity baseline."""
 
@@ -104,16 +106,41 @@ def expected_input(member: nn.Module) -> tuple[int | None, tuple[int, ...]]:
     return _in_chans(bb), size
 
 
-def check_method(method: str, members: Sequence[nn.Module]) -> None:
-    """Raises :class:`ExplainError` for an unknown method or one a backbone cannot support."""
+def cam_layer(member: nn.Module, layer: int | None = None) -> nn.Module:
+    """The layer a CAM of ``member`` is computed on: the backbone's own choice
+    (``Backbone.cam_target_layer``) or, with ``layer``, ``Backbone.units()[layer]``
+    (the checkpointable blocks; on ``resnet18``/``r3d_18`` ``-3`` is ``layer3.1``, one
+    stage before the default ``layer4.1``: a grid twice as fine).
+
+    Raises:
+        ExplainError: ``layer`` is not an index of the backbone's units.
+    """
+    bb: Backbone = member.backbone  # type: ignore[assignment]
+    if layer is None:
+        return bb.cam_target_layer()
+    units, n = bb.units(), len(bb.units())
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+        raise ExplainError(
+            f"layer must be an index into backbone {bb.name!r}'s {n} units "
+            f"({-n} to {n - 1}; None: its default layer), got {layer!r}"
+        )
+    return units[layer]
+
+
+def check_method(method: str, members: Sequence[nn.Module], layer: int | None = None) -> None:
+    """Raises :class:`ExplainError` for an unknown method, one a backbone cannot support,
+    or a ``layer`` (:func:`cam_layer`) that a member has no unit at or that SHAP, which has
+    no target layer, was given."""
     if method not in METHODS:
         raise ExplainError(f"unknown explanation method {method!r}; use one of {list(METHODS)}")
     if method == "shap":
+        if layer is not None:
+            raise ExplainError(f"method 'shap' has no target layer, got layer={layer!r}")
         return
     for m in members:
         bb: Backbone = m.backbone  # type: ignore[assignment]
         try:
-            bb.cam_target_layer()
+            cam_layer(m, layer)
         except NotImplementedError as e:
             raise ExplainError(
                 f"method {method!r} needs a spatial feature map, which backbone {bb.name!r} "

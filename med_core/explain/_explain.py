@@ -74,6 +74,7 @@ def explain(
     max_channels: int | None = None,
     seed: int = 0,
     weights: Sequence[float] | None = None,
+    layer: int | None = None,
 ) -> torch.Tensor:
     """Explanation maps of ``images`` for one class each.
 
@@ -107,13 +108,18 @@ def explain(
             uses every channel (exact Score-CAM).
         seed: Seed of SHAP's sampling and of the random map.
         weights: One weight per member; ``None``: equal weights.
+        layer: CAMs and the random map only: compute them on ``Backbone.units()[layer]``
+            instead of the backbone's ``cam_target_layer`` (on ``resnet18``/``r3d_18``,
+            ``-3`` is ``layer3.1``: one stage earlier, a grid twice as fine;
+            ``docs/explain.md`` says when that is more faithful).
 
     Returns:
         Float32 maps ``(B, H, W)`` or ``(B, D, H, W)`` on the images' device.
 
     Raises:
         ExplainError: unknown method, a method the backbone cannot support (no spatial
-            feature map, or a 1-cell one), images of the wrong dimensionality (a 3D volume
+            feature map, or a 1-cell one), a ``layer`` that is no unit index (or given
+            with SHAP), images of the wrong dimensionality (a 3D volume
             for a 2D model or the reverse), channel count, size or values, or a bad target.
         ImportError: torchcam (CAMs) or shap (SHAP) is not installed.
 
@@ -132,7 +138,7 @@ def explain(
     """
     members = members_of(model)
     w = member_weights(members, weights)
-    check_method(method, members)
+    check_method(method, members, layer)
     check_images(members, images)
     if method == "scorecam" and max_channels is not None and max_channels < 1:
         raise ExplainError(f"max_channels must be None or >= 1, got {max_channels!r}")
@@ -147,10 +153,10 @@ def explain(
         for m in members:
             if method in CAM_METHODS:
                 maps.append(cam_maps(m, images, method, targets, batch_size=batch_size,
-                                     max_channels=max_channels))  # fmt: skip
+                                     max_channels=max_channels, layer=layer))  # fmt: skip
             elif method == "shap":
                 maps.append(shap_maps(m, images, targets, background=background,
                                       samples=shap_samples, seed=seed))  # fmt: skip
             else:
-                maps.append(random_maps(m, images, seed=seed))
+                maps.append(random_maps(m, images, seed=seed, layer=layer))
     return weighted_mean(torch.stack(maps), w)

@@ -18,6 +18,7 @@ from torch import nn
 
 from med_core.backbones import Backbone
 from med_core.explain._checks import ExplainError
+from med_core.explain._checks import cam_layer
 
 __all__ = ["cam_maps", "random_maps", "shap_maps", "upsample"]
 
@@ -78,13 +79,14 @@ def cam_maps(
     *,
     batch_size: int = 32,
     max_channels: int | None = None,
+    layer: int | None = None,
 ) -> torch.Tensor:
     """CAMs of one classifier for per-image ``targets`` through torchcam.
 
     The target layer and the layout of its output come from the backbone
-    (``cam_target_layer`` / ``cam_grid``). ``max_channels`` (Score-CAM only) keeps the
-    ``k`` highest-variance channels of each image: ``k`` masked forward passes instead of
-    one per channel.
+    (``cam_target_layer``, or ``units()[layer]``: :func:`cam_layer`; ``cam_grid``).
+    ``max_channels`` (Score-CAM only) keeps the ``k`` highest-variance channels of each
+    image: ``k`` masked forward passes instead of one per channel.
     """
     methods = _import("torchcam.methods")
     bb: Backbone = member.backbone  # type: ignore[assignment]
@@ -97,7 +99,7 @@ def cam_maps(
             reshape = lambda out: select(bb.cam_grid(out))  # noqa: E731
     cls = getattr(methods, _TORCHCAM[method])
     size = tuple(images.shape[2:])
-    with cls(member, target_layer=bb.cam_target_layer(), input_shape=tuple(images.shape[1:]),
+    with cls(member, target_layer=cam_layer(member, layer), input_shape=tuple(images.shape[1:]),
              reshape_transform=reshape, **kwargs) as extractor:  # fmt: skip
         if method == "scorecam":
             with torch.no_grad():
@@ -111,12 +113,13 @@ def cam_maps(
     return upsample(cam, size).clamp_(0.0, 1.0)
 
 
-def random_maps(member: nn.Module, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-    """Uniform random maps at the backbone's CAM grid, upsampled like a CAM (the baseline
-    a faithful method must beat)."""
+def random_maps(member: nn.Module, images: torch.Tensor, *, seed: int = 0,
+                layer: int | None = None) -> torch.Tensor:
+    """Uniform random maps at the CAM grid (of ``layer``: :func:`cam_layer`), upsampled like
+    a CAM (the baseline a faithful method must beat)."""
     bb: Backbone = member.backbone  # type: ignore[assignment]
     shapes: list[tuple[int, ...]] = []
-    hook = bb.cam_target_layer().register_forward_hook(
+    hook = cam_layer(member, layer).register_forward_hook(
         lambda _m, _i, out: shapes.append(tuple(bb.cam_grid(out).shape[2:]))
     )
     try:

@@ -62,6 +62,11 @@ class ExplainCommand(Command):
         p.add_argument("--shap-samples", type=int, default=32, help="SHAP gradient samples")
         p.add_argument("--max-channels", type=int,
                        help="Score-CAM: use only the K highest-variance channels (faster)")
+        p.add_argument("--layer", type=int, metavar="N",
+                       help="CAMs on the backbone's unit N (an index into its blocks; on "
+                       "resnet18/r3d_18 -3 is layer3.1, one stage before the default, a grid "
+                       "twice as fine) instead of its default layer; docs/explain.md says when "
+                       "that is more faithful")
 
     def take_action(self, args: argparse.Namespace) -> int:
         from med_core.explain import expected_input
@@ -108,7 +113,7 @@ class ExplainCommand(Command):
         results = explain_images(
             members, images, args.out, methods=args.method or ["gradcam"], target=args.target,
             slices=args.slices, shap_samples=args.shap_samples, max_channels=args.max_channels,
-            weights=weights,
+            weights=weights, layer=args.layer,
         )
         for r in results:
             label = "" if r.label is None else f" label={r.label}"

@@ -42,6 +42,10 @@ BAD = [  # (model, images, kwargs, exception message fragment)
     (("resnet18", 28), _x(1, 1, 28, 28).to(torch.uint8), {}, "must be a float tensor"),
     (("resnet18", 28), torch.full((1, 1, 28, 28), float("nan")), {}, "NaN or infinite"),
     (("resnet18", 28), _x(0, 1, 28, 28), {}, "empty batch"),
+    (("resnet18", 28), _x(1, 1, 28, 28), {"layer": 8}, "layer must be an index into backbone "
+     "'resnet18''s 8 units (-8 to 7; None: its default layer), got 8"),
+    (("resnet18", 28), _x(1, 1, 28, 28), {"method": "shap", "layer": -3},
+     "method 'shap' has no target layer"),
 ]
 
 
@@ -53,6 +57,19 @@ def test_bad_input_one_clear_line(net: tuple[str, int], images: torch.Tensor,
     msg = str(info.value)
     assert fragment in msg and "\n" not in msg
     assert isinstance(info.value, MedCoreError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "random"])
+def test_layer_takes_the_cam_at_that_unit(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``layer=-3`` on resnet18 is layer3.1 (7x7 at 28 px) instead of layer4.1 (4x4): the
+    same maps as a backbone whose own target layer were that unit, unlike the default."""
+    model, x = _net("resnet18", 28), _x(2, 1, 28, 28)
+    default = explain(model, x, method)
+    at_unit = explain(model, x, method, layer=-3)
+    assert not torch.allclose(default, at_unit, atol=1e-3)
+    bb = model.backbone
+    monkeypatch.setattr(bb, "cam_target_layer", lambda: bb.units()[-3])
+    torch.testing.assert_close(explain(model, x, method), at_unit)
 
 
 def test_not_a_classifier_is_refused() -> None:

@@ -152,6 +152,7 @@ def test_search_final_predictor_is_explained_with_its_member_weights(
     ("2d", "png", ["-m", "occlusion"], "unknown explanation method 'occlusion'"),
     ("2d", "png", ["-m", "gradcam", "-m", "shap", "--shap-samples", "0"], "shap_samples"),
     ("2d", "png", ["--target", "5"], "target class must be in [0, 1]"),
+    ("2d", "png", ["--layer", "-9"], "layer must be an index into backbone 'resnet18''s 8 units"),
 ])
 def test_bad_input_one_line_nothing_written(
     models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -172,6 +173,22 @@ def test_bad_input_one_line_nothing_written(
     assert rc == 1 and len(errors) == 1 and errors[0].startswith("medauto explain: error: ")
     assert fragment in errors[0]
     assert not out.exists()
+
+
+def test_layer_moves_the_cams_and_not_shap(models: dict[str, Path], tmp_path: Path) -> None:
+    src = tmp_path / "i.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(src)
+    files = {}
+    for tag, extra in (("default", []), ("unit", ["--layer", "-3"])):
+        out = tmp_path / tag
+        assert main(["explain", "--model", str(models["2d"]), "--images", str(src), "-m",
+                     "gradcam", "-m", "shap", "--shap-samples", "4", "--out", str(out),
+                     *extra]) == 0
+        files[tag] = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert files["default"].keys() == files["unit"].keys() == {"i_gradcam.png", "i_shap.png"}
+    assert files["default"]["i_gradcam.png"] != files["unit"]["i_gradcam.png"]
+    assert files["default"]["i_shap.png"] == files["unit"]["i_shap.png"]
 
 
 def test_index_out_of_range(models: dict[str, Path], tiny_data_dir: Path, tmp_path: Path,
