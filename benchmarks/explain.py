@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from typing import cast
 
 _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run as a script: make `benchmarks` and `med_core` importable
@@ -49,6 +50,7 @@ from benchmarks._common import log  # noqa: E402
 from benchmarks._common import markdown_table  # noqa: E402
 from benchmarks._common import synchronize  # noqa: E402
 from benchmarks._common import write_text  # noqa: E402
+from med_core.backbones import Backbone  # noqa: E402
 
 DEFAULT_CASES = ("breastmnist:resnet18", "breastmnist:vit_tiny", "adrenalmnist3d:r3d_18")
 H200_COMMAND = (
@@ -181,6 +183,11 @@ def _forward_backward(members: list[torch.nn.Module], x: torch.Tensor) -> None:
         m.zero_grad(set_to_none=True)
 
 
+def _backbone(member: torch.nn.Module) -> Backbone:
+    """A med_core classifier's backbone (typed)."""
+    return cast(Backbone, member.backbone)
+
+
 def _cam_layer(unit: str) -> tuple[int | None, str]:
     """``--cam-units`` entry → the ``layer`` argument of ``explain`` and its table label."""
     return (None, "default") if unit == "default" else (int(unit), f"units()[{unit}]")
@@ -253,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, info = _train(dataset, backbone, args, data_dir, Path(tmp))
                 members = [model]
             members = [m.to(device).eval() for m in members]
-            family = "+".join(sorted({m.backbone.cfg.family for m in members}))
+            family = "+".join(sorted({_backbone(m).cfg.family for m in members}))
             x = _val_images(members[0], dataset, data_dir, args.images, args.device)
             log(f"{case} ({family}): {x.shape[0]} validation images {tuple(x.shape[1:])}")
             for unit in args.cam_units.split(","):

@@ -23,6 +23,7 @@ and ``optuna.testing.pytest_storages`` (Optuna's storage suite, which
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from typing import cast
 
 from optuna.storages._heartbeat import BaseHeartbeat
 
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore  # the type of every artifact store
     from optuna.storages import BaseStorage
     from optuna.storages import RDBStorage
+
+    class HeartbeatStorage(BaseStorage, BaseHeartbeat):
+        """For type checking only: a storage that implements the heartbeat contract."""
 
 __all__ = [
     "ArtifactStore",
@@ -97,11 +101,11 @@ def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     return trial._trial_id
 
 
-def heartbeat_storage(study: optuna.Study) -> BaseHeartbeat | None:
+def heartbeat_storage(study: optuna.Study) -> HeartbeatStorage | None:
     """The study's storage if it implements the heartbeat contract and has it enabled."""
     storage = study._storage
     if isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval():
-        return storage
+        return cast("HeartbeatStorage", storage)
     return None
 
 

@@ -36,7 +36,8 @@ __all__ = [
 def _tpe(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
     # multivariate + group: TPE models conditional (per-backbone) parameters jointly;
     # constant_liar: parallel workers do not all sample next to the same running trial.
-    opts = {"multivariate": True, "group": True, "constant_liar": True, "n_startup_trials": 8}
+    opts: dict[str, Any] = {"multivariate": True, "group": True, "constant_liar": True,
+                            "n_startup_trials": 8}
     opts.update(kw)
     return optuna.samplers.TPESampler(seed=seed, **opts)
 

@@ -356,7 +356,7 @@ def distill(
     y_true, y_score = trainer.predict("test", tta=cfg.tta)
     test = split_metrics(info.task, y_true, y_score) if len(y_true) else {}
     out = Path(out_dir) if out_dir is not None else student_dir(run_dir, study.study_name)
-    meta = {
+    meta: dict[str, Any] = {
         "name": "student", "study": study.study_name, "trial": trial, "seed": cfg.seed,
         "weights": "best", "epoch": best, "dataset": info.name, "task": info.task,
         "num_classes": info.num_classes, "in_chans": info.in_chans,

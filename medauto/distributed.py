@@ -98,6 +98,7 @@ def run_ddp_worker(
     from med_core.config import TrainConfig
     from med_core.device import resolve_device
     from medauto.optimizer import AutoMLOptimizer
+    from medauto.space import SearchSpace
 
     # Every rank must build the same objective: DDP trials select on the validation split.
     opt = AutoMLOptimizer.from_study(study_name, storage, **{"selection": "holdout", **kwargs})
@@ -106,7 +107,7 @@ def run_ddp_worker(
         opt._run(wrap=lambda obj: _BroadcastingObjective(obj, dist, log))
         dist.broadcast_object(None, src=0)
         return log
-    assert not isinstance(opt.space, (str, type(None)))  # from_study gives a SearchSpace
+    assert isinstance(opt.space, SearchSpace)  # from_study gives a SearchSpace
     objective = opt._build_objective(opt.space, resolve_device(opt.device))
     while True:
         message = dist.broadcast_object(None, src=0)

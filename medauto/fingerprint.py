@@ -32,6 +32,8 @@ from typing import Literal
 from medauto.exceptions import SearchSpaceError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from med_core.data import MedicalDataset
     from medauto.space import SearchSpace
 
@@ -281,7 +283,9 @@ def check_space_fits(space: SearchSpace, fp: DataFingerprint) -> None:
         )
 
 
-def resolve_space(space: str | SearchSpace | None, fp: DataFingerprint, device: str) -> SearchSpace:
+def resolve_space(
+    space: str | Path | SearchSpace | None, fp: DataFingerprint, device: str
+) -> SearchSpace:
     """The search space to use: the one given (a name, a path or a space), else
     :func:`choose_space`'s; checked against the data (:func:`check_space_fits`).
 

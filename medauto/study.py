@@ -174,10 +174,12 @@ def open_study(
         StudyConflictError: the study exists with another space, data, metric or direction.
     """
     validate_study_name(name)
-    factory = sampler if callable(sampler) and not isinstance(
-        sampler, optuna.samplers.BaseSampler
-    ) else None
-    fixed = None if factory is not None else sampler
+    factory: Callable[..., optuna.samplers.BaseSampler] | None = None
+    fixed: optuna.samplers.BaseSampler | None = None
+    if sampler is None or isinstance(sampler, optuna.samplers.BaseSampler):
+        fixed = sampler
+    else:
+        factory = sampler
     study, created = _create_or_resume(name, storage, settings, fixed, pruner)
     if factory is not None:
         n = len(study.get_trials(deepcopy=False))
@@ -200,7 +202,7 @@ def _create_or_resume(
             storage=storage,
             sampler=sampler,
             pruner=pruner,
-            direction=settings.direction,
+            direction=optuna.study.StudyDirection[settings.direction.upper()],
         )
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
         _name_metric(study, settings.metric)

@@ -86,10 +86,13 @@ class PredictCommand(Command):
               + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         labelled = [i for i, v in enumerate(inputs.labels) if v is not None]
         if labelled and predictor.task != "multi-label":  # labelled inputs: honest numbers
+            import numpy as np
+
             from medauto.evaluation import evaluate_test
 
-            ev = evaluate_test(predictor.task, [inputs.labels[i] for i in labelled],
-                               scores[labelled], predictor.class_names, what="the model")
+            y_true = np.asarray([inputs.labels[i] for i in labelled])
+            ev = evaluate_test(predictor.task, y_true, scores[labelled], predictor.class_names,
+                               what="the model")
             print(f"labelled inputs ({len(labelled)} of {len(frame)}):")
             for line in ev.lines():
                 print(f"  {line}")
