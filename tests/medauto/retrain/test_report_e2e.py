@@ -103,3 +103,31 @@ def test_report_shows_the_honest_test_results(report: tuple[str, str, Retrained]
     assert "](retrain_roc.png)" in md and "1000 bootstrap resamples" in page
     for w in ev["warnings"]:
         assert f"WARNING: {w}" in md
+
+
+def test_the_honest_results_render_in_a_headless_browser(
+    report: tuple[str, str, Retrained], tmp_path
+) -> None:
+    """Chromium shows the retrained model's honest test results as a reader sees them:
+    the CI table, per-class sensitivity and specificity, the named confusion matrix, the
+    bootstrap note, every warning, and the ROC curve embedded."""
+    from browser import assert_screenshot
+    from browser import render
+
+    _, _, retrained = report
+    ev = retrained.result.evaluation
+    page = retrained.searched.run_dir / "report" / "rt" / "report.html"
+    shot, text = render(page.as_uri(), tmp_path, "report-honest")
+    assert_screenshot(shot, min_bytes=5_000, min_colours=20)
+    lines = text.splitlines()
+    assert "Retrained model (seed 0): honest test results" in lines
+    assert {"95 % CI", "sensitivity", "specificity", "true \\ predicted"} <= set(lines)
+    lo, hi = ev["ci"]["auc"]
+    assert f"[{lo:.3f}, {hi:.3f}]" in lines
+    for c in ev["per_class"]:
+        assert c["class"] in lines and f"{c['sensitivity']:.3f}" in lines
+    assert any("1000 bootstrap resamples" in ln for ln in lines)
+    for w in ev["warnings"]:
+        assert any(w in ln for ln in lines), w
+    roc = r'<img alt="[^"]*test ROC curve" src="data:image/png;base64,'
+    assert re.search(roc, page.read_text())
