@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from cli_helpers import Run
 
 READ_COMMANDS = [["status"], ["best"], ["retrain", "--device", "cpu"],
@@ -49,12 +50,21 @@ def test_create_study_stores_its_settings_without_training(
 
 
 def test_study_is_optional_when_the_store_holds_one(
-    run: Run, micro_space: Path, micro_data_dir: Path
+    run: Run, micro_space: Path, micro_data_dir: Path, tmp_path: Path
 ) -> None:
     _create(run, micro_space, micro_data_dir, "only")
     code, out, err = run("status", "--run-dir", "runs")
     assert code == 0, err
     assert "study only: 0/3 finished" in out
+    study = optuna.load_study(study_name="only", storage=f"sqlite:///{tmp_path}/runs/medauto.db")
+    trial = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    trial.set_user_attr("config", {"optim": {"lr": trial.params["optim.lr"]}})
+    study.tell(trial, 0.75)
+    # the other read commands take the only study too
+    code, out, err = run("best", "--run-dir", "runs")
+    assert code == 0 and yaml.safe_load(out)["optim"]["lr"] == trial.params["optim.lr"], err
+    code, out, err = run("report", "--run-dir", "runs")
+    assert code == 0 and "markdown: runs/report/only/report.md" in out, err
     _create(run, micro_space, micro_data_dir, "second")
     code, _, err = run("status", "--run-dir", "runs")
     assert code == 1 and "2 studies" in err and "'only'" in err and "'second'" in err
