@@ -131,3 +131,19 @@ def test_new_local_stores_start_from_one_cached_empty_store(
     (default,) = [e for e in MlflowClient(uri).search_experiments() if e.name == "Default"]
     assert default.artifact_location == str(tmp_path / "mlruns" / "0")
     assert template.stat().st_size > 0
+
+
+def test_the_default_store_keeps_artifacts_where_the_docs_say(tmp_path: Path) -> None:
+    """`make_tracker(None, RUN_DIR)` puts a new experiment's artifacts in
+    RUN_DIR/mlartifacts, the path docs/retrain_and_report.md gives (it once named a stale
+    one)."""
+    from medauto.tracking import make_tracker
+
+    tracker = make_tracker(None, tmp_path)
+    assert isinstance(tracker, MlflowTracker)
+    tracker.start_study(optuna.create_study(study_name="where"))
+    exp = MlflowClient(tracker.tracking_uri).get_experiment(tracker.experiment_id)
+    assert exp.artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "retrain_and_report.md").read_text()
+    assert "artifacts under `RUN_DIR/mlartifacts`" in doc
+    assert "mlruns" not in doc  # the stale artifact root it named before
