@@ -1,6 +1,6 @@
 """Search BreastMNIST with the Python API, then read the best configuration back.
 
-    MEDAUTO_DATA_DIR=/path/to/medmnist python examples/search_breastmnist.py [--trials 6]
+    MEDAUTO_DATA_DIR=/path/to/medmnist python examples/search_breastmnist.py [--budget 3m]
 
 Writes its study (SQLite) and MLflow store to ./medauto-runs/ unless --run-dir is given;
 running it again resumes the same study.
@@ -15,17 +15,16 @@ from medauto import AutoMLOptimizer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--budget", default="3m", help="wall clock for the whole run")
     parser.add_argument("--run-dir", default="medauto-runs")
-    parser.add_argument("--space", default="fast")
+    parser.add_argument("--space", default=None, help="default: chosen from the data")
     args = parser.parse_args()
 
     optimizer = AutoMLOptimizer(
         "breastmnist",
         args.space,
-        n_trials=args.trials,
+        budget=args.budget,
         run_dir=args.run_dir,
-        pruner="median",
         seed=0,
     )
     result = optimizer.optimize()
