@@ -10,8 +10,9 @@ epoch count, with k-fold cross-validation on train+val, as a budgeted search sco
    not train on it, as ensemble selection reads it) and the mean of the folds' best
    validation AUC (as a trial's value reads it). The test split is never read. The
    models are small, so many run at once (``--jobs`` processes, one CPU thread each).
-2. ``--cpu-times``: seconds per epoch (training one fold and validating it) per backbone
-   on this machine's CPU with ``--threads`` threads, 4 epochs, the first one apart.
+2. ``--cpu-times``: seconds per epoch (training one fold and validating it: the history's
+   ``epoch_time_s``) per backbone on this machine's CPU with ``--threads`` threads, 4
+   epochs, the first one apart.
 3. Writes both tables (one section each) to ``docs/benchmarks/fast_space.md``.
 
 Quality numbers do not depend on the device (the space trains in fp32), so the quality
@@ -157,32 +158,19 @@ def cpu_times_section(args: argparse.Namespace) -> str:
     from med_core.data import cross_validation_folds
     from med_core.data import load_dataset
     from med_core.training import Trainer
-    from med_core.training.callbacks import Callback
 
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.dataset)
     _, fold = next(iter(cross_validation_folds(ds, args.folds, seed=0)))
-
-    class Clock(Callback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-            self.times.append(time.perf_counter() - self.t)
-
     rows = []
     for b in dict.fromkeys(c.partition(":")[0] for c in args.config or DEFAULT_CONFIGS):
-        clock = Clock()
         trainer = Trainer(_recipe(args.space, args.dataset, b, 4, 0), dataset=fold,
-                          device="cpu", callbacks=[clock], progress=False)  # fmt: skip
-        trainer.fit()
+                          device="cpu", progress=False)  # fmt: skip
+        times = trainer.fit().metric("epoch_time_s")  # training + validation, per epoch
         trainer.close()
-        later = statistics.median(clock.times[1:])
-        log(f"[fast_space] {b}: first epoch {clock.times[0]:.2f} s, then {later:.2f} s")
-        rows.append([b, f"{clock.times[0]:.2f}", f"{later:.2f}",
+        later = statistics.median(times[1:])
+        log(f"[fast_space] {b}: first epoch {times[0]:.2f} s, then {later:.2f} s")
+        rows.append([b, f"{times[0]:.2f}", f"{later:.2f}",
                      f"{12 * args.folds * later:.0f}", f"{24 * args.folds * later:.0f}"])
     table = markdown_table(["backbone", "first epoch s", "later epochs s (median)",
                             f"12 epochs x {args.folds} folds s",

@@ -60,8 +60,8 @@ __all__ = [
     "Predictor",
     "PredictorError",
     "fit_threshold",
-    "shift_threshold",
     "greedy_selection",
+    "shift_threshold",
 ]
 
 PREDICTOR_FILE = "predictor.json"

@@ -118,7 +118,8 @@ def cam_layer(member: nn.Module, layer: int | None = None) -> nn.Module:
     bb: Backbone = member.backbone  # type: ignore[assignment]
     if layer is None:
         return bb.cam_target_layer()
-    units, n = bb.units(), len(bb.units())
+    units = bb.units()
+    n = len(units)
     if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
         raise ExplainError(
             f"layer must be an index into backbone {bb.name!r}'s {n} units "
