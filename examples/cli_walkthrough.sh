@@ -5,9 +5,11 @@ set -euo pipefail
 RUN_DIR=${1:-medauto-runs}
 STUDY=walkthrough
 
-# 1. A 3-minute search (on a CPU the data chooses the laptop-sized `fast` space, whose
-#    trials train up to 24 epochs); re-running resumes the study.
-medauto search --data breastmnist --budget "${BUDGET:-3m}" \
+# 1. A 3-minute search (BUDGET=...; or TRIALS=N for N trials without a budget). On a CPU
+#    the data chooses the laptop-sized `fast` space (SPACE=... picks another); re-running
+#    resumes the study.
+if [ -n "${TRIALS:-}" ]; then LIMIT=(--trials "$TRIALS"); else LIMIT=(--budget "${BUDGET:-3m}"); fi
+medauto search --data breastmnist ${SPACE:+--space "$SPACE"} "${LIMIT[@]}" \
   --study "$STUDY" --run-dir "$RUN_DIR" --no-progress
 
 # 2. What happened: trials by state, the best trial, failure reasons.

@@ -1,6 +1,7 @@
 """Search BreastMNIST with the Python API, then read the best configuration back.
 
     MEDAUTO_DATA_DIR=/path/to/medmnist python examples/search_breastmnist.py [--budget 3m]
+    (or --trials N: N trials without a budget)
 
 Writes its study (SQLite) and MLflow store to ./medauto-runs/ unless --run-dir is given;
 running it again resumes the same study.
@@ -16,6 +17,7 @@ from medauto import AutoMLOptimizer
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget", default="3m", help="wall clock for the whole run")
+    parser.add_argument("--trials", type=int, help="this many trials, without a budget")
     parser.add_argument("--run-dir", default="medauto-runs")
     parser.add_argument("--space", default=None, help="default: chosen from the data")
     args = parser.parse_args()
@@ -23,7 +25,8 @@ def main() -> None:
     optimizer = AutoMLOptimizer(
         "breastmnist",
         args.space,
-        budget=args.budget,
+        budget=None if args.trials else args.budget,
+        n_trials=args.trials,
         run_dir=args.run_dir,
         seed=0,
     )
