@@ -165,7 +165,7 @@ def run_search(
     if child is None and wrap is None:
         concurrent = ConcurrentTrials(
             opt.trials_per_device, _devices(device), _child_job(opt, study, plan, timeout_at),
-            seed=opt.seed, n_train=len(dataset.train),
+            seed=opt.seed,
             relay=progress.relay if progress.enabled else None)
         _use_plan(opt, objective, concurrent.start(plan))
     if opt.budget_plan_ is not None and child is None:

@@ -51,7 +51,9 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from medauto.exceptions import MedautoError
+from medauto.keys import DURATION_ATTR
 from medauto.keys import HISTORY_ATTR
+from medauto.keys import TRAIN_S_ATTR
 from medauto.logging import get_logger
 
 if TYPE_CHECKING:
@@ -111,7 +113,8 @@ class ProbeReading:
 
     Attributes:
         duration_s: The trial's wall time (``duration_s`` user attribute).
-        train_s: Its training steps' time (images / the trainer's images per second).
+        train_s: Its training steps' time, every fit of it (every fold of a
+            cross-validated trial): the ``train_s`` user attribute, summed.
         peak_bytes: Peak device memory allocated while it ran.
         free_bytes: Free device memory after it (other processes' use included).
         gpu_util: Mean GPU utilisation (0-1) sampled while it ran; ``None``: unknown.
@@ -122,6 +125,15 @@ class ProbeReading:
     peak_bytes: int
     free_bytes: int
     gpu_util: float | None = None
+
+    @classmethod
+    def of_trial(cls, trial: optuna.trial.FrozenTrial, *, peak_bytes: int, free_bytes: int,
+                 gpu_util: float | None) -> ProbeReading:
+        """The reading of a finished probe ``trial``: its wall time and the training time
+        of all its fits, from its user attributes; the device's numbers as given."""
+        return cls(duration_s=float(trial.user_attrs.get(DURATION_ATTR, 0.0)),
+                   train_s=float(sum(trial.user_attrs.get(TRAIN_S_ATTR, []))),
+                   peak_bytes=peak_bytes, free_bytes=free_bytes, gpu_util=gpu_util)
 
     @property
     def busy_share(self) -> float:
@@ -280,18 +292,16 @@ class ConcurrentTrials:
             search's own worker is the first slot of ``devices[0]``.
         job: The children's job (:mod:`medauto._search_child`) without ``seed``/``device``.
         seed: The search's sampler seed; child ``i`` gets ``seed + i + 1``.
-        n_train: Training images of a trial (to time the probe's training steps).
         relay: Where a child's stderr goes, line by line (``None``: inherited).
     """
 
     def __init__(self, k: int | str, devices: list[str], job: dict[str, Any], *,
-                 seed: int | None, n_train: int,
+                 seed: int | None,
                  relay: Callable[[Any], None] | None = None) -> None:
         self.requested = parse_trials_per_device(k)
         self.devices = devices
         self.job = job
         self.seed = seed
-        self.n_train = n_train
         self.relay = relay
         self.k: int | None = None if self.requested == AUTO else int(self.requested)
         self.reason = "" if self.k is None else "set by trials_per_device"
@@ -330,16 +340,12 @@ class ConcurrentTrials:
         import torch
 
         from med_core.device import release_memory
-        from medauto.keys import DURATION_ATTR
 
         util = self._util.stop() if self._util is not None else None
         dev = self.devices[0]
         release_memory(dev)  # the probe's cached blocks count as free
-        ips = [r.get("images_per_s") for r in trial.user_attrs.get(HISTORY_ATTR, [])]
-        train_s = sum(self.n_train / v for v in ips if isinstance(v, (int, float)) and v > 0)
-        return ProbeReading(
-            duration_s=float(trial.user_attrs.get(DURATION_ATTR, 0.0)), train_s=train_s,
-            peak_bytes=int(torch.cuda.max_memory_allocated(dev)),
+        return ProbeReading.of_trial(
+            trial, peak_bytes=int(torch.cuda.max_memory_allocated(dev)),
             free_bytes=int(torch.cuda.mem_get_info(dev)[0]), gpu_util=util)
 
     def _spawn(self, k: int) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "SEED_ATTR",
     "SETTINGS_ATTR",
     "TRACEBACK_ATTR",
+    "TRAIN_S_ATTR",
     "WORKER_ATTR",
 ]
 
@@ -81,6 +82,10 @@ EPOCHS_RUN_ATTR = "epochs_run"
 BEST_EPOCH_ATTR = "best_epoch"
 #: Per-epoch metrics (``history_for_attrs``).
 HISTORY_ATTR = "history"
+#: Seconds each fit of the trial spent in training steps (one entry per fit: every fold
+#: of a cross-validated trial, and a fit the budget probe stopped), from the images per
+#: second of its epochs.
+TRAIN_S_ATTR = "train_s"
 #: The epoch after which the pruner stopped the trial.
 PRUNED_AT_EPOCH_ATTR = "pruned_at_epoch"
 #: 1-based fold at which a cross-validated trial was pruned.
@@ -109,4 +114,4 @@ BAGGED_FROM_ATTR = "bagged_from"
 RETRIED_FROM_ATTR = "failed_trial"
 
 #: User attributes of a failed attempt that its retry does not inherit.
-ATTEMPT_ATTRS = (REASON_ATTR, TRACEBACK_ATTR, MLFLOW_RUN_ATTR, DURATION_ATTR)
+ATTEMPT_ATTRS = (REASON_ATTR, TRACEBACK_ATTR, MLFLOW_RUN_ATTR, DURATION_ATTR, TRAIN_S_ATTR)

@@ -41,6 +41,7 @@ from medauto.keys import MEMBERS_ATTR
 from medauto.keys import PRUNED_AT_EPOCH_ATTR
 from medauto.keys import PRUNED_AT_FOLD_ATTR
 from medauto.keys import SEED_ATTR
+from medauto.keys import TRAIN_S_ATTR
 from medauto.logging import get_logger
 from medauto.members import member_dir
 from medauto.members import model_path
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from med_core.training import Trainer
     from medauto.space import SearchSpace
 
-__all__ = ["ARTIFACT_TRIALS", "Objective", "history_for_attrs"]
+__all__ = ["ARTIFACT_TRIALS", "Objective", "history_for_attrs", "train_seconds"]
 
 #: Which trials of a search draw and upload their artifacts (``Objective(artifact_trials=)``).
 ARTIFACT_TRIALS = ("all", "best")
@@ -79,6 +80,19 @@ def history_for_attrs(history: History) -> list[dict[str, float]]:
         clean = {k: (float(f"{v:.6g}") if math.isfinite(v) else None) for k, v in row.items()}
         out.append({**clean, "epoch": int(row["epoch"]) + 1})
     return out  # type: ignore[return-value]
+
+
+def train_seconds(history: History, images: int) -> float:
+    """Seconds a fit of ``images`` training images per epoch spent in training steps:
+    ``images`` over each epoch's ``images_per_s``, summed (rounded to ms).
+
+    Example:
+        >>> from med_core.training import History
+        >>> train_seconds(History(epochs=[{"images_per_s": 100.0}, {"images_per_s": 50.0}]), 200)
+        6.0
+    """
+    ips = (row.get("images_per_s", math.nan) for row in history.epochs)
+    return round(sum(images / v for v in ips if math.isfinite(v) and v > 0), 3)
 
 
 class _FitTimer:
@@ -398,6 +412,8 @@ class Objective:
         self.last_epochs_run = 0
         history = trainer.fit()
         self.last_epochs_run = len(history.epochs)
+        spent = train_seconds(history, len(dataset.train))
+        trial.set_user_attr(TRAIN_S_ATTR, [*trial.user_attrs.get(TRAIN_S_ATTR, []), spent])
         return trainer, history, pruning
 
     def _record(self, trial: optuna.trial.BaseTrial, history: History) -> None:

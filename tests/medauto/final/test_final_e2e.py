@@ -15,6 +15,7 @@ from med_core.data import Split
 from med_core.data import load_dataset
 from med_core.testing.data import cut_medmnist
 from medauto import AutoMLOptimizer
+from medauto.concurrency import ProbeReading
 from medauto.ensemble import PREDICTOR_FILE
 from medauto.ensemble import Predictor
 from medauto.final import FINAL_FILE
@@ -23,6 +24,7 @@ from medauto.final import final_dir
 from medauto.fingerprint import Selection
 from medauto.keys import MEMBERS_ATTR
 from medauto.keys import SETTINGS_ATTR
+from medauto.keys import TRAIN_S_ATTR
 from medauto.space import SearchSpace
 from medauto.storage import default_storage_url
 
@@ -99,6 +101,11 @@ def test_cross_validated_search_ends_with_a_tested_ensemble(guarded: Any) -> Non
             f"model_{j}.pt" for j in range(k)]
         with np.load(folder / "selection.npz") as z:
             assert str(z["kind"]) == "oof" and len(z["y"]) == 48 + 32
+        spent = t.user_attrs[TRAIN_S_ATTR]
+        assert len(spent) == k and all(s > 0 for s in spent)  # every fold's fit is timed
+        # the concurrency probe reads the training time of every fold, not the first's
+        reading = ProbeReading.of_trial(t, peak_bytes=0, free_bytes=0, gpu_util=None)
+        assert reading.train_s == pytest.approx(sum(spent))
     final = result.final
     assert final is not None and final.selection == "oof"
     assert abs(sum(m["weight"] for m in final.members) - 1.0) < 1e-9

@@ -21,7 +21,9 @@ from medauto.concurrency import choose_trials_per_device
 from medauto.concurrency import parse_trials_per_device
 from medauto.concurrency import scaled_plan
 from medauto.exceptions import MedautoError
+from medauto.keys import DURATION_ATTR
 from medauto.keys import REASON_ATTR
+from medauto.keys import TRAIN_S_ATTR
 from medauto.keys import WORKER_ATTR
 from medauto.storage import open_storage
 
@@ -87,6 +89,19 @@ def test_auto_packs_only_set_up_or_launch_bound_trials_and_never_past_free_memor
     k, why = choose_trials_per_device(_reading(0.3, 0.2, free_gib=tight), "cuda:0")
     assert k == 2 and "free memory holds 2" in why
     assert choose_trials_per_device(None, "cuda:0")[0] == 1
+
+
+def test_a_cross_validated_probe_counts_the_training_of_every_fold() -> None:
+    # an H200 AdrenalMNIST3D search read only its probe's first fold of 5: "trained 19% of
+    # its wall time at 93% GPU utilisation", so it packed 3 device-bound trials (each
+    # epoch 3x slower, 2 of 4 trials stopped unfinished at the deadline)
+    probe = optuna.trial.create_trial(
+        value=0.9, user_attrs={DURATION_ATTR: 150.0, TRAIN_S_ATTR: [28.0, 27.0, 27.5, 28.0, 27.5]})
+    reading = ProbeReading.of_trial(probe, peak_bytes=2 * GIB, free_bytes=100 * GIB,
+                                    gpu_util=0.93)
+    assert reading.busy_share == pytest.approx(138 / 150)
+    assert choose_trials_per_device(reading, "cuda:0") == (
+        1, "probe trained 92% of its wall time at 93% GPU utilisation: device-bound")
 
 
 def test_trials_per_device_is_auto_or_a_positive_integer() -> None:
