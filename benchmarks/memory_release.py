@@ -3,7 +3,7 @@
 
 Runs ``--trials`` trials of a small search (backbone, batch size and learning rate vary
 from trial to trial, so allocations of different shapes come and go) through the real
-worker loop (:func:`medauto._worker.run_worker`) and the real :class:`medauto.objective.Objective`
+worker loop (:func:`medauto.worker.run_worker`) and the real :class:`medauto.objective.Objective`
 (training, evaluation, learning-curve and confusion-matrix artifacts), in one process, on
 a real MedMNIST file. Before each trial — after the worker loop has released the previous
 one — it records
@@ -141,10 +141,10 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Sample], list[dict[s
 
     from med_core.config import DataConfig
     from med_core.data import load_dataset
-    from medauto._worker import run_worker
     from medauto.artifacts import artifact_store_for
     from medauto.objective import Objective
     from medauto.space import SearchSpace
+    from medauto.worker import run_worker
 
     device = torch.device(args.device)
     data, data_dir = args.data, args.data_dir

@@ -7,7 +7,7 @@ configuration (ResNet-18, DermaMNIST-shaped data, ``--epochs`` epochs; only the 
 rate is searched, so every trial costs the same), SQLite storage (or the ``--storage``
 URL, e.g. PostgreSQL) and MLflow tracking into a local SQLite store (``--no-tracking``
 turns it off). The child runs with medauto's timing hook on (``MEDAUTO_TIMING_FILE``, see
-``medauto/_worker.py``), which records every phase of the worker loop, the objective and
+``medauto/worker.py``), which records every phase of the worker loop, the objective and
 the tracker; the report splits the wall time (from launching the child to its exit) into
 
 process start + imports, data load + study open, sampler ask/tell + storage round-trips,
@@ -58,7 +58,7 @@ from benchmarks._common import write_json  # noqa: E402
 from benchmarks._common import write_text  # noqa: E402
 
 DEFAULT_OUT = "docs/benchmarks/search_overhead.md"
-TIMING_ENV = "MEDAUTO_TIMING_FILE"  # medauto._worker.TIMING_ENV (not imported: no optuna here)
+TIMING_ENV = "MEDAUTO_TIMING_FILE"  # medauto.worker.TIMING_ENV (not imported: no optuna here)
 TARGET_OVERHEAD_PCT = 5.0
 
 #: Report rows, in order, and the timing-hook phases each one sums.
@@ -390,7 +390,7 @@ def render(result: dict[str, Any], phases: list[list[object]], args: argparse.Na
         f"**Overhead** (everything but training steps): **{overhead:.1f} %** of the wall "
         f"time; target ≤ {TARGET_OVERHEAD_PCT:.0f} %: **{verdict}**.",
         "",
-        "Raw phases of the timing hook (`MEDAUTO_TIMING_FILE`, see `medauto/_worker.py`); "
+        "Raw phases of the timing hook (`MEDAUTO_TIMING_FILE`, see `medauto/worker.py`); "
         "`objective` contains the per-trial phases, `train_steps` includes the warm-up:",
         "",
         markdown_table(["phase", "calls", "total s", "ms per trial", "median ms per call"],

@@ -17,7 +17,7 @@ CPU smoke test (tiny; ``auto`` is K = 1 on a CPU, so compare against a forced K 
 Each setting runs ``python -m medauto.cli search --data D --budget B --device X
 --trials-per-device K`` as a user would (a child process, its own run folder, default
 space and selection unless given), with medauto's timing hook on (``MEDAUTO_TIMING_FILE``,
-``medauto/_worker.py``: every worker process appends to it). Reported per setting:
+``medauto/worker.py``: every worker process appends to it). Reported per setting:
 images trained per second of wall time (every trial's epochs x its training images,
 over the search's wall time), finished trials and epochs per minute, the GPU utilisation
 sampled every 0.5 s during the run (``torch.cuda.utilization`` or ``nvidia-smi``), the

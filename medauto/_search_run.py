@@ -138,11 +138,11 @@ def run_search(
     """Opens the study and runs the worker loop; ``wrap`` adapts the objective (DDP).
     Returns the search's result; ``None`` for a child, whose parent reports."""
     from medauto._progress import SearchProgress
-    from medauto._worker import run_worker
     from medauto.bagging import with_seed_bagging
     from medauto.concurrency import ConcurrentTrials
     from medauto.concurrency import scaled_plan
     from medauto.tracking import make_tracker
+    from medauto.worker import run_worker
 
     # a bad budget fails before anything runs
     plan = opt._plan() if child is None else scaled_plan(child.plan, child.k)

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial
 
-from medauto._worker import ask
 from medauto.exceptions import MedautoError
 from medauto.keys import BACKBONE_ATTR
 from medauto.keys import BAGGED_FROM_ATTR
@@ -44,6 +43,7 @@ from medauto.logging import get_logger
 from medauto.results import best_trial
 from medauto.space import SearchSpace
 from medauto.study import load_settings
+from medauto.worker import ask
 
 if TYPE_CHECKING:
     from medauto.budget import BudgetPlan

@@ -3,7 +3,7 @@
 ``medauto search --trials-per-device K`` and ``AutoMLOptimizer(trials_per_device=K)``
 start K - 1 more worker processes per device next to the search's own (``python -m
 medauto._search_child``). Every process is an ordinary worker of the same study
-(:func:`medauto._worker.run_worker`), so the study's exactness holds as with any number
+(:func:`medauto.worker.run_worker`), so the study's exactness holds as with any number
 of workers: the study-wide trial target is met exactly (surplus trials are closed as
 FAIL ``surplus``), every trial keeps its ``reason``, and a budget's deadline is the same
 instant for all of them (the parent's monotonic start is passed on; Linux's monotonic

@@ -97,6 +97,8 @@ def run_ddp_worker(
     """One rank of a DDP worker (called by :func:`launch_ddp_worker` or under torchrun)."""
     from med_core.config import TrainConfig
     from med_core.device import resolve_device
+    from medauto._search_run import build_objective
+    from medauto._search_run import run_search
     from medauto.optimizer import AutoMLOptimizer
     from medauto.space import SearchSpace
 
@@ -104,11 +106,12 @@ def run_ddp_worker(
     opt = AutoMLOptimizer.from_study(study_name, storage, **{"selection": "holdout", **kwargs})
     log = RankLog(rank=dist.rank)
     if dist.is_main_process:
-        opt._run(wrap=lambda obj: _BroadcastingObjective(obj, dist, log))
+        run_search(opt, wrap=lambda obj: _BroadcastingObjective(obj, dist, log))
         dist.broadcast_object(None, src=0)
         return log
     assert isinstance(opt.space, SearchSpace)  # from_study gives a SearchSpace
-    objective = opt._build_objective(opt.space, resolve_device(opt.device))
+    objective = build_objective(opt, opt.space, resolve_device(opt.device),
+                                members=opt.final_model)
     while True:
         message = dist.broadcast_object(None, src=0)
         if message is None:

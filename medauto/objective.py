@@ -4,7 +4,7 @@ The objective records, as trial user attributes readable in optuna-dashboard: ``
 (the full TrainConfig as a nested dict), ``backbone``, ``history`` (per-epoch metrics),
 ``best_epoch``, ``epochs_run`` and, for a pruned trial, ``pruned_at_epoch`` (epochs are
 1-based everywhere: these attributes, the pruner's steps and the MLflow steps). Failures are
-classified by :func:`medauto._worker.classify_failure`, not here: the objective lets every
+classified by :func:`medauto.worker.classify_failure`, not here: the objective lets every
 exception propagate.
 """
 
@@ -25,9 +25,6 @@ import optuna
 
 from med_core.training.callbacks import Callback as _Callback
 from med_core.training.callbacks import KeepBestWeights
-from medauto._worker import TIMING_ENV
-from medauto._worker import record_phase
-from medauto._worker import timed
 from medauto.fingerprint import Selection
 from medauto.keys import BACKBONE_ATTR
 from medauto.keys import BAGGED_FROM_ATTR
@@ -52,6 +49,9 @@ from medauto.pruning import PruningCallback
 from medauto.trial_timing import EpochProbe
 from medauto.trial_timing import fit_epochs
 from medauto.trial_timing import timing_key
+from medauto.worker import TIMING_ENV
+from medauto.worker import record_phase
+from medauto.worker import timed
 
 if TYPE_CHECKING:
     from med_core.config import TrainConfig

@@ -26,7 +26,6 @@ the budget less a small reserve for the final model is spent.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +45,15 @@ if TYPE_CHECKING:
 
     from med_core.config import TrainConfig
     from med_core.data import MedicalDataset
-    from medauto._worker import WorkerReport
     from medauto.budget import BudgetPlan
     from medauto.ensemble import Predictor
     from medauto.final import FinalResult
     from medauto.fingerprint import DataFingerprint
     from medauto.fingerprint import Selection
-    from medauto.objective import Objective
     from medauto.retrain import RetrainResult
     from medauto.space import SearchSpace
     from medauto.tracking import BaseTracker
+    from medauto.worker import WorkerReport
 
 __all__ = ["METRICS", "AutoMLOptimizer", "OptimizationResult"]
 
@@ -391,7 +389,11 @@ class AutoMLOptimizer:
             KeyboardInterrupt: Ctrl-C/SIGTERM, after recording the running trial as
                 ``interrupted``.
         """
-        return self._run()
+        from medauto._search_run import run_search
+
+        result = run_search(self)
+        assert result is not None  # only a search's child worker returns none
+        return result
 
     def _load_data(self) -> MedicalDataset:
         from med_core.config import DataConfig
@@ -399,24 +401,6 @@ class AutoMLOptimizer:
 
         data_dir = str(self.data_dir) if self.data_dir is not None else None
         return load_dataset(DataConfig(dataset=str(self.data), data_dir=data_dir))
-
-    def _build_objective(
-        self, space: SearchSpace, device: str, tracker: BaseTracker | None = None,
-        dataset: MedicalDataset | None = None,
-    ) -> Objective:
-        from medauto._search_run import build_objective
-
-        return build_objective(self, space, device, tracker, dataset, members=self.final_model)
-
-    def _run(
-        self, *, wrap: Callable[[Objective], Callable[[optuna.Trial], float]] | None = None
-    ) -> OptimizationResult:
-        """Opens the study and runs the worker loop; ``wrap`` adapts the objective (DDP)."""
-        from medauto._search_run import run_search
-
-        result = run_search(self, wrap=wrap)
-        assert result is not None  # only a search's child worker returns none
-        return result
 
     def _result(self, study: optuna.Study, report: WorkerReport,
                 final: FinalResult | None = None) -> OptimizationResult:

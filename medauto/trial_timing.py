@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from med_core.training.callbacks import Callback
-from medauto._worker import timed
 from medauto.fingerprint import MIN_CV_FOLDS
 from medauto.fingerprint import MIN_FOLD_EPOCH_SHARE
 from medauto.fingerprint import Selection
 from medauto.fingerprint import affordable_selection
 from medauto.logging import get_logger
+from medauto.worker import timed
 
 if TYPE_CHECKING:
     from med_core.config import TrainConfig

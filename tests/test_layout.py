@@ -70,16 +70,10 @@ THIRD_PARTY_PRIVATES: dict[tuple[str, str], str] = {
 
 #: ``(file, name) → owner``: project privates used across packages, each to be removed by
 #: the owner of the file (another session's work at the time of writing).
-KNOWN_CROSS_PACKAGE: dict[tuple[str, str], str] = {
-    ("benchmarks/memory_release.py", "_worker"): (
-        "medauto._worker.run_worker has no public home (owner: medauto/_worker.py)"
-    ),
-}
+KNOWN_CROSS_PACKAGE: dict[tuple[str, str], str] = {}
 
 #: ``(file, key) → owner``: attribute-key literals in files other sessions own.
-KNOWN_KEY_LITERALS: dict[tuple[str, str], str] = {
-    ("medauto/_worker.py", "reason"): "REASON_ATTR (owner: medauto/_worker.py)",
-}
+KNOWN_KEY_LITERALS: dict[tuple[str, str], str] = {}
 
 
 def _is_private(name: str) -> bool:

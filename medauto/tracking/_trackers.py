@@ -13,8 +13,6 @@ from typing import Any
 
 from med_core.training.callbacks import Callback
 from medauto._background import BackgroundWriter
-from medauto._worker import record_phase
-from medauto._worker import timed
 from medauto.final import FINAL_FILE
 from medauto.final import FinalResult
 from medauto.keys import BEST_EPOCH_ATTR
@@ -25,6 +23,8 @@ from medauto.keys import PRUNED_AT_EPOCH_ATTR
 from medauto.keys import REASON_ATTR
 from medauto.logging import get_logger
 from medauto.storage import redact_url
+from medauto.worker import record_phase
+from medauto.worker import timed
 
 if TYPE_CHECKING:
     import optuna
@@ -349,7 +349,7 @@ def make_tracker(tracking: bool | str | BaseTracker | None, run_dir: str | Path)
     """``None``/``True`` → MLflow in ``run_dir``; ``False`` → none; a URI → MLflow there.
 
     New experiments keep their artifacts in ``run_dir/mlartifacts``. With the timing hook
-    on (``medauto._worker.TIMING_ENV``) it records a ``study_opened`` point: the optimizer
+    on (``medauto.worker.TIMING_ENV``) it records a ``study_opened`` point: the optimizer
     calls it right after opening the study.
     """
     now = time.time()

@@ -37,7 +37,7 @@ def test_a_gpu_this_machine_lacks_is_refused(absent: str) -> None:
 
 def test_one_detector_for_trials_and_benchmarks() -> None:
     from benchmarks import _common
-    from medauto._worker import classify_failure
+    from medauto.worker import classify_failure
 
     assert _common.is_oom is is_oom
     assert is_oom(torch.OutOfMemoryError("CUDA out of memory"))

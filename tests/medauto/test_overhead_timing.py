@@ -10,9 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from medauto import _worker
-from medauto._worker import TIMING_ENV
-from medauto._worker import run_worker
+from medauto import worker
+from medauto.worker import TIMING_ENV
+from medauto.worker import run_worker
 
 
 def _study(tmp_path: Path) -> optuna.Study:
@@ -22,7 +22,7 @@ def _study(tmp_path: Path) -> optuna.Study:
 def test_timing_hook_records_worker_phases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     timing = tmp_path / "timing.jsonl"
     monkeypatch.setenv(TIMING_ENV, str(timing))
-    monkeypatch.setattr(_worker, "_imported_recorded", False)
+    monkeypatch.setattr(worker, "_imported_recorded", False)
     study = _study(tmp_path)
     run_worker(study, lambda t: t.suggest_float("x", 0, 1), target=2, poll_interval=0.01)
     records = [json.loads(line) for line in timing.read_text().splitlines()]

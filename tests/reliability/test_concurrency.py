@@ -1,6 +1,6 @@
 """Four workers on one study: SQLite and PostgreSQL, 40 short trials; MLflow on the side.
 
-The cheap variant runs the real worker loop (``medauto._worker.run_worker``) in 4 OS
+The cheap variant runs the real worker loop (``medauto.worker.run_worker``) in 4 OS
 processes with an objective that does not train, so each storage sees 40 trials' worth of
 concurrent asks, heartbeats, tells and surplus closures in seconds. The real-training
 variant runs 4 worker processes that each do what ``medauto worker`` does —
@@ -68,13 +68,13 @@ FAULTS = [
 CHEAP_WORKER = r"""
 import json, sys, time
 import optuna
-import medauto._worker
-from medauto._worker import run_worker
+import medauto.worker
+from medauto.worker import run_worker
 from medauto.storage import StorageSettings, open_storage
 
 # Nothing to free after a trivial trial; the loop's full gc.collect() per trial would only
 # slow this test down. test_memory.py covers the release of memory between trials.
-medauto._worker._release_memory = lambda *args: None
+medauto.worker._release_memory = lambda *args: None
 
 url, seed = sys.argv[1], int(sys.argv[2])
 storage = open_storage(url, StorageSettings(heartbeat_interval=1, grace_period=5))

@@ -26,11 +26,11 @@ import torch
 
 from med_core.config import DataConfig
 from med_core.data import load_dataset
-from medauto._worker import run_worker
 from medauto.artifacts import artifact_store_for
 from medauto.objective import Objective
 from medauto.space import SearchSpace
 from medauto.storage import open_storage
+from medauto.worker import run_worker
 
 pytestmark = pytest.mark.slow
 

@@ -21,14 +21,14 @@ import pytest
 from optuna.trial import TrialState
 
 from medauto import _optuna_compat as compat
-from medauto._worker import LOST_REASON
-from medauto._worker import fail_stale_trials
-from medauto._worker import run_worker
 from medauto.storage import StorageSettings
 from medauto.storage import open_storage
 from medauto.testing.storages import STORAGE_MODES
 from medauto.testing.storages import plain_optuna_storage
 from medauto.testing.storages import storage_url
+from medauto.worker import LOST_REASON
+from medauto.worker import fail_stale_trials
+from medauto.worker import run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 REPO = Path(__file__).resolve().parents[3]

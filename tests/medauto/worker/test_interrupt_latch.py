@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[3]
 _CHILD = r"""
 import os, signal, sys, time, weakref
 import optuna
-from medauto._worker import run_worker
+from medauto.worker import run_worker
 from medauto.storage import open_storage
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive shell has it
@@ -66,7 +66,7 @@ def test_a_swallowed_sigint_is_delivered_again(tmp_path: Path) -> None:
 _ASK_CHILD = r"""
 import os, signal, sys
 import optuna
-from medauto._worker import run_worker
+from medauto.worker import run_worker
 from medauto.storage import open_storage
 
 signal.signal(signal.SIGINT, signal.default_int_handler)

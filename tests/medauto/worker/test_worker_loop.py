@@ -18,12 +18,12 @@ from optuna.trial import TrialState
 
 from med_core.exceptions import NonFiniteLossError
 from medauto import _optuna_compat as compat
-from medauto._worker import classify_failure
-from medauto._worker import run_worker
 from medauto.storage import StorageSettings
 from medauto.storage import open_storage
 from medauto.testing.storages import STORAGE_MODES
 from medauto.testing.storages import storage_url
+from medauto.worker import classify_failure
+from medauto.worker import run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

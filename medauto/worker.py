@@ -358,8 +358,9 @@ def _run_loop(
                 report.stop_reason = "too many failures"
                 raise MedautoError(
                     f"{failures_in_a_row} trials in a row failed in this worker (last: trial "
-                    f"{frozen.number}, {frozen.user_attrs.get('reason', 'no reason recorded')}); "
-                    "fix the cause (each failed trial keeps its traceback as the 'traceback' user "
+                    f"{frozen.number}, "
+                    f"{frozen.user_attrs.get(REASON_ATTR, 'no reason recorded')}); fix the cause "
+                    f"(each failed trial keeps its traceback as the '{TRACEBACK_ATTR}' user "
                     "attribute; `medauto status` lists the reasons), then re-run to resume"
                 )
     if progress is not None:
