@@ -60,6 +60,10 @@ from benchmarks._common import write_text  # noqa: E402
 DEFAULT_OUT = "docs/benchmarks/search_overhead.md"
 TIMING_ENV = "MEDAUTO_TIMING_FILE"  # medauto.worker.TIMING_ENV (not imported: no optuna here)
 TARGET_OVERHEAD_PCT = 5.0
+#: Issue 13's per-trial target: wall time between trials and around their training.
+TARGET_TRIAL_OVERHEAD_MS = 300.0
+#: Phases a trial needs to train (what the per-trial overhead leaves out).
+_TRAINING_PHASES = ("train_steps", "evaluation", "model_setup")
 
 #: Report rows, in order, and the timing-hook phases each one sums.
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -220,6 +224,29 @@ def breakdown(records: Sequence[dict[str, Any]], launch: float, end: float,
     ]
 
 
+def per_trial_overhead_ms(records: Sequence[dict[str, Any]], trials: int) -> float | None:
+    """Per-trial overhead: the wall time from the first trial's ``ask`` to the end of the
+    last phase of any trial, less its training steps (warm-up included), evaluation and
+    model construction, divided by ``trials``; ``None`` without an ``ask`` or a trial.
+
+    Example:
+        >>> per_trial_overhead_ms([
+        ...     {"trial": None, "phase": "ask", "t0": 0.0, "t1": 0.1},
+        ...     {"trial": 0, "phase": "model_setup", "t0": 0.1, "t1": 0.3},
+        ...     {"trial": 0, "phase": "train_steps:0", "t0": 0.3, "t1": 1.3},
+        ...     {"trial": 0, "phase": "tell", "t0": 1.3, "t1": 1.4}], 1)
+        200.0
+    """
+    asks = [r["t0"] for r in records if r["phase"] == "ask"]
+    ends = [r["t1"] for r in records if r.get("trial") is not None]
+    if not asks or not ends or trials < 1:
+        return None
+    start, end = min(asks), max(ends)
+    training = sum(r["t1"] - r["t0"] for r in records
+                   if r["phase"].split(":")[0] in _TRAINING_PHASES and r["t0"] >= start)
+    return round(1e3 * (end - start - training) / trials, 1)
+
+
 def phase_table(records: Sequence[dict[str, Any]], trials: int) -> list[list[object]]:
     """Raw timing-hook phases: count, total s, ms per trial, median ms per call."""
     by: dict[str, list[float]] = defaultdict(list)
@@ -342,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": command, "environment": env_info, "returncode": proc.returncode,
             "wall_s": end - launch, "trials_trained": ran, "states": states,
             "steady_epoch_train_s": steady, "categories": rows,
+            "per_trial_overhead_ms": per_trial_overhead_ms(records, ran),
             "overhead_pct": 100.0 - next(r["share_pct"] for r in rows if r["category"] == TRAIN),
             "storage": "PostgreSQL" if storage.startswith("postgres") else storage.split(":")[0],
             "tracking": not args.no_tracking, "data": data_desc,
@@ -355,6 +383,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if proc.returncode == 0 else 1
     finally:
         tmp.cleanup()
+
+
+def _per_trial_line(ms: float | None) -> str:
+    if ms is None:
+        return "**Per-trial overhead**: – (no trial asked and finished)."
+    verdict = "met" if ms <= TARGET_TRIAL_OVERHEAD_MS else "missed"
+    return (f"**Per-trial overhead** (first trial's `ask` → last trial's last phase, less "
+            f"training steps, evaluation and model construction): **{ms:.0f} ms** per trial; "
+            f"target ≤ {TARGET_TRIAL_OVERHEAD_MS:.0f} ms: **{verdict}**.")
 
 
 def render(result: dict[str, Any], phases: list[list[object]], args: argparse.Namespace) -> str:
@@ -389,6 +426,8 @@ def render(result: dict[str, Any], phases: list[list[object]], args: argparse.Na
         "",
         f"**Overhead** (everything but training steps): **{overhead:.1f} %** of the wall "
         f"time; target ≤ {TARGET_OVERHEAD_PCT:.0f} %: **{verdict}**.",
+        "",
+        _per_trial_line(result.get("per_trial_overhead_ms")),
         "",
         "Raw phases of the timing hook (`MEDAUTO_TIMING_FILE`, see `medauto/worker.py`); "
         "`objective` contains the per-trial phases, `train_steps` includes the warm-up:",

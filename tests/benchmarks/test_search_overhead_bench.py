@@ -40,6 +40,9 @@ def test_cpu_smoke_search_breakdown(bench: ModuleType, tmp_path: Path) -> None:
                              "artifact plotting + upload"):
         assert rows[must_be_positive]["seconds"] > 0, must_be_positive
     assert 0 < result["overhead_pct"] < 100
+    # the per-trial row: positive, below the wall time per trial, and printed
+    assert 0 < result["per_trial_overhead_ms"] < 1e3 * result["wall_s"] / 3
+    assert f"**{result['per_trial_overhead_ms']:.0f} ms** per trial" in md
     phases = {r["phase"] for r in result["records"]}
     assert {"ask", "tell", "objective", "model_setup", "train_steps:0", "artifacts",
             "tracking_trial_start", "tracking_epoch_log", "release_memory"} <= phases
