@@ -20,7 +20,7 @@ import pytest
 from micro import MICRO_SPACE as _ONE_EPOCH
 
 SUMMARY = re.compile(
-    r"^\[I [\d:]+ medauto\._worker\] trial (\d+) (COMPLETE|PRUNED|FAIL)(?: \(.+\))?: "
+    r"^\[I [\d:]+ medauto\.worker\] trial (\d+) (COMPLETE|PRUNED|FAIL)(?: \(.+\))?: "
     r"mobilenet_v3_small, (\d+) epochs?, (?:val_auc \d\.\d{4}, )?\d+\.\d s$"
 )
 
