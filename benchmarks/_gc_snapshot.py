@@ -28,6 +28,8 @@ import torch
 from benchmarks._common import synchronize
 from benchmarks._gc_measure import MIB
 from benchmarks._gc_measure import Bench
+from med_core.torch_compat import memory_snapshot
+from med_core.torch_compat import record_memory_history
 
 __all__ = [
     "CATEGORIES",
@@ -356,15 +358,14 @@ def record_step(
     synchronize(dev)
     baseline = torch.cuda.memory_allocated(dev)
     torch.cuda.reset_peak_memory_stats(dev)
-    torch.cuda.memory._record_memory_history(
-        enabled="all", context="all", stacks="python", max_entries=max_entries
-    )
+    record_memory_history(enabled="all", context="all", stacks="python",
+                          max_entries=max_entries)
     try:
         bench.step(features, x, y, mark=mark)
         synchronize(dev)
-        snapshot = torch.cuda.memory._snapshot(dev)
+        snapshot = memory_snapshot(dev)
     finally:
-        torch.cuda.memory._record_memory_history(enabled=None)
+        record_memory_history(enabled=None)
         for h in hooks:
             h.remove()
     measured = torch.cuda.max_memory_allocated(dev) / MIB

@@ -56,6 +56,7 @@ from benchmarks._common import log  # noqa: E402
 from benchmarks._common import markdown_table  # noqa: E402
 from benchmarks._common import write_json  # noqa: E402
 from benchmarks._common import write_text  # noqa: E402
+from med_core.torch_compat import clear_cublas_workspaces  # noqa: E402
 
 #: The search the trials come from: models of different sizes, so blocks of different
 #: shapes are allocated and freed from one trial to the next.
@@ -198,7 +199,7 @@ def allocated_without_cublas_workspaces(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     torch.cuda.synchronize(device)
-    torch._C._cuda_clearCublasWorkspaces()
+    clear_cublas_workspaces()
     return torch.cuda.memory_allocated(device) / MIB
 
 

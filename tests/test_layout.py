@@ -6,8 +6,8 @@ and ``benchmarks/`` (tests may reach into what they test, so ``tests/`` is not c
 * A private name (``_x``: a module, function, class or attribute) is used only inside the
   package that defines it and its subpackages: ``med_core/training/_fit.py`` serves
   ``trainer.py`` next to it, never ``medauto``. A third-party private (Optuna's, torch's,
-  timm's) is used only in ``medauto/_optuna_compat.py``, the one documented adapter, or
-  where :data:`THIRD_PARTY_PRIVATES` says why no public name exists.
+  timm's) is used only in its library's one documented adapter: ``medauto/_optuna_compat.py``
+  for Optuna, ``med_core/torch_compat.py`` for torch and timm.
 * Study and trial attribute keys are the constants of ``medauto/keys.py``; the study
   settings are read only through ``medauto/study.py``.
 * Every "next:" hint comes from ``medauto/cli/_hints.py`` (the one that redacts).
@@ -39,34 +39,9 @@ OPTUNA_ADAPTER = "medauto/_optuna_compat.py"
 #: Underscore names that are public API of the standard library.
 PUBLIC_UNDERSCORE = {"_asdict", "_exit", "_fields", "_make", "_replace"}
 
-#: ``(file, private name) → why``: third-party privates with no public equivalent.
-THIRD_PARTY_PRIVATES: dict[tuple[str, str], str] = {
-    ("med_core/backbones/_checkpointing.py", "_NormBase"): (
-        "torch's base class of every norm layer with running statistics (BatchNorm, "
-        "SyncBatchNorm, InstanceNorm); torch has no public one"
-    ),
-    ("med_core/backbones/_factory.py", "_BatchNorm"): (
-        "torch's base class of BatchNorm1d/2d/3d, SyncBatchNorm and the lazy variants"
-    ),
-    ("med_core/backbones/_timm.py", "_pos_embed"): (
-        "timm's VisionTransformer has no public method for the position-embedding step "
-        "between its patch embedding and its blocks"
-    ),
-    ("med_core/optimization/_quant_deploy.py", "_inductor"): (
-        "Inductor's settings for compiling an int8 graph live only in torch._inductor.config"
-    ),
-    ("benchmarks/_gc_snapshot.py", "_record_memory_history"): (
-        "torch's documented memory-snapshot API (docs: 'Understanding CUDA Memory Usage') "
-        "starts and stops the allocator's history under this name only"
-    ),
-    ("benchmarks/_gc_snapshot.py", "_snapshot"): (
-        "the same documented API's snapshot (segments and the allocator trace) of the history"
-    ),
-    ("benchmarks/memory_release.py", "_C"): (
-        "torch._C._cuda_clearCublasWorkspaces: frees the cuBLAS workspaces so that memory a "
-        "process keeps on purpose is not counted as a leak; torch has no public call"
-    ),
-}
+#: The one module that may touch torch's and timm's private names (its docstring says why).
+TORCH_ADAPTER = "med_core/torch_compat.py"
+ADAPTERS = {OPTUNA_ADAPTER, TORCH_ADAPTER}
 
 #: ``(file, name) → owner``: project privates used across packages, each to be removed by
 #: the owner of the file (another session's work at the time of writing).
@@ -190,10 +165,9 @@ def _violations() -> tuple[list[str], set[tuple[str, str]]]:
     for path, tree in _modules().items():
         for line, name, owner in _private_uses(path, tree):
             third_party = owner == "?" or owner.split(".")[0] not in OURS
-            if third_party and path == OPTUNA_ADAPTER:
+            if third_party and path in ADAPTERS:
                 continue
-            table = THIRD_PARTY_PRIVATES if third_party else KNOWN_CROSS_PACKAGE
-            if (path, name) in table:
+            if not third_party and (path, name) in KNOWN_CROSS_PACKAGE:
                 allowed_used.add((path, name))
                 continue
             found.append(f"{path}:{line}: {name} (from {owner})")
@@ -217,7 +191,7 @@ def test_no_library_module_is_over_600_lines_and_each_says_what_it_owns() -> Non
 def test_private_names_stay_in_their_package_and_optuna_privates_in_the_adapter() -> None:
     found, used = _violations()
     assert not found, "private names used outside their package:\n" + "\n".join(found)
-    stale = (set(THIRD_PARTY_PRIVATES) | set(KNOWN_CROSS_PACKAGE)) - used
+    stale = set(KNOWN_CROSS_PACKAGE) - used
     assert not stale, f"allowances no longer used (remove them): {sorted(stale)}"
 
 

@@ -54,6 +54,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
+from med_core.torch_compat import NormWithStats
+
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "FAMILY_DEFAULTS",
@@ -167,7 +169,7 @@ class _FreezeNormStats:
     non-reentrant checkpoint rejects.
     """
 
-    def __init__(self, norms: Sequence[nn.modules.batchnorm._NormBase]) -> None:
+    def __init__(self, norms: Sequence[NormWithStats]) -> None:
         self._norms = norms
         self._saved: list[tuple[float | None, torch.Tensor | None]] = []
 
@@ -228,7 +230,7 @@ def _entered(*managers: contextlib.AbstractContextManager[Any]) -> Iterator[None
 
 
 def _contexts(
-    norms: Sequence[nn.modules.batchnorm._NormBase], recompute: RecomputeContext, selective: bool
+    norms: Sequence[NormWithStats], recompute: RecomputeContext, selective: bool
 ) -> tuple[contextlib.AbstractContextManager[Any], contextlib.AbstractContextManager[Any]]:
     frozen = recompute(norms) if norms else contextlib.nullcontext()
     if not selective:
@@ -237,13 +239,13 @@ def _contexts(
     return forward, _entered(again, frozen)
 
 
-def _running_norms(group: Sequence[nn.Module]) -> list[nn.modules.batchnorm._NormBase]:
+def _running_norms(group: Sequence[nn.Module]) -> list[NormWithStats]:
     """The norm layers of ``group`` that would update running statistics now."""
     return [
         m
         for unit in group
         for m in unit.modules()
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.training
+        if isinstance(m, NormWithStats) and m.track_running_stats and m.training
     ]
 
 

@@ -13,6 +13,7 @@ from med_core.backbones._base import Backbone
 from med_core.backbones._registry import TIMM_PREFIX
 from med_core.backbones._registry import BackboneCfg
 from med_core.backbones._registry import lookup
+from med_core.torch_compat import BatchNormBase
 
 _logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def _normalize_bn_momentum(model: torch.nn.Module) -> None:
     """
     changed = 0
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None:
+        if isinstance(m, BatchNormBase) and m.momentum is not None:
             if m.momentum < MIN_BN_MOMENTUM:
                 m.momentum = MIN_BN_MOMENTUM
                 changed += 1

@@ -19,6 +19,7 @@ from med_core.backbones._pretrained import timm_weights_file
 from med_core.backbones._registry import BackboneCfg
 from med_core.backbones._registry import register_backbone
 from med_core.exceptions import UnknownBackboneError
+from med_core.torch_compat import vit_pos_embed
 
 __all__ = ["TimmBackbone", "ViTBackbone", "create_timm_backbone", "timm_backbone_cfg"]
 
@@ -95,7 +96,7 @@ class ViTBackbone(Backbone):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
-        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))  # type: ignore[no-any-return]
+        return m.norm_pre(m.patch_drop(vit_pos_embed(m, m.patch_embed(x))))  # type: ignore[no-any-return]
 
     def units(self) -> list[nn.Module]:
         return list(self.model.blocks)

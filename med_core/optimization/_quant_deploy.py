@@ -20,6 +20,7 @@ from med_core.optimization._quant_info import QuantizationInfo
 from med_core.optimization._quant_info import _set_info
 from med_core.optimization._quant_info import _torchao
 from med_core.optimization._quant_info import quantization_info
+from med_core.torch_compat import inductor_config
 
 __all__ = ["compile_quantized", "load_quantized", "model_size_bytes", "save_quantized"]
 
@@ -44,9 +45,7 @@ class _FreezingCompiled:
         self._compiled = torch.compile(model, dynamic=dynamic)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        import torch._inductor.config as inductor_config
-
-        with inductor_config.patch(freezing=True):
+        with inductor_config().patch(freezing=True):
             return self._compiled(*args, **kwargs)
 
 
