@@ -136,6 +136,20 @@ class BudgetPlan:
         :data:`MIN_START_SHARE` of a trial cap."""
         return max(0.0, self.search_s - MIN_START_SHARE * self.trial_cap_s)
 
+    def budget_for_search(self, search_s: float) -> float:
+        """The budget, split like this one, whose search time is ``search_s`` seconds.
+
+        Example:
+            >>> plan = plan_budget("10m")
+            >>> round(plan_budget(plan.budget_for_search(2 * plan.search_s)).search_s)
+            882
+        """
+        usable = search_s * (self.total_s - self.slack_s) / max(self.search_s, 1e-9)
+        total = usable + self.slack_s
+        for _ in range(8):  # the slack grows with the budget: a fixed point, reached fast
+            total = usable + _slack(total)
+        return total
+
     def describe(self, *, final_model: bool) -> str:
         """One log line: how the budget is split, and how long a trial may train."""
         after = ("final model" if final_model
@@ -185,7 +199,7 @@ def plan_budget(
         raise BudgetError(f"retrain_fraction must be in (0, 1), got {retrain_fraction!r}")
     if trial_share is not None and not 0.0 < trial_share <= 1.0:
         raise BudgetError(f"trial_share must be in (0, 1], got {trial_share!r}")
-    slack = min(60.0, max(5.0, 0.02 * total))
+    slack = _slack(total)
     usable = total - slack
     retrain = retrain_fraction * usable
     search = usable - retrain
@@ -194,6 +208,11 @@ def plan_budget(
         total_s=total, search_s=search, retrain_s=retrain, slack_s=slack,
         seeds=seeds, ensemble=ensemble, trial_cap_s=cap,
     )
+
+
+def _slack(total_s: float) -> float:
+    """Seconds of a ``total_s`` budget held back as slack: 2 %, within 5 s to 60 s."""
+    return min(60.0, max(5.0, 0.02 * total_s))
 
 
 class DeadlineCallback(Callback):

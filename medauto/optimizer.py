@@ -338,7 +338,8 @@ class AutoMLOptimizer:
             selection = stored  # a resumed study, or a joining worker, scores alike: same folds
         elif self.selection == "auto" and self.budget_plan_ is not None:
             selection = budgeted_selection(selection, space, dataset, device,
-                                           self.budget_plan_.trial_cap_s)
+                                           self.budget_plan_.trial_cap_s,
+                                           plan=self.budget_plan_)
         self.selection_ = selection
         _logger.info("data: %s; selection on %s", fp.describe(), selection.describe())
         pruner = make_search_pruner(self.pruner, self.pruner_kwargs, space, selection)

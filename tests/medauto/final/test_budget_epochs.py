@@ -161,3 +161,72 @@ def test_a_cap_too_short_for_five_folds_keeps_fewer_folds_before_holdout() -> No
     assert MIN_CV_FOLDS == 3  # two folds would train each model on half the data
     assert affordable_selection(cv, trial_cap_s=45, **run) == Selection("holdout")
     assert affordable_selection(Selection(), trial_cap_s=1, **run) == Selection()
+
+
+@pytest.fixture
+def probed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Training images of every probe that runs (a spy; the probe itself is real)."""
+    import medauto.trial_timing as trial_timing
+
+    seen: list[int] = []
+    original = trial_timing.probe_epochs
+
+    def spy(cfg: Any, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(len(dataset.train))
+        return original(cfg, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(trial_timing, "probe_epochs", spy)
+    return seen
+
+
+def test_a_long_fold_is_timed_on_a_few_batches_and_a_budget_that_cannot_train_it_is_refused(
+    medmnist_dir: Path, probed: list[int], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`medauto search --data adrenalmnist3d --budget 2m` on the 2-core CPU (2026-12-04):
+    two whole epochs of each portfolio entry (about 480 s each) were timed before the
+    search, which overran its budget by minutes and never created its study."""
+    from medauto.budget import BudgetError
+    from medauto.budget import BudgetPlan
+    from medauto.fingerprint import Selection
+    from medauto.trial_timing import QUICK_PROBE_BATCHES
+    from medauto.trial_timing import budgeted_selection
+
+    ds = load_dataset(medmnist_dir / "breastmnist.npz")  # 5 folds of 499 images: 31 batches
+    cv = Selection("cv", folds=5)
+    with caplog.at_level("INFO", logger="medauto.trial_timing"):
+        assert budgeted_selection(cv, PORTFOLIO_SPACE, ds, "cpu", 1e-3).mode == "holdout"
+    batch = PORTFOLIO_SPACE.config_from_params({"optim.lr": 3e-3, "epochs": 3}).batch_size
+    assert len(probed) == 1 and QUICK_PROBE_BATCHES * batch <= probed[0] < 2 * batch
+    assert any(r.getMessage().startswith("selection probe: short timed on 1 batch(es)")
+               for r in caplog.records)
+    # a cap that pays for the whole probe gets it too, and keeps the folds
+    assert budgeted_selection(cv, PORTFOLIO_SPACE, ds, "cpu", 1e12) == cv
+    assert probed[1:] == [probed[0], 499]
+    plan = BudgetPlan(total_s=120.0, search_s=1e-3, retrain_s=1.0, slack_s=5.0, seeds=1,
+                      ensemble=1, trial_cap_s=1e-3)
+    with pytest.raises(BudgetError) as err:
+        budgeted_selection(cv, PORTFOLIO_SPACE, ds, "cpu", 1e-3, plan=plan)
+    said = str(err.value)
+    assert "--budget 2m leaves 0 s of search, but the first epoch of short on breastmnist" in said
+    assert "546 training images, batch 16" in said and "--trials N (no time limit)" in said
+    assert "no trial could train one epoch" in said and len(probed) == 4  # one quick probe
+
+
+def test_a_budget_too_short_for_one_epoch_is_refused_before_the_study_is_created(
+    medmnist_dir: Path, tmp_path: Path,
+) -> None:
+    import optuna
+
+    from medauto import AutoMLOptimizer
+    from medauto.budget import BudgetError
+    from medauto.storage import default_storage_url
+
+    space = SearchSpace.from_dict({  # 224² images: an epoch takes far longer than 4 s on a CPU
+        **PORTFOLIO_SPACE.to_dict(), "fixed": {**PORTFOLIO_SPACE.to_dict()["fixed"],
+                                              "data.img_size": 224}})
+    opt = AutoMLOptimizer(str(medmnist_dir / "breastmnist.npz"), space, budget="10s",
+                          run_dir=tmp_path / "run", device="cpu", tracking=False)
+    with pytest.raises(BudgetError, match="no trial could train one epoch"):
+        opt.optimize()
+    storage = optuna.storages.RDBStorage(default_storage_url(tmp_path / "run"))
+    assert optuna.get_all_study_names(storage) == []
